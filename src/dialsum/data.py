@@ -1,0 +1,172 @@
+"""Competition CSVs: load, validate, clean, assign folds.
+
+Errors are :class:`DataError` with one line naming the file and, where it applies, the row (1-based data
+row, as a spreadsheet would show it after the header) and the column.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+SPEAKER_TAGS = [f"#Person{i}#" for i in range(1, 8)]
+PII_TAGS = ["#PhoneNumber#", "#Address#", "#DateOfBirth#", "#PassportNumber#", "#SSN#", "#CardNumber#",
+            "#CarNumber#", "#Email#", "#AccountNumber#"]
+TAG_RE = re.compile(r"#[A-Za-z][A-Za-z0-9]*#")
+
+
+class DataError(ValueError):
+    """A problem with an input file; the message is one line naming file, row and column."""
+
+
+REQUIRED = {"train": ["fname", "dialogue", "summary"], "dev": ["fname", "dialogue"], "test": ["fname", "dialogue"]}
+
+
+def read_csv(path: str | Path, split: str, on_invalid: str = "error") -> pd.DataFrame:
+    """Read one competition CSV as strings, check it, and return the valid rows.
+
+    ``split`` is train, dev or test: train needs ``summary``; dev needs ``summary`` or ``summary1..K``;
+    test needs only ``fname,dialogue`` (extra columns are kept, never required).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found (data.{split} in params.yaml)")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: file is empty")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (undecodable byte at offset {e.start}); save it as UTF-8 CSV") from None
+    if "\x00" in text:
+        raise DataError(f"{path}: contains NUL bytes; this is not a CSV text file")
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL)
+    except (pd.errors.ParserError, csv.Error) as e:
+        raise DataError(f"{path}: cannot be parsed as CSV ({str(e).splitlines()[0]})") from None
+    header = list(df.columns)
+    if len(header) == 1:
+        for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
+            if sep in header[0]:
+                raise DataError(f"{path}: columns are separated by {name}, expected commas (fname,dialogue,...)")
+    required = list(REQUIRED[split])
+    if split == "dev" and "summary" not in header and not any(c.startswith("summary") for c in header):
+        required.append("summary")
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(f"{path}: missing column {', '.join(missing)} (found: {', '.join(header)})")
+    if len(df) == 0:
+        raise DataError(f"{path}: header only, no data rows")
+
+    problems: list[tuple[int, str]] = []  # (row index, message)
+    text_cols = ["dialogue"] + ([c for c in header if re.fullmatch(r"summary\d*", c)] if split != "test" else [])
+    for col in text_cols:
+        blank = df[col].str.strip() == ""
+        for i in df.index[blank]:
+            problems.append((i, f"row {i + 1}, column {col}: empty"))
+    dup = df["fname"].duplicated(keep="first")
+    for i in df.index[dup]:
+        problems.append((i, f"row {i + 1}, column fname: duplicate fname {df.at[i, 'fname']!r}"))
+    for i in df.index[df["fname"].str.strip() == ""]:
+        problems.append((i, f"row {i + 1}, column fname: empty"))
+    if problems:
+        problems.sort()
+        if on_invalid == "error":
+            more = f" (and {len(problems) - 1} more; data.on_invalid: drop skips them)" if len(problems) > 1 else ""
+            raise DataError(f"{path}: {problems[0][1]}{more}")
+        bad = sorted({i for i, _ in problems})
+        log.warning("%s: dropped %d invalid rows (data.on_invalid=drop), first: %s", path, len(bad), problems[0][1])
+        df = df.drop(index=bad).reset_index(drop=True)
+        if len(df) == 0:
+            raise DataError(f"{path}: no valid rows left after dropping {len(bad)} invalid rows")
+    return df
+
+
+_SPEAKER_RE = re.compile(r"#\s*[Pp][Ee][Rr][Ss][Oo][Nn]\s*(\d+)\s*#")
+_LINE_SPEAKER_RE = re.compile(r"^(?:#Person(\d+)#|[Pp]erson\s*(\d+))\s*:\s*", re.M)
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b\ufeff]")
+_BR_RE = re.compile(r"<br\s*/?>", re.I)
+_SPACES_RE = re.compile(r"[ \t\u00a0\u3000]+")
+_PUNCT_RE = re.compile(r"([!?.~,])\1{2,}")
+
+
+def clean_text(text: str, normalize_speakers: bool = True, remove_noise: bool = True) -> str:
+    """Normalise one dialogue or summary. Idempotent: ``clean(clean(x)) == clean(x)``."""
+    if remove_noise:
+        text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\\n", "\n")
+        text = _BR_RE.sub("\n", text)
+        text = _CONTROL_RE.sub("", text)
+        text = _SPACES_RE.sub(" ", text)
+        text = _PUNCT_RE.sub(r"\1\1", text)
+        text = "\n".join(line.strip() for line in text.split("\n") if line.strip())
+    if normalize_speakers:
+        text = _SPEAKER_RE.sub(r"#Person\1#", text)
+        text = _LINE_SPEAKER_RE.sub(lambda m: f"#Person{m.group(1) or m.group(2)}#: ", text)
+    return text.strip()
+
+
+def clean_frame(df: pd.DataFrame, clean: dict) -> pd.DataFrame:
+    df = df.copy()
+    for col in df.columns:
+        if col == "dialogue" or re.fullmatch(r"summary\d*", col):
+            df[col] = [clean_text(t, clean.get("normalize_speakers", True), clean.get("remove_noise", True))
+                       for t in df[col]]
+    return df
+
+
+def assign_folds(df: pd.DataFrame, n_splits: int, seed: int) -> pd.Series:
+    """Fold index per row: stratified by ``topic`` when present, stable for a given (data, seed)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if len(df) < n_splits:
+        raise DataError(f"train has {len(df)} rows, fewer than cv.n_splits = {n_splits}")
+    folds = pd.Series(-1, index=df.index, dtype=int)
+    if "topic" in df.columns:
+        counts = df["topic"].value_counts()
+        # Topics too rare to spread over all folds are pooled so stratification never fails.
+        labels = df["topic"].where(df["topic"].map(counts) >= n_splits, "__rare__")
+        if labels.value_counts().min() >= n_splits:
+            splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+            for k, (_, idx) in enumerate(splitter.split(df, labels)):
+                folds.iloc[idx] = k
+            return folds
+    for k, (_, idx) in enumerate(KFold(n_splits=n_splits, shuffle=True, random_state=seed).split(df)):
+        folds.iloc[idx] = k
+    return folds
+
+
+def split_fold(train: pd.DataFrame, dev: pd.DataFrame, fold) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows to train on, rows to validate on) for a fold index or ``"full"`` (all train / dev)."""
+    if fold == "full":
+        return train.reset_index(drop=True), dev.reset_index(drop=True)
+    if fold not in set(train["fold"]):
+        raise DataError(f"fold {fold} has no rows in data/processed/train.csv (re-run prepare?)")
+    return (train[train["fold"] != fold].reset_index(drop=True),
+            train[train["fold"] == fold].reset_index(drop=True))
+
+
+def references(df: pd.DataFrame) -> list[list[str]]:
+    """Reference summaries per row: ``summary`` or ``summary1..K``."""
+    cols = ["summary"] if "summary" in df.columns else sorted(
+        (c for c in df.columns if re.fullmatch(r"summary\d+", c)), key=lambda c: int(c[7:]))
+    if not cols:
+        raise DataError("no summary or summary1..K column to score against")
+    return [[r for r in row if r.strip()] for row in df[cols].itertuples(index=False, name=None)]
+
+
+def load_processed(folder: str | Path = "data/processed") -> dict[str, pd.DataFrame]:
+    folder = Path(folder)
+    out = {}
+    for split in ("train", "dev", "test"):
+        path = folder / f"{split}.csv"
+        if not path.exists():
+            raise DataError(f"{path}: not found; run `dvc repro prepare` first")
+        out[split] = pd.read_csv(path, dtype=str, keep_default_na=False)
+    out["train"]["fold"] = out["train"]["fold"].astype(int)
+    return out

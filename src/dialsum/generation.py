@@ -1,0 +1,107 @@
+"""Encoding inputs and batched, length-sorted generation for both model families."""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from .models import DEFAULT_PROMPT
+
+log = logging.getLogger(__name__)
+
+
+def source_ids(tokenizer, dialogue: str, family: str, max_len: int, prompt: str | None = None) -> tuple[list[int], bool]:
+    """Token ids of the model input and whether the dialogue was truncated.
+
+    seq2seq: the dialogue itself. causal: the prompt around the dialogue; only the dialogue is cut, so
+    the instruction and the answer cue always survive.
+    """
+    if family == "seq2seq":
+        ids = tokenizer(dialogue, truncation=False)["input_ids"]
+        if len(ids) <= max_len:
+            return ids, False
+        # Keep the closing special token (</s>) after cutting.
+        return ids[: max_len - 1] + ids[-1:], True
+    template = prompt or DEFAULT_PROMPT
+    head, tail = template.split("{dialogue}")
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": template.format(dialogue="\0")}],
+                                             add_generation_prompt=True, tokenize=False)
+        head, tail = text.split("\0")
+        head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    else:
+        head_ids = tokenizer(head)["input_ids"]  # with the tokenizer's bos
+    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    dia_ids = tokenizer(dialogue, add_special_tokens=False)["input_ids"]
+    budget = max(max_len - len(head_ids) - len(tail_ids), 1)
+    return head_ids + dia_ids[:budget] + tail_ids, len(dia_ids) > budget
+
+
+def generation_kwargs(gen: dict, max_target_len: int | None = None) -> dict:
+    kw = dict(num_beams=gen.get("num_beams", 1), max_new_tokens=gen.get("max_new_tokens", 64),
+              min_new_tokens=gen.get("min_new_tokens", 0), do_sample=gen.get("do_sample", False),
+              repetition_penalty=gen.get("repetition_penalty", 1.0),
+              no_repeat_ngram_size=gen.get("no_repeat_ngram_size", 0),
+              length_penalty=gen.get("length_penalty", 1.0))
+    if kw["do_sample"]:
+        kw.update(temperature=gen.get("temperature", 1.0), top_p=gen.get("top_p", 1.0))
+    if max_target_len:
+        kw["max_new_tokens"] = min(kw["max_new_tokens"], max_target_len + 1)
+    return kw
+
+
+def decode(tokenizer, ids) -> str:
+    """Decode keeping every added token (tags); drop only pad/bos/eos/unk."""
+    text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    for tok in {tokenizer.pad_token, tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token} - {None}:
+        text = text.replace(tok, "")
+    return " ".join(text.split())
+
+
+@torch.no_grad()
+def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, max_source_len: int,
+              batch_size: int = 32, prompt: str | None = None, desc: str = "generate",
+              progress: bool = True) -> tuple[list[str], list[float]]:
+    """Summaries and their mean token log-probability, in input order.
+
+    Inputs are sorted by length so each batch pads little, then put back in order.
+    """
+    if not dialogues:
+        return [], []
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = [source_ids(tokenizer, d, family, max_source_len, prompt)[0] for d in dialogues]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    kw = generation_kwargs(gen)
+    pad = tokenizer.pad_token_id
+    out_text: list[str] = [""] * len(dialogues)
+    out_lp: list[float] = [0.0] * len(dialogues)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        seqs = [encoded[i] for i in batch]
+        width = max(map(len, seqs))
+        # causal models continue the prompt, so pad on the left; encoders pad on the right
+        if family == "causal":
+            ids = [[pad] * (width - len(s)) + s for s in seqs]
+            mask = [[0] * (width - len(s)) + [1] * len(s) for s in seqs]
+        else:
+            ids = [s + [pad] * (width - len(s)) for s in seqs]
+            mask = [[1] * len(s) + [0] * (width - len(s)) for s in seqs]
+        inputs = dict(input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device))
+        res = model.generate(**inputs, **kw, return_dict_in_generate=True, output_scores=True,
+                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        new = res.sequences[:, width:] if family == "causal" else res.sequences
+        if getattr(res, "sequences_scores", None) is not None:
+            lps = res.sequences_scores.tolist()
+        else:
+            trans = model.compute_transition_scores(res.sequences, res.scores, normalize_logits=True)
+            valid = torch.isfinite(trans) & (new[:, -trans.shape[1]:] != pad)
+            lps = [(t[v].sum() / max(int(v.sum()), 1)).item() for t, v in zip(trans, valid)]
+        for j, i in enumerate(batch):
+            out_text[i] = decode(tokenizer, new[j].tolist())
+            out_lp[i] = float(lps[j]) if math.isfinite(lps[j]) else -1e9
+    model.train(was_training)
+    return out_text, out_lp

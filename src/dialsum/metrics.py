@@ -1,0 +1,166 @@
+"""The one ROUGE/BLEU implementation every stage uses (training's compute_metrics, predict, ensemble,
+tuning, ``dialsum score``).
+
+rouge-score does the ROUGE; we only hand it a tokenizer, because its default one deletes every non-ASCII
+character (Korean scores 0). Modes (``metrics.tokenize``):
+
+- ``morpheme``: kiwipiepy morphemes (the default for Korean);
+- ``whitespace``: split on spaces, like the competition baseline;
+- ``default``: rouge-score's own rule (lowercase, runs of ``[a-z0-9]``), extended to keep Hangul so that
+  Korean is not deleted; on text without Hangul the tokens are exactly rouge-score's.
+
+Speaker and PII tags (``#Person1#``, ``#PhoneNumber#``) are one token in every mode (in ``default``
+rouge-score turns them into ``person1``). ``metrics.remove_tokens`` (model special tokens such as
+``<s>``) are removed from predictions before scoring.
+
+Corpus scores are the mean over dialogues of per-dialogue F1; with several references (``summary1..K``)
+each metric takes the ``max`` or the ``mean`` over references, per dialogue. ``rouge_sum`` =
+rouge1 + rouge2 + rougeL. ``bleu`` is sacrebleu's corpus BLEU on the same tokens, scaled to 0–1.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+import numpy as np
+from rouge_score import rouge_scorer
+
+from .data import TAG_RE
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+TOKENIZE_MODES = ("morpheme", "whitespace", "default")
+# rouge-score keeps runs of [a-z0-9] after lowercasing; we add Hangul syllables and jamo.
+_DEFAULT_RE = re.compile(r"[a-z0-9\uac00-\ud7a3\u3131-\u318e]+")
+
+
+@lru_cache(maxsize=1)
+def _kiwi():
+    from kiwipiepy import Kiwi
+
+    return Kiwi()
+
+
+class CachedTokenizer:
+    """A rouge-score tokenizer (has ``tokenize(text)``) that tokenizes each distinct text once."""
+
+    def __init__(self, mode: str = "morpheme"):
+        if mode not in TOKENIZE_MODES:
+            raise ValueError(f"metrics.tokenize must be one of {', '.join(TOKENIZE_MODES)}; got {mode!r}")
+        self.mode = mode
+        self._cache: dict[str, tuple[str, ...]] = {}
+
+    def tokenize(self, text: str) -> list[str]:
+        toks = self._cache.get(text)
+        if toks is None:
+            toks = self._cache[text] = tuple(self._tokenize(text))
+        return list(toks)
+
+    def tokenize_many(self, texts: Iterable[str]) -> list[tuple[str, ...]]:
+        """Batch form; kiwipiepy tokenizes the uncached texts in one call."""
+        texts = list(texts)
+        todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if todo and self.mode == "morpheme":
+            pieces = [_split_tags(t) for t in todo]
+            flat = [p for ps in pieces for p, is_tag in ps if not is_tag]
+            morphs = iter(_kiwi().tokenize(flat)) if flat else iter(())
+            for text, ps in zip(todo, pieces):
+                out: list[str] = []
+                for p, is_tag in ps:
+                    out.extend([p] if is_tag else [t.form for t in next(morphs)])
+                self._cache[text] = tuple(out)
+        for t in todo:
+            if t not in self._cache:
+                self._cache[t] = tuple(self._tokenize(t))
+        return [self._cache[t] for t in texts]
+
+    def _tokenize(self, text: str) -> list[str]:
+        if self.mode == "default":
+            return _DEFAULT_RE.findall(text.lower())
+        if self.mode == "whitespace":
+            return text.split()
+        out: list[str] = []
+        for piece, is_tag in _split_tags(text):
+            out.extend([piece] if is_tag else [t.form for t in _kiwi().tokenize(piece)])
+        return out
+
+
+def _split_tags(text: str) -> list[tuple[str, bool]]:
+    """Split around ``#Tag#`` so kiwipiepy never sees (and never splits) a tag."""
+    out, pos = [], 0
+    for m in TAG_RE.finditer(text):
+        if text[pos:m.start()].strip():
+            out.append((text[pos:m.start()], False))
+        out.append((m.group(0), True))
+        pos = m.end()
+    if text[pos:].strip():
+        out.append((text[pos:], False))
+    return out
+
+
+def strip_tokens(text: str, remove_tokens: Sequence[str]) -> str:
+    for tok in remove_tokens:
+        text = text.replace(tok, " ")
+    return re.sub(r"[ \t]+", " ", text).strip()
+
+
+class Scorer:
+    """ROUGE-1/2/L F1 and BLEU on one tokenization; reuse one instance to share the token cache."""
+
+    def __init__(self, tokenize: str = "morpheme", multi_ref: str = "max", remove_tokens: Sequence[str] = ()):
+        if multi_ref not in ("max", "mean"):
+            raise ValueError(f"metrics.multi_ref must be max or mean; got {multi_ref!r}")
+        self.tokenizer = CachedTokenizer(tokenize)
+        self.multi_ref = multi_ref
+        self.remove_tokens = list(remove_tokens)
+        self._rouge = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=self.tokenizer)
+
+    @classmethod
+    def from_params(cls, params: dict) -> "Scorer":
+        m = params.get("metrics", {})
+        return cls(m.get("tokenize", "morpheme"), m.get("multi_ref", "max"), m.get("remove_tokens", ()))
+
+    def per_row(self, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> np.ndarray:
+        """Array (n, 3) of per-dialogue F1 for rouge1, rouge2, rougeL."""
+        if len(preds) != len(refs):
+            raise ValueError(f"{len(preds)} predictions but {len(refs)} reference rows")
+        preds = [strip_tokens(p, self.remove_tokens) for p in preds]
+        self.tokenizer.tokenize_many(list(preds) + [r for rs in refs for r in rs])
+        out = np.zeros((len(preds), len(ROUGE_TYPES)))
+        agg = np.max if self.multi_ref == "max" else np.mean
+        for i, (p, rs) in enumerate(zip(preds, refs)):
+            if not rs:
+                raise ValueError(f"row {i + 1}: no reference summary")
+            s = [self._rouge.score(r, p) for r in rs]
+            out[i] = [agg([x[t].fmeasure for x in s]) for t in ROUGE_TYPES]
+        return out
+
+    def bleu(self, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
+        import sacrebleu
+
+        preds = [strip_tokens(p, self.remove_tokens) for p in preds]
+        hyps = [" ".join(self.tokenizer.tokenize(p)) for p in preds]
+        k = max(len(rs) for rs in refs)
+        # sacrebleu wants K equally long reference streams; a row with fewer refs repeats its first.
+        streams = [[" ".join(self.tokenizer.tokenize(rs[j] if j < len(rs) else rs[0])) for rs in refs]
+                   for j in range(k)]
+        return sacrebleu.corpus_bleu(hyps, streams, tokenize="none").score / 100.0
+
+    def score(self, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> dict:
+        if not preds:
+            raise ValueError("nothing to score: 0 predictions")
+        rows = self.per_row(preds, refs)
+        out = {t: float(v) for t, v in zip(ROUGE_TYPES, rows.mean(axis=0))}
+        out["rouge_sum"] = out["rouge1"] + out["rouge2"] + out["rougeL"]
+        out["bleu"] = float(self.bleu(preds, refs))
+        out["n"] = len(preds)
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def ngram_counts(tokens: Sequence[str], n: int):
+    return rouge_scorer._create_ngrams(list(tokens), n)
+
+
+def ngram_f1(target_counts, prediction_counts) -> float:
+    """F1 of two n-gram Counters, with rouge-score's own arithmetic."""
+    return rouge_scorer._score_ngrams(target_counts, prediction_counts).fmeasure

@@ -1,0 +1,233 @@
+"""The model zoo: tokenizers, from-scratch stand-ins and pretrained checkpoints, LoRA and quantization.
+
+One loading path for everything: ``models/<model>/init/`` holds the tokenizer (with speaker/PII tags added
+as *normal* tokens, so ``skip_special_tokens`` can never delete them) and, for a from-scratch entry, the
+randomly initialised weights. Training then calls ``from_pretrained`` on that folder, or on the entry's
+hub id / local path, exactly as it would for ``gogamza/kobart-base-v2``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .data import PII_TAGS, SPEAKER_TAGS
+
+log = logging.getLogger(__name__)
+
+SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+TAGS = SPEAKER_TAGS + PII_TAGS
+DEFAULT_PROMPT = "다음 대화를 요약하세요.\n### 대화:\n{dialogue}\n### 요약:\n"
+
+# LoRA targets per architecture; anything else falls back to peft's own table.
+LORA_TARGETS = {
+    "bart": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "bert": ["query", "key", "value", "dense"],
+}
+
+
+def auto_classes(family: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, family: str):
+    """A byte-level BPE trained on ``texts`` (the train split only), wrapped as a HF fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                                  special_tokens=list(SPECIAL.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    bos, eos = SPECIAL["bos_token"], SPECIAL["eos_token"]
+    # seq2seq encoders see <s> text </s> (BART's convention); causal prompts get <s> only, the training
+    # code appends </s> after the summary itself.
+    single = f"{bos} $A {eos}" if family == "seq2seq" else f"{bos} $A"
+    tok.post_processor = processors.TemplateProcessing(
+        single=single, special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
+
+
+def add_tags(tokenizer) -> int:
+    """Make every speaker/PII tag a single, non-special token; returns how many were new."""
+    from tokenizers import AddedToken
+
+    vocab = tokenizer.get_vocab()
+    new = [AddedToken(t, normalized=False, special=False) for t in TAGS if t not in vocab]
+    n = tokenizer.add_tokens(new) if new else 0
+    if tokenizer.pad_token is None:  # most causal LMs ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    return n
+
+
+def scratch_config(entry: dict, tokenizer):
+    """A small config of the entry's architecture, sized by ``arch``."""
+    from transformers import BartConfig, GPTNeoXConfig, LlamaConfig
+
+    a = entry["arch"]
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
+    n_pos = entry["max_source_len"] + entry["max_target_len"] + 8
+    if a["type"] == "bart":
+        return BartConfig(vocab_size=len(tokenizer), d_model=a["d_model"], encoder_layers=a["layers"],
+                          decoder_layers=a["layers"], encoder_attention_heads=a["heads"],
+                          decoder_attention_heads=a["heads"], encoder_ffn_dim=a["ffn"], decoder_ffn_dim=a["ffn"],
+                          max_position_embeddings=n_pos, decoder_start_token_id=tokenizer.eos_token_id,
+                          forced_eos_token_id=tokenizer.eos_token_id, dropout=0.1, **ids)
+    if a["type"] == "llama":
+        return LlamaConfig(vocab_size=len(tokenizer), hidden_size=a["d_model"], intermediate_size=a["ffn"],
+                           num_hidden_layers=a["layers"], num_attention_heads=a["heads"],
+                           num_key_value_heads=a["heads"], max_position_embeddings=n_pos,
+                           tie_word_embeddings=False, **ids)
+    return GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=a["d_model"], intermediate_size=a["ffn"],
+                         num_hidden_layers=a["layers"], num_attention_heads=a["heads"],
+                         max_position_embeddings=n_pos, rotary_pct=0.25, use_parallel_residual=True,
+                         tie_word_embeddings=False, **ids)
+
+
+def build_init(entry: dict, train_texts: list[str], out_dir: Path, seed: int) -> None:
+    """Write ``out_dir``: tokenizer (+ random weights for a from-scratch entry)."""
+    from transformers import AutoTokenizer
+
+    if entry.get("pretrained") is None:
+        tokenizer = train_tokenizer(train_texts, entry.get("vocab_size", 2000), entry["family"])
+    else:
+        src = entry.get("tokenizer") or entry["pretrained"]
+        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=entry.get("trust_remote_code", False))
+    n = add_tags(tokenizer)
+    log.info("tokenizer: %d tokens (%d tags added)", len(tokenizer), n)
+    tokenizer.save_pretrained(out_dir)
+    if entry.get("pretrained") is None:
+        torch.manual_seed(seed)
+        model = auto_classes(entry["family"]).from_config(scratch_config(entry, tokenizer))
+        log.info("random init %s: %.2f M parameters", model.config.model_type,
+                 sum(p.numel() for p in model.parameters()) / 1e6)
+        model.save_pretrained(out_dir, safe_serialization=True)
+
+
+def quantization_config(entry: dict):
+    q = entry.get("quantization", "none")
+    if q == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if q == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype())
+
+
+def compute_dtype() -> torch.dtype:
+    """bf16 where CUDA supports it, else fp32 (CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_for_training(entry: dict, init_dir: Path, seed: int):
+    """(model, tokenizer) ready for the Trainer: weights, resized embeddings, optional k-bit + LoRA."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    source = entry.get("pretrained") or init_dir
+    qconf = quantization_config(entry)
+    kwargs = dict(trust_remote_code=entry.get("trust_remote_code", False))
+    if qconf is not None:
+        kwargs.update(quantization_config=qconf, dtype=compute_dtype())
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": 0}
+    torch.manual_seed(seed)
+    model = auto_classes(entry["family"]).from_pretrained(source, **kwargs)
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
+    sync_generation_ids(model, tokenizer)
+    if qconf is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=entry.get("gradient_checkpointing", False))
+    elif entry.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable()
+    if entry.get("lora"):
+        model = apply_lora(model, entry["lora"], entry["family"])
+    elif qconf is not None:
+        raise ValueError("quantized weights cannot be trained directly: set a `lora` block on the zoo entry")
+    return model, tokenizer
+
+
+def sync_generation_ids(model, tokenizer) -> None:
+    gc = model.generation_config
+    gc.pad_token_id = tokenizer.pad_token_id
+    gc.eos_token_id = tokenizer.eos_token_id
+    if gc.bos_token_id is None:
+        gc.bos_token_id = tokenizer.bos_token_id
+    if model.config.is_encoder_decoder and gc.decoder_start_token_id is None:
+        gc.decoder_start_token_id = model.config.decoder_start_token_id or tokenizer.eos_token_id
+
+
+def apply_lora(model, lora: dict, family: str):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = lora.get("target_modules", "auto")
+    if targets in (None, "auto"):
+        targets = LORA_TARGETS.get(model.config.model_type)
+    cfg = LoraConfig(r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16), lora_dropout=lora.get("dropout", 0.05),
+                     target_modules=targets, bias="none",
+                     task_type=TaskType.SEQ_2_SEQ_LM if family == "seq2seq" else TaskType.CAUSAL_LM)
+    model = get_peft_model(model, cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("LoRA: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
+    return model
+
+
+def save_trained(model, tokenizer, out_dir: Path, entry: dict) -> None:
+    """A ``save_pretrained`` folder (safetensors); LoRA models save the adapter, or merged weights with
+    ``lora.merge: true``."""
+    lora = entry.get("lora") or {}
+    if lora and lora.get("merge") and entry.get("quantization", "none") == "none":
+        model = model.merge_and_unload()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def load_for_inference(model_dir: Path, entry: dict | None = None):
+    """(model, tokenizer, family) from a trained folder: full weights or a LoRA adapter."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    entry = entry or {}
+    trust = entry.get("trust_remote_code", False)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if (model_dir / "adapter_config.json").exists():
+        import json
+
+        from peft import PeftModel
+
+        base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+        family = entry.get("family") or ("seq2seq" if AutoConfig.from_pretrained(
+            base, trust_remote_code=trust).is_encoder_decoder else "causal")
+        kwargs = dict(trust_remote_code=trust)
+        qconf = quantization_config(entry)
+        if qconf is not None:
+            kwargs.update(quantization_config=qconf, dtype=compute_dtype())
+        model = auto_classes(family).from_pretrained(base, **kwargs)
+        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
+        model = PeftModel.from_pretrained(model, model_dir)
+    else:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust)
+        family = "seq2seq" if config.is_encoder_decoder else "causal"
+        model = auto_classes(family).from_pretrained(model_dir, trust_remote_code=trust)
+    sync_generation_ids(model, tokenizer)
+    model.eval()
+    return model, tokenizer, family

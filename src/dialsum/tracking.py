@@ -1,0 +1,40 @@
+"""Logging for stages: ``logs/<stage>[@item].log`` plus the console, and one-line errors for users."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+
+
+def setup_logging(stage: str, item: str | None = None, level: str = "INFO", log_dir: str | Path = "logs") -> Path:
+    path = Path(log_dir) / (f"{stage}@{item}.log" if item else f"{stage}.log")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    for h in (logging.FileHandler(path, mode="w", encoding="utf-8"), logging.StreamHandler(sys.stderr)):
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    root.setLevel(level)
+    for noisy in ("httpx", "urllib3", "matplotlib", "filelock", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return path
+
+
+def run_stage(name: str, main: Callable[[], object]) -> None:
+    """Run a stage's main; user errors (bad params/data) print one line and exit 2, no traceback."""
+    from .data import DataError
+    from .params import ParamsError
+
+    start = time.time()
+    try:
+        main()
+    except (ParamsError, DataError) as e:
+        logging.getLogger(name).error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    logging.getLogger(name).info("done in %.1fs", time.time() - start)

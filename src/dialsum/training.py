@@ -1,0 +1,227 @@
+"""Fine-tuning one model on one fold with the HF Seq2SeqTrainer (both families).
+
+The Trainer does the loop, checkpoints, best-model selection and early stopping; we only build the
+features, the collator and the arguments from params, and add ROUGE by generation to each evaluation.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import generation
+from .data import references
+from .metrics import Scorer
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch RNGs, and deterministic kernels where torch has them."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def build_features(df: pd.DataFrame, tokenizer, entry: dict) -> tuple[list[dict], int]:
+    """Token ids per row and how many dialogues were truncated to ``max_source_len``.
+
+    causal rows are ``prompt + summary + eos`` with the prompt's labels set to -100, so the loss is on
+    the summary alone; the summary is never cut for the dialogue's sake.
+    """
+    family, max_src, max_tgt = entry["family"], entry["max_source_len"], entry["max_target_len"]
+    feats, truncated = [], 0
+    for dialogue, summary in zip(df["dialogue"], df["summary"]):
+        src, cut = generation.source_ids(tokenizer, dialogue, family, max_src, entry.get("prompt"))
+        truncated += cut
+        if family == "seq2seq":
+            labels = tokenizer(text_target=summary, truncation=True, max_length=max_tgt)["input_ids"]
+            feats.append({"input_ids": src, "attention_mask": [1] * len(src), "labels": labels})
+        else:
+            tgt = tokenizer(summary, add_special_tokens=False)["input_ids"][: max_tgt] + [tokenizer.eos_token_id]
+            ids = src + tgt
+            feats.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(src) + tgt})
+    return feats, truncated
+
+
+def mixed_precision(choice: str) -> dict:
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+        return {}
+    if choice in ("fp16", "bf16"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"training.mixed_precision = {choice} needs a CUDA GPU; use auto or no")
+        return {choice: True}
+    return {}
+
+
+def run_signature(params: dict, model_name: str, fold, data_files: list[Path]) -> str:
+    """Hash of everything that defines a training run; checkpoints are resumed only when it matches."""
+    h = hashlib.sha256()
+    rel = {k: params[k] for k in ("seed", "training")}
+    rel["zoo"] = params["zoo"][model_name]
+    h.update(json.dumps([rel, model_name, str(fold)], sort_keys=True, default=str).encode())
+    for f in data_files:
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def find_resume(ckpt_dir: Path, signature: str, resume: str) -> str | None:
+    if resume == "never":
+        return None
+    if resume != "auto":
+        if not Path(resume).exists():
+            raise FileNotFoundError(f"training.resume: checkpoint {resume} not found")
+        return resume
+    sig_file = ckpt_dir / "signature"
+    if not sig_file.exists() or sig_file.read_text().strip() != signature:
+        return None
+    ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: pd.DataFrame,
+          init_dir: Path, out_dir: Path, ckpt_dir: Path, live_dir: Path | None = None,
+          signature: str = "", trial=None) -> dict:
+    """Train, keep the best model by eval ``rouge_sum``, save it to ``out_dir``; returns eval metrics."""
+    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer
+    from datasets import Dataset
+
+    from .models import load_for_training, save_trained
+    from .io import atomic_dir
+
+    tcfg, entry = params["training"], params["zoo"][model_name]
+    seed_everything(params["seed"])
+    model, tokenizer = load_for_training(entry, init_dir, params["seed"])
+    family = entry["family"]
+    tokenizer.padding_side = "right"
+
+    feats, truncated = build_features(train_df, tokenizer, entry)
+    if truncated:
+        log.info("%d of %d training dialogues truncated to max_source_len=%d", truncated, len(feats),
+                 entry["max_source_len"])
+    val_feats, _ = build_features(val_df, tokenizer, entry)
+    train_ds = Dataset.from_list(feats)
+    val_ds = Dataset.from_list(val_feats)
+
+    bs = tcfg["batch_size"]
+    steps_per_epoch = math.ceil(len(feats) / ((bs if bs != "auto" else 64) * tcfg["gradient_accumulation_steps"]))
+    eval_steps = max(1, steps_per_epoch * tcfg["eval_every_epochs"])
+    lr = tcfg.get("learning_rate") or entry.get("learning_rate", 5e-5)
+    args = _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr)
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model if family == "seq2seq" else None,
+                                      label_pad_token_id=-100, pad_to_multiple_of=8)
+    scorer = Scorer.from_params(params)
+    refs = references(val_df)
+    gen_cfg = {"num_beams": tcfg["eval_num_beams"], "max_new_tokens": entry["max_target_len"]}
+
+    class SummarizationTrainer(Seq2SeqTrainer):
+        """Seq2SeqTrainer whose evaluation adds ROUGE of our own batched generation."""
+        last_predictions: list[str] = []
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **kw):
+            tokenizer.padding_side = "left"
+            preds, _ = generation.summarize(self.model, tokenizer, family, list(val_df["dialogue"]), gen_cfg,
+                                            entry["max_source_len"], tcfg["eval_batch_size"],
+                                            entry.get("prompt"), desc="eval generate")
+            tokenizer.padding_side = "right"
+            SummarizationTrainer.last_predictions = preds
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **kw)
+
+    def compute_metrics(_):
+        s = scorer.score(SummarizationTrainer.last_predictions, refs)
+        return {k: s[k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
+
+    callbacks = []
+    if tcfg["early_stopping_patience"] > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=tcfg["early_stopping_patience"]))
+    if live_dir is not None:
+        from dvclive import Live
+        from transformers.integrations import DVCLiveCallback
+
+        callbacks.append(DVCLiveCallback(live=Live(str(live_dir), report=None, save_dvc_exp=False, dvcyaml=None)))
+    if trial is not None:
+        from .tuning import PruningCallback
+
+        callbacks.append(PruningCallback(trial))
+
+    trainer = SummarizationTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
+        processing_class=tokenizer, compute_metrics=compute_metrics, callbacks=callbacks,
+        # The Trainer would keep every eval logit (vocab x length x rows); ROUGE needs none of them.
+        preprocess_logits_for_metrics=lambda logits, labels: logits.new_zeros((logits.shape[0], 1)),
+    )
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = find_resume(ckpt_dir, signature, tcfg["resume"])
+    if resume_from is None and tcfg["resume"] == "auto" and any(ckpt_dir.glob("checkpoint-*")):
+        # Checkpoints of another configuration: move them aside rather than delete a user's work.
+        old = ckpt_dir / "signature"
+        stale = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{old.read_text().strip() if old.exists() else 'unknown'}")
+        shutil.rmtree(stale, ignore_errors=True)
+        ckpt_dir.rename(stale)
+        ckpt_dir.mkdir(parents=True)
+        log.warning("checkpoints from a different configuration moved to %s", stale)
+    (ckpt_dir / "signature").write_text(signature)
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    trainer.train(resume_from_checkpoint=resume_from)
+    metrics = trainer.evaluate()
+    result = {k.removeprefix("eval_"): round(float(v), 6) for k, v in metrics.items()
+              if k.removeprefix("eval_") in ("rouge1", "rouge2", "rougeL", "rouge_sum", "loss")}
+    result.update(n_train=len(train_df), n_val=len(val_df), truncated=truncated,
+                  best_step=_best_step(trainer), steps=trainer.state.global_step)
+    if out_dir is not None:
+        with atomic_dir(out_dir) as tmp:
+            save_trained(trainer.model, tokenizer, tmp, entry)
+        # The best model is saved; the intermediate checkpoints have served their purpose.
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return result
+
+
+def _best_step(trainer) -> int:
+    ck = trainer.state.best_model_checkpoint
+    return int(ck.rsplit("-", 1)[-1]) if ck else trainer.state.global_step
+
+
+def _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr):
+    from transformers import Seq2SeqTrainingArguments
+
+    tcfg = params["training"]
+    bs = tcfg["batch_size"]
+    return Seq2SeqTrainingArguments(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=tcfg["epochs"],
+        per_device_train_batch_size=bs if bs != "auto" else 64,
+        auto_find_batch_size=bs == "auto",
+        per_device_eval_batch_size=tcfg["eval_batch_size"],
+        learning_rate=lr,
+        weight_decay=tcfg["weight_decay"],
+        warmup_steps=int(tcfg["warmup_ratio"] * steps_per_epoch * tcfg["epochs"]),
+        lr_scheduler_type=tcfg["lr_scheduler"],
+        gradient_accumulation_steps=tcfg["gradient_accumulation_steps"],
+        label_smoothing_factor=tcfg["label_smoothing"],
+        max_grad_norm=tcfg["max_grad_norm"],
+        eval_strategy="steps", eval_steps=eval_steps,
+        save_strategy="steps", save_steps=eval_steps,
+        save_total_limit=tcfg["save_total_limit"],
+        load_best_model_at_end=True, metric_for_best_model="rouge_sum", greater_is_better=True,
+        logging_steps=max(1, min(10, steps_per_epoch)),
+        train_sampling_strategy="group_by_length",
+        seed=params["seed"], data_seed=params["seed"],
+        report_to=[],
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        **mixed_precision(tcfg["mixed_precision"]),
+    )

@@ -1,0 +1,28 @@
+"""prepare: validate + clean the competition CSVs, assign CV folds -> data/processed/."""
+import logging
+
+from dialsum import data, io, params as P
+from dialsum.tracking import run_stage, setup_logging
+
+log = logging.getLogger("prepare")
+
+
+def main():
+    params = P.load()
+    setup_logging("prepare", level=params.get("tracking", {}).get("log_level", "INFO"))
+    d, cv = params["data"], params["cv"]
+    frames = {s: data.read_csv(d[s], s, d["on_invalid"]) for s in ("train", "dev", "test")}
+    n = params.get("debug", {}).get("subsample", 0)
+    for split, df in frames.items():
+        df = data.clean_frame(df, d["clean"])
+        if n:
+            df = df.head(n).reset_index(drop=True)
+        frames[split] = df
+        log.info("%s: %d rows from %s", split, len(df), d[split])
+    frames["train"]["fold"] = data.assign_folds(frames["train"], cv["n_splits"], cv["seed"])
+    for split, df in frames.items():
+        io.write_csv(f"data/processed/{split}.csv", df)
+
+
+if __name__ == "__main__":
+    run_stage("prepare", main)
