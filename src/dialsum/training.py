@@ -161,7 +161,7 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
         processing_class=tokenizer, compute_metrics=compute_metrics, callbacks=callbacks,
         # The Trainer would keep every eval logit (vocab x length x rows); ROUGE needs none of them.
-        preprocess_logits_for_metrics=lambda logits, labels: logits.new_zeros((logits.shape[0], 1)),
+        preprocess_logits_for_metrics=lambda logits, labels: labels[:, :1],
     )
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     resume_from = find_resume(ckpt_dir, signature, tcfg["resume"])

@@ -1,0 +1,171 @@
+"""``dialsum`` command line: sample, score, summarize, env, tiny-models."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_sample(a) -> int:
+    from .sample import write_sample
+
+    paths = write_sample(a.out, seed=a.seed, n_train=a.n_train, n_dev=a.n_dev, n_test=a.n_test)
+    for split, p in paths.items():
+        print(f"{split}: {p}")
+    return 0
+
+
+def cmd_score(a) -> int:
+    import pandas as pd
+
+    from .data import DataError, references
+    from .metrics import Scorer
+
+    try:
+        pred = _read(a.pred, ["fname", "summary"])
+        ref = _read(a.ref, ["fname"])
+        missing_pred = sorted(set(ref["fname"]) - set(pred["fname"]))
+        missing_ref = sorted(set(pred["fname"]) - set(ref["fname"]))
+        if missing_pred or missing_ref:
+            side, names, where = ((a.pred, missing_pred, "in predictions") if missing_pred
+                                  else (a.ref, missing_ref, "in references"))
+            raise DataError(f"{side}: {len(names)} fname(s) missing {where}, e.g. {names[0]!r}; "
+                            "refusing to score a partial set")
+        if pred["fname"].duplicated().any():
+            raise DataError(f"{a.pred}: duplicate fname {pred['fname'][pred['fname'].duplicated()].iloc[0]!r}")
+        ref = ref.set_index("fname").loc[list(pred["fname"])].reset_index()
+        refs = references(ref)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    scorer = Scorer(a.tokenize, a.multi_ref, a.remove_tokens or ())
+    result = scorer.score(list(pred["summary"]), refs)
+    for k in ("rouge1", "rouge2", "rougeL", "rouge_sum", "bleu"):
+        print(f"{k:>10}: {result[k]:.4f}")
+    print(json.dumps({**result, "tokenize": a.tokenize, "multi_ref": a.multi_ref}, ensure_ascii=False))
+    return 0
+
+
+def _read(path: str, cols: list[str]):
+    import pandas as pd
+
+    from .data import DataError
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: file not found")
+    try:
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    except Exception as e:  # pandas raises several kinds for unreadable CSVs
+        raise DataError(f"{p}: cannot be read as CSV ({type(e).__name__})") from None
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise DataError(f"{p}: missing column {', '.join(missing)} (found: {', '.join(df.columns)})")
+    return df
+
+
+def cmd_summarize(a) -> int:
+    import pandas as pd
+
+    from . import generation, models
+    from .data import DataError, clean_text, read_csv
+    from .io import write_csv
+    from .params import load
+
+    try:
+        df = read_csv(a.input, "test")
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    params = load(a.params) if Path(a.params).exists() else {}
+    gen = dict(params.get("generation", {}))
+    if a.num_beams:
+        gen["num_beams"] = a.num_beams
+    model, tok, family = models.load_for_inference(Path(a.model))
+    tok.padding_side = "left"
+    dialogues = [clean_text(d) for d in df["dialogue"]]
+    texts, _ = generation.summarize(model, tok, family, dialogues, gen, a.max_source_len, a.batch_size,
+                                    desc="summarize")
+    write_csv(a.output, pd.DataFrame({"fname": df["fname"], "summary": texts}))
+    print(f"{len(texts)} summaries -> {a.output}")
+    return 0
+
+
+def cmd_env(a) -> int:
+    import importlib.metadata as md
+    import platform
+
+    import torch
+
+    rows = [("python", platform.python_version()), ("platform", platform.platform()),
+            ("torch", torch.__version__), ("cuda available", torch.cuda.is_available())]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            rows.append((f"gpu {i}", f"{p.name}, {p.total_memory / 2**30:.1f} GiB, capability {p.major}.{p.minor}"))
+        rows += [("cuda", torch.version.cuda), ("bf16 supported", torch.cuda.is_bf16_supported()),
+                 ("fp16 supported", True)]
+    else:
+        rows += [("gpu", "none (CPU only: training runs in fp32)"), ("bf16 supported", False),
+                 ("fp16 supported", False)]
+    try:
+        import bitsandbytes as bnb
+
+        backends = getattr(bnb, "supported_torch_devices", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+        rows.append(("bitsandbytes", f"{md.version('bitsandbytes')} (backend: {backends})"))
+    except Exception as e:  # bitsandbytes raises on broken CUDA setups; report, don't crash
+        rows.append(("bitsandbytes", f"unavailable ({type(e).__name__}: {e})"))
+    for pkg in ("transformers", "peft", "accelerate", "dvc", "dvclive", "optuna", "kiwipiepy", "rouge-score"):
+        try:
+            rows.append((pkg, md.version(pkg)))
+        except md.PackageNotFoundError:
+            rows.append((pkg, "not installed"))
+    mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else (
+        "fp16" if torch.cuda.is_available() else "no (fp32)")
+    rows.append(("mixed precision (auto)", mp))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dialsum", description="Dialogue summarization pipeline helpers.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("sample", help="write the synthetic Korean sample (byte-identical per seed)")
+    p.add_argument("--out", default="data/sample")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=400)
+    p.add_argument("--n-dev", type=int, default=80)
+    p.add_argument("--n-test", type=int, default=80)
+    p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("score", help="ROUGE-1/2/L + BLEU of PRED.csv against REF.csv; last line is JSON")
+    p.add_argument("pred")
+    p.add_argument("ref")
+    p.add_argument("--tokenize", choices=["morpheme", "whitespace", "default"], default="morpheme")
+    p.add_argument("--multi-ref", choices=["max", "mean"], default="max")
+    p.add_argument("--remove-tokens", nargs="*", default=["<s>", "</s>", "<pad>", "<unk>", "<usr>", "<sys>"])
+    p.set_defaults(fn=cmd_score)
+
+    p = sub.add_parser("summarize", help="summaries for new dialogues with a trained model folder")
+    p.add_argument("--model", required=True, help="a trained folder, e.g. models/tiny-bart/full")
+    p.add_argument("--input", required=True, help="CSV with fname,dialogue")
+    p.add_argument("--output", required=True)
+    p.add_argument("--params", default="params.yaml", help="generation settings come from here if it exists")
+    p.add_argument("--num-beams", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-source-len", type=int, default=512)
+    p.set_defaults(fn=cmd_summarize)
+
+    p = sub.add_parser("env", help="torch / CUDA / GPU / bf16 / bitsandbytes / versions report")
+    p.set_defaults(fn=cmd_env)
+
+    a = ap.parse_args(argv)
+    return a.fn(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+import json
+from collections import Counter
+
+import pandas as pd
+import pytest
+from rouge_score import rouge_scorer
+
+from conftest import DIALOGSUM
+from dialsum.cli import main
+from dialsum.metrics import Scorer
+
+MODES = ["morpheme", "whitespace", "default"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_identical_korean_is_one(mode):
+    s = Scorer(mode).score(["철수가 학교에 갔다"], [["철수가 학교에 갔다"]])
+    assert s["rouge1"] == s["rouge2"] == s["rougeL"] == 1.0 and s["rouge_sum"] == 3.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_partial_korean_overlap_is_between(mode):
+    s = Scorer(mode).score(["철수가 학교에 갔다 오늘"], [["철수가 집에 갔다"]])
+    assert 0 < s["rouge1"] < 1 and 0 < s["rougeL"] < 1
+
+
+def test_rouge_score_default_tokenizer_really_drops_korean():
+    # The trap this module exists for: plain rouge-score gives 0 for identical Korean.
+    plain = rouge_scorer.RougeScorer(["rouge1"]).score("철수가 학교에 갔다", "철수가 학교에 갔다")
+    assert plain["rouge1"].fmeasure == 0.0
+
+
+def test_tags_are_whole_tokens():
+    tok = Scorer("morpheme").tokenizer
+    assert tok.tokenize("#Person1#은 #PhoneNumber#로 전화했다")[:3] == ["#Person1#", "은", "#PhoneNumber#"]
+    assert "#Person2#" in Scorer("whitespace").tokenizer.tokenize("#Person2# 가 왔다")
+
+
+def _by_hand(pred: list[str], ref: list[str]) -> tuple[float, float, float]:
+    def f1(p, r, overlap):
+        if not p or not r or not overlap:
+            return 0.0
+        prec, rec = overlap / len(p), overlap / len(r)
+        return 2 * prec * rec / (prec + rec)
+
+    def grams(t, n):
+        return Counter(tuple(t[i:i + n]) for i in range(len(t) - n + 1))
+
+    r1 = f1(pred, ref, sum((grams(pred, 1) & grams(ref, 1)).values()))
+    p2, q2 = grams(pred, 2), grams(ref, 2)
+    r2 = f1(list(p2.elements()), list(q2.elements()), sum((p2 & q2).values()))
+    # LCS by dynamic programming
+    t = [[0] * (len(ref) + 1) for _ in range(len(pred) + 1)]
+    for i in range(len(pred)):
+        for j in range(len(ref)):
+            t[i + 1][j + 1] = t[i][j] + 1 if pred[i] == ref[j] else max(t[i][j + 1], t[i + 1][j])
+    rl = f1(pred, ref, t[-1][-1])
+    return r1, r2, rl
+
+
+@pytest.mark.parametrize("pred, ref", [
+    ("#Person1#은 내일 오후 3시에 병원 예약을 한다", "#Person1#은 내일 병원 예약을 한다 오후 3시에"),
+    ("가 나 다 라 가 나", "나 다 가 나 라"),
+    ("완전히 다른 문장", "전혀 겹치지 않음"),
+])
+def test_whitespace_mode_equals_rouge_by_hand(pred, ref):
+    s = Scorer("whitespace").score([pred], [[ref]])
+    r1, r2, rl = _by_hand(pred.split(), ref.split())
+    assert s["rouge1"] == pytest.approx(r1, abs=1e-6)
+    assert s["rouge2"] == pytest.approx(r2, abs=1e-6)
+    assert s["rougeL"] == pytest.approx(rl, abs=1e-6)
+
+
+def test_default_mode_equals_rouge_score_on_english():
+    if (DIALOGSUM / "dev.csv").exists():
+        dev = pd.read_csv(DIALOGSUM / "dev.csv").head(100)
+        preds = [d.split("\n")[0] for d in dev["dialogue"]]
+        refs = list(dev["summary"])
+    else:
+        preds, refs = ["The cat sat on the mat, didn't it?"], ["A cat was sitting on a mat."]
+    ours = Scorer("default").per_row(preds, [[r] for r in refs])
+    rs = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
+    for i, (p, r) in enumerate(zip(preds, refs)):
+        want = rs.score(r, p)
+        assert list(ours[i]) == pytest.approx([want[t].fmeasure for t in ("rouge1", "rouge2", "rougeL")], abs=1e-12)
+
+
+def test_multi_ref_max_and_mean():
+    pred, refs = "철수가 학교에 갔다", ["철수가 학교에 갔다", "영희가 집에 왔다"]
+    mx = Scorer("whitespace", "max").score([pred], [refs])
+    mean = Scorer("whitespace", "mean").score([pred], [refs])
+    assert mx["rouge1"] == 1.0
+    assert mean["rouge1"] == pytest.approx(0.5)  # (1.0 + 0.0) / 2
+
+
+def test_remove_tokens_before_scoring():
+    s = Scorer("whitespace", remove_tokens=["<s>", "</s>"]).score(["<s> 철수가 학교에 갔다 </s>"], [["철수가 학교에 갔다"]])
+    assert s["rouge1"] == 1.0
+
+
+def test_cli_score_json_last_line(tmp_path, capsys):
+    pd.DataFrame({"fname": ["a", "b"], "summary": ["철수가 학교에 갔다", "비가 온다"]}).to_csv(tmp_path / "p.csv", index=False)
+    pd.DataFrame({"fname": ["b", "a"], "summary1": ["비가 온다", "철수가 학교에 갔다"],
+                  "summary2": ["눈이 온다", "철수는 집에 있다"]}).to_csv(tmp_path / "r.csv", index=False)
+    assert main(["score", str(tmp_path / "p.csv"), str(tmp_path / "r.csv"), "--tokenize", "whitespace"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["rouge1"] == 1.0 and out["n"] == 2
+    assert {"rouge1", "rouge2", "rougeL", "rouge_sum", "bleu", "n"} <= set(out)
+
+
+def test_cli_score_refuses_missing_fnames(tmp_path, capsys):
+    pd.DataFrame({"fname": ["a"], "summary": ["x"]}).to_csv(tmp_path / "p.csv", index=False)
+    pd.DataFrame({"fname": ["a", "b", "c"], "summary": ["x", "y", "z"]}).to_csv(tmp_path / "r.csv", index=False)
+    assert main(["score", str(tmp_path / "p.csv"), str(tmp_path / "r.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "2 fname(s) missing in predictions" in err and "'b'" in err

@@ -1,0 +1,69 @@
+import torch
+
+from dialsum import generation, models
+
+TEXTS = ["#Person1#: 안녕하세요, 내일 오후 3시에 예약할게요. 전화번호는 #PhoneNumber#입니다.",
+         "#Person2#: 네, 알겠습니다."] * 20
+BART = {"family": "seq2seq", "pretrained": None, "vocab_size": 400, "max_source_len": 64, "max_target_len": 16,
+        "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}}
+
+
+def test_tags_are_single_tokens_and_survive_decoding(tmp_path):
+    models.build_init(BART, TEXTS, tmp_path, seed=0)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    for tag in ("#Person1#", "#PhoneNumber#"):
+        assert len(tok(tag, add_special_tokens=False)["input_ids"]) == 1
+        assert tag not in tok.all_special_tokens  # so skip_special_tokens can never delete it
+    s = "#Person1#은 #PhoneNumber#로 연락한다."
+    ids = tok(s)["input_ids"]
+    assert tok.decode(ids, skip_special_tokens=True) == s
+    assert generation.decode(tok, ids) == s
+
+
+def test_pretrained_path_adds_tags_and_resizes(tmp_path):
+    """A hub-style checkpoint without the tags goes through from_pretrained + add tokens + resize."""
+    from transformers import AutoModelForSeq2SeqLM, BartConfig
+
+    hub = tmp_path / "hub"
+    tok = models.train_tokenizer(TEXTS, 400, "seq2seq")
+    tok.save_pretrained(hub)
+    cfg = BartConfig(vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1,
+                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                     decoder_ffn_dim=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                     decoder_start_token_id=tok.eos_token_id)
+    AutoModelForSeq2SeqLM.from_config(cfg).save_pretrained(hub)
+    entry = {"family": "seq2seq", "pretrained": str(hub), "max_source_len": 64, "max_target_len": 16}
+    init = tmp_path / "init"
+    models.build_init(entry, TEXTS, init, seed=0)
+    assert not (init / "model.safetensors").exists()  # weights stay at the hub path
+    model, tok2 = models.load_for_training(entry, init, seed=0)
+    assert len(tok2) == len(tok) + len(models.TAGS)
+    assert model.get_input_embeddings().weight.shape[0] >= len(tok2)
+    texts, lps = generation.summarize(model, tok2, "seq2seq", TEXTS[:3], {"num_beams": 2, "max_new_tokens": 5},
+                                      64, progress=False)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
+def test_causal_features_mask_prompt_and_keep_summary():
+    import pandas as pd
+
+    from dialsum.training import build_features
+
+    entry = {"family": "causal", "pretrained": None, "vocab_size": 400, "max_source_len": 24, "max_target_len": 12,
+             "arch": {"type": "llama", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}}
+    tok = models.train_tokenizer(TEXTS, 400, "causal")
+    models.add_tags(tok)
+    long_dialogue = " ".join(TEXTS[:6])
+    df = pd.DataFrame({"dialogue": [long_dialogue], "summary": ["#Person1#은 내일 예약한다."]})
+    feats, truncated = build_features(df, tok, entry)
+    f = feats[0]
+    assert truncated == 1
+    summary_ids = tok("#Person1#은 내일 예약한다.", add_special_tokens=False)["input_ids"]
+    target = [x for x in f["labels"] if x != -100]
+    assert target == summary_ids + [tok.eos_token_id]  # the summary is never cut, eos appended
+    n_prompt = f["labels"].count(-100)
+    assert f["input_ids"][n_prompt:] == target
+    assert tok.decode(f["input_ids"][:n_prompt]).rstrip().endswith("### 요약:")  # answer cue survives truncation

@@ -1,0 +1,50 @@
+import copy
+
+import pytest
+import yaml
+
+from dialsum.params import ParamsError, load, validate
+
+
+@pytest.fixture
+def params(root):
+    return yaml.safe_load((root / "params.yaml").read_text())
+
+
+def test_repo_params_are_valid(root):
+    p = load(root / "params.yaml")
+    assert len(p["models"]) * len(p["cv"]["folds"]) >= 4
+    assert any(p["zoo"][m]["family"] == "seq2seq" for m in p["models"])
+    assert any(p["zoo"][m]["family"] == "causal" for m in p["models"])
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda p: p["training"].update(epoch=3), "training.epoch"),
+    (lambda p: p["training"].update(epochs="five"), "training.epochs"),
+    (lambda p: p["training"].update(epochs=-1), "training.epochs"),
+    (lambda p: p["cv"].update(folds=[0, 7]), "cv.folds[1]"),
+    (lambda p: p.update(models=["tiny-bart", "gpt-17"]), "models[1]"),
+    (lambda p: p["ensemble"].update(strategy="magic"), "ensemble.strategy"),
+    (lambda p: p["zoo"]["tiny-bart"].update(family="rnn"), "zoo.tiny-bart.family"),
+    (lambda p: p.update(unknown_section=1), "unknown_section"),
+    (lambda p: p["data"].update(on_invalid="ignore"), "data.on_invalid"),
+])
+def test_bad_params_name_the_key(params, edit, needle):
+    bad = copy.deepcopy(params)
+    edit(bad)
+    with pytest.raises(ParamsError) as e:
+        validate(bad)
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_full_fold_is_allowed(params):
+    params["cv"]["folds"] = ["full", 0]
+    validate(params)
+
+
+def test_unparsable_yaml(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("data: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load(f)

@@ -1,0 +1,128 @@
+"""End to end: the real dvc.yaml on tiny settings in a throwaway git repo."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from dialsum.cli import main as dialsum
+
+pytestmark = pytest.mark.slow
+COPY = [".dvc", ".dvcignore", ".gitignore", "dvc.yaml", "params.yaml", "stages", "src", "data/sample"]
+
+
+def run(cmd, cwd, check=True):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(Path(cwd) / "src"))
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def stages_run(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, root=Path(__file__).resolve().parents[1]):
+    dst = tmp_path_factory.mktemp("proj")
+    for item in COPY:
+        src = root / item
+        (dst / item).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst / item,
+                                                            **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}))
+    p = yaml.safe_load((dst / "params.yaml").read_text())
+    p["debug"]["subsample"] = 40
+    p["training"].update(epochs=2, eval_every_epochs=1)
+    p["generation"]["num_beams"] = 1
+    (dst / "params.yaml").write_text(yaml.safe_dump(p, allow_unicode=True, sort_keys=False))
+    run("git init -q && git add -A && git -c user.email=t@t -c user.name=t commit -qm init", dst)
+    out = run([sys.executable, "-m", "dvc", "repro"], dst)
+    return dst, out.stdout
+
+
+def test_repro_builds_every_output(project):
+    dst, out = project
+    p = yaml.safe_load((dst / "params.yaml").read_text())
+    expected = {"prepare", "ensemble"} | {f"init@{m}" for m in p["models"]}
+    for m in p["models"]:
+        for f in p["cv"]["folds"]:
+            expected |= {f"train@{m}-{f}", f"predict@{m}-{f}"}
+            assert (dst / f"models/{m}/{f}/model.safetensors").exists()
+            assert (dst / f"models/{m}/{f}/tokenizer.json").exists()
+            for split in ("oof", "dev", "test"):
+                assert (dst / f"predictions/{m}/{f}/{split}.csv").exists()
+            tm = json.loads((dst / f"metrics/train/{m}-{f}.json").read_text())
+            assert tm["rouge_sum"] > 0
+            oof = pd.read_csv(dst / f"predictions/{m}/{f}/oof.csv")
+            train = pd.read_csv(dst / "data/processed/train.csv")
+            assert sorted(oof["fname"]) == sorted(train.loc[train["fold"] == f, "fname"])
+    assert stages_run(out) == expected
+    ens = json.loads((dst / "metrics/ensemble.json").read_text())
+    assert ens["rouge1"] > 0 and {"best_single", "gain", "sources"} <= set(ens)
+    sub = pd.read_csv(dst / "submission.csv")
+    test = pd.read_csv(dst / "data/processed/test.csv")
+    assert list(sub.columns) == ["fname", "summary"] and list(sub["fname"]) == list(test["fname"])
+    assert sub["summary"].notna().all()
+    assert (dst / "logs/ensemble.log").exists()
+
+
+def test_eval_metric_agrees_with_dialsum_score(project, capsys):
+    dst, _ = project
+    p = yaml.safe_load((dst / "params.yaml").read_text())
+    m, f = p["models"][0], p["cv"]["folds"][0]
+    pred = pd.read_csv(dst / f"predictions/{m}/{f}/dev.csv")[["fname", "summary"]].fillna("")
+    pred.to_csv(dst / "pred.csv", index=False)
+    assert dialsum(["score", str(dst / "pred.csv"), str(dst / "data/processed/dev.csv")]) == 0
+    cli = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    stage = json.loads((dst / f"metrics/predict/{m}-{f}.json").read_text())
+    for k in ("rouge1", "rouge2", "rougeL", "rouge_sum"):
+        assert cli[k] == pytest.approx(stage[k], abs=1e-6)
+
+
+def test_second_repro_is_noop_and_generation_change_reruns_predict_only(project):
+    dst, _ = project
+    assert stages_run(run([sys.executable, "-m", "dvc", "repro"], dst).stdout) == set()
+    p = yaml.safe_load((dst / "params.yaml").read_text())
+    p["generation"]["num_beams"] = 2
+    (dst / "params.yaml").write_text(yaml.safe_dump(p, allow_unicode=True, sort_keys=False))
+    ran = stages_run(run([sys.executable, "-m", "dvc", "repro"], dst).stdout)
+    assert ran and all(s.startswith("predict@") or s == "ensemble" for s in ran), ran
+
+
+def test_stage_list_has_every_item(project):
+    dst, _ = project
+    out = run([sys.executable, "-m", "dvc", "stage", "list"], dst).stdout
+    p = yaml.safe_load((dst / "params.yaml").read_text())
+    for m in p["models"]:
+        for f in p["cv"]["folds"]:
+            assert f"train@{m}-{f}" in out and f"predict@{m}-{f}" in out
+
+
+def test_bad_params_fail_with_one_line(project):
+    dst, _ = project
+    bad = dst / "params.yaml"
+    good = bad.read_text()
+    try:
+        bad.write_text(good.replace("on_invalid: error", "on_invalid: sometimes"))
+        p = run([sys.executable, "stages/prepare.py"], dst, check=False)
+        assert p.returncode == 2
+        assert "data.on_invalid" in p.stderr and "Traceback" not in p.stderr
+    finally:
+        bad.write_text(good)
+
+
+def test_exp_run_changes_metrics(project):
+    dst, _ = project
+    run("git add -A && git -c user.email=t@t -c user.name=t commit -qm baseline", dst)
+    run([sys.executable, "-m", "dvc", "exp", "run", "-n", "one-epoch", "-S", "training.epochs=1"], dst)
+    show = run([sys.executable, "-m", "dvc", "exp", "show", "--csv"], dst).stdout
+    assert "one-epoch" in show and "rouge_sum" in show
+    diff = run([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD", "--json"], dst).stdout
+    assert json.loads(diff)  # the metrics differ from the committed baseline
