@@ -1,5 +1,3 @@
-import torch
-
 from dialsum import generation, models
 
 TEXTS = ["#Person1#: 안녕하세요, 내일 오후 3시에 예약할게요. 전화번호는 #PhoneNumber#입니다.",

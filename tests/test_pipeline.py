@@ -126,3 +126,18 @@ def test_exp_run_changes_metrics(project):
     assert "one-epoch" in show and "rouge_sum" in show
     diff = run([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD", "--json"], dst).stdout
     assert json.loads(diff)  # the metrics differ from the committed baseline
+
+
+def test_dialsum_summarize_and_env(project, capsys):
+    dst, _ = project
+    p = yaml.safe_load((dst / "params.yaml").read_text())
+    for m in p["models"]:
+        out = dst / f"adhoc-{m}.csv"
+        assert dialsum(["summarize", "--model", str(dst / f"models/{m}/{p['cv']['folds'][0]}"),
+                        "--input", str(dst / "data/sample/test.csv"), "--output", str(out),
+                        "--params", str(dst / "params.yaml")]) == 0
+        got = pd.read_csv(out, keep_default_na=False)
+        assert list(got["fname"]) == list(pd.read_csv(dst / "data/sample/test.csv")["fname"])
+        assert (got["summary"].str.len() > 0).all()
+    assert dialsum(["env"]) == 0
+    assert "torch" in capsys.readouterr().out

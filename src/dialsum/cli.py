@@ -17,8 +17,6 @@ def cmd_sample(a) -> int:
 
 
 def cmd_score(a) -> int:
-    import pandas as pd
-
     from .data import DataError, references
     from .metrics import Scorer
 
@@ -112,8 +110,8 @@ def cmd_env(a) -> int:
     try:
         import bitsandbytes as bnb
 
-        backends = getattr(bnb, "supported_torch_devices", None) or ("cuda" if torch.cuda.is_available() else "cpu")
-        rows.append(("bitsandbytes", f"{md.version('bitsandbytes')} (backend: {backends})"))
+        backend = "cuda" if torch.cuda.is_available() else "cpu"
+        rows.append(("bitsandbytes", f"{bnb.__version__} (backend in use: {backend})"))
     except Exception as e:  # bitsandbytes raises on broken CUDA setups; report, don't crash
         rows.append(("bitsandbytes", f"unavailable ({type(e).__name__}: {e})"))
     for pkg in ("transformers", "peft", "accelerate", "dvc", "dvclive", "optuna", "kiwipiepy", "rouge-score"):

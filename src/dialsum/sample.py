@@ -101,7 +101,7 @@ def _shopping(r: random.Random, p: list[str]) -> tuple[list[tuple[int, str]], st
     color = r.choice(["검은색", "흰색", "파란색", "회색", "빨간색"])
     turns = [(1, f"실례합니다, 이 {item} {color}으로 있나요?"),
              (0, f"네, {color} 있습니다. 지금 {discount}퍼센트 할인 중이에요."),
-             (1, f"원래 가격이 얼마예요?"),
+             (1, "원래 가격이 얼마예요?"),
              (0, f"{price:,}원인데 할인하면 {price * (100 - discount) // 100:,}원입니다."),
              (1, f"그럼 {color}으로 살게요. 카드 #CardNumber#로 계산할게요.")]
     summary = (f"{josa(p[1], '은/는')} {color} {josa(item, '을/를')} {discount}퍼센트 할인된 "
@@ -141,7 +141,7 @@ def _bank(r: random.Random, p: list[str]) -> tuple[list[tuple[int, str]], str]:
     kind = r.choice(["적금", "예금", "대출", "환전"])
     months = r.choice([6, 12, 24, 36])
     turns = [(1, f"{kind} 상담을 받으러 왔어요."),
-             (0, f"네, 금액은 얼마로 생각하세요?"),
+             (0, "네, 금액은 얼마로 생각하세요?"),
              (1, f"{amount}만 원이요. 기간은 {months}개월로 하고 싶어요."),
              (0, f"알겠습니다. 계좌번호 #AccountNumber#로 {kind} 신청을 처리해 드릴게요.")]
     summary = (f"{josa(p[1], '은/는')} 은행에서 {amount}만 원, {months}개월 {kind} 상담을 받고 {josa(p[0], '이/가')} "

@@ -38,3 +38,22 @@ def run_stage(name: str, main: Callable[[], object]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     logging.getLogger(name).info("done in %.1fs", time.time() - start)
+
+
+def matrix_item(stage: str, with_fold: bool = True):
+    """(params, model, fold) for a matrix stage's ``--model M [--fold F]``, logging set up, model checked."""
+    import argparse
+
+    from .params import load, parse_fold, zoo_entry
+
+    ap = argparse.ArgumentParser(prog=f"stages/{stage}.py")
+    ap.add_argument("--model", required=True)
+    if with_fold:
+        ap.add_argument("--fold", required=True)
+    a = ap.parse_args()
+    params = load()
+    fold = parse_fold(a.fold) if with_fold else None
+    item = f"{a.model}-{fold}" if with_fold else a.model
+    setup_logging(stage, item, params.get("tracking", {}).get("log_level", "INFO"))
+    zoo_entry(params, a.model)
+    return params, a.model, fold
