@@ -128,6 +128,46 @@ def cmd_env(a) -> int:
     return 0
 
 
+def cmd_tiny_models(a) -> int:
+    """Offline stand-ins in HF format, loadable with ``from_pretrained(path)`` like a hub checkpoint."""
+    from . import models
+    from .data import DataError, clean_text, read_csv
+    from .params import ParamsError, load
+
+    try:
+        params = load(a.params)
+        train = read_csv(a.train, "train")
+    except (ParamsError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    texts = [clean_text(t) for t in list(train["dialogue"]) + list(train["summary"])]
+    scratch = {n: e for n, e in params["zoo"].items() if e.get("pretrained") is None and "arch" in e}
+    names = a.names or list(scratch)
+    unknown = [n for n in names if n not in scratch]
+    if unknown:
+        print(f"error: {unknown[0]!r} is not a from-scratch zoo entry (known: {', '.join(scratch)})", file=sys.stderr)
+        return 2
+    from .io import atomic_dir
+
+    for name in names:
+        out = Path(a.out) / name
+        with atomic_dir(out) as tmp:
+            models.build_init(scratch[name], texts, tmp, a.seed)
+        print(f"{name} ({scratch[name]['arch']['type']}): {out}  "
+              f"(use: dvc exp run -S zoo.{name}.pretrained={out})")
+    return 0
+
+
+def cmd_memory(a) -> int:
+    from .memory import format_table, zoo_table
+    from .params import load
+
+    print(format_table(zoo_table(load(a.params)["zoo"])))
+    print("\nWeights only; add activations (batch x length; gradient checkpointing cuts them) and the CUDA "
+          "context (~0.5 GiB). LoRA AdamW state = fp32 weight + grad + m + v of the adapter parameters.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dialsum", description="Dialogue summarization pipeline helpers.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -160,6 +200,19 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("env", help="torch / CUDA / GPU / bf16 / bitsandbytes / versions report")
     p.set_defaults(fn=cmd_env)
+
+    p = sub.add_parser("tiny-models", help="build the offline stand-ins (random weights, tokenizer trained on "
+                                           "TRAIN) as HF folders")
+    p.add_argument("--train", default="data/sample/train.csv")
+    p.add_argument("--out", default="models/tiny")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("names", nargs="*", help="zoo entries (default: every from-scratch entry)")
+    p.set_defaults(fn=cmd_tiny_models)
+
+    p = sub.add_parser("memory", help="computed GPU memory table (bf16/8-bit/4-bit weights, LoRA state) per zoo model")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(fn=cmd_memory)
 
     a = ap.parse_args(argv)
     return a.fn(a)

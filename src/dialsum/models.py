@@ -147,7 +147,8 @@ def load_for_training(entry: dict, init_dir: Path, seed: int):
             kwargs["device_map"] = {"": 0}
     torch.manual_seed(seed)
     model = auto_classes(entry["family"]).from_pretrained(source, **kwargs)
-    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+    n_base = model.get_input_embeddings().weight.shape[0]
+    if n_base < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
     sync_generation_ids(model, tokenizer)
     if qconf is not None:
@@ -157,11 +158,27 @@ def load_for_training(entry: dict, init_dir: Path, seed: int):
             model, use_gradient_checkpointing=entry.get("gradient_checkpointing", False))
     elif entry.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
-    if entry.get("lora"):
-        model = apply_lora(model, entry["lora"], entry["family"])
-    elif qconf is not None:
-        raise ValueError("quantized weights cannot be trained directly: set a `lora` block on the zoo entry")
+    lora = lora_settings(entry)
+    if lora:
+        # Tags added to a pretrained vocabulary have untrained embedding rows: train just those rows.
+        new_ids = sorted(i for i in tokenizer.convert_tokens_to_ids(TAGS) if i >= n_base)
+        model = apply_lora(model, lora, entry["family"], new_token_ids=new_ids)
     return model, tokenizer
+
+
+DEFAULT_LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "auto"}
+
+
+def lora_settings(entry: dict) -> dict | None:
+    """The entry's LoRA block; quantized weights cannot be trained directly, so 8/4-bit without a block
+    gets :data:`DEFAULT_LORA` (QLoRA) and a warning rather than an error."""
+    if entry.get("lora"):
+        return {**DEFAULT_LORA, **entry["lora"]}
+    if entry.get("quantization", "none") != "none":
+        log.warning("quantization=%s without a lora block: training LoRA adapters with %s",
+                    entry["quantization"], DEFAULT_LORA)
+        return dict(DEFAULT_LORA)
+    return None
 
 
 def sync_generation_ids(model, tokenizer) -> None:
@@ -174,14 +191,22 @@ def sync_generation_ids(model, tokenizer) -> None:
         gc.decoder_start_token_id = model.config.decoder_start_token_id or tokenizer.eos_token_id
 
 
-def apply_lora(model, lora: dict, family: str):
+def lora_targets(model_type: str, targets="auto"):
+    """``auto`` = every attention and MLP projection of the architecture (QLoRA paper's choice)."""
+    if targets not in (None, "auto"):
+        return targets
+    if model_type not in LORA_TARGETS:
+        raise ValueError(f"lora.target_modules: auto is not known for model_type {model_type!r}; "
+                         f"list the module names (known types: {', '.join(LORA_TARGETS)})")
+    return LORA_TARGETS[model_type]
+
+
+def apply_lora(model, lora: dict, family: str, new_token_ids: list[int] | None = None):
     from peft import LoraConfig, TaskType, get_peft_model
 
-    targets = lora.get("target_modules", "auto")
-    if targets in (None, "auto"):
-        targets = LORA_TARGETS.get(model.config.model_type)
     cfg = LoraConfig(r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16), lora_dropout=lora.get("dropout", 0.05),
-                     target_modules=targets, bias="none",
+                     target_modules=lora_targets(model.config.model_type, lora.get("target_modules", "auto")),
+                     bias="none", trainable_token_indices=new_token_ids or None,
                      task_type=TaskType.SEQ_2_SEQ_LM if family == "seq2seq" else TaskType.CAUSAL_LM)
     model = get_peft_model(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -193,8 +218,17 @@ def apply_lora(model, lora: dict, family: str):
 def save_trained(model, tokenizer, out_dir: Path, entry: dict) -> None:
     """A ``save_pretrained`` folder (safetensors); LoRA models save the adapter, or merged weights with
     ``lora.merge: true``."""
-    lora = entry.get("lora") or {}
-    if lora and lora.get("merge") and entry.get("quantization", "none") == "none":
+    lora = lora_settings(entry) or {}
+    if lora.get("merge"):
+        if entry.get("quantization", "none") != "none":
+            # Merging into 4/8-bit weights would round the adapter away: re-load the base unquantized
+            # (the usual QLoRA recipe) and merge there.
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as adapter:
+                model.save_pretrained(adapter, safe_serialization=True)
+                tokenizer.save_pretrained(adapter)
+                model, _, _ = load_for_inference(adapter, {**entry, "quantization": "none"})
         model = model.merge_and_unload()
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

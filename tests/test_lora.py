@@ -1,0 +1,176 @@
+"""LoRA / QLoRA on the offline stand-ins, for real: bitsandbytes 4-bit runs on this CPU."""
+import copy
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from dialsum import generation, models
+from dialsum.params import load
+from tests.conftest import ROOT
+
+bnb = pytest.importorskip("bitsandbytes")
+
+TEXTS = ["#Person1#: 안녕하세요, 내일 오후 3시에 예약할게요. 전화번호는 #PhoneNumber#입니다.",
+         "#Person2#: 네, 알겠습니다. 성함이 어떻게 되세요?"] * 20
+ARCH = {"d_model": 32, "layers": 1, "heads": 2, "ffn": 64}
+
+
+def entry(arch_type, family="causal", **kw):
+    return {"family": family, "pretrained": None, "vocab_size": 400, "max_source_len": 64, "max_target_len": 16,
+            "arch": {"type": arch_type, **ARCH}, **kw}
+
+
+def trainable_names(model):
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("arch_type", ["llama", "gpt_neox"])
+def test_qlora_4bit_layers_and_only_adapters_train(tmp_path, arch_type):
+    e = entry(arch_type, quantization="4bit", lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "auto"})
+    models.build_init(e, TEXTS, tmp_path, seed=0)
+    model, tok = models.load_for_training(e, tmp_path, seed=0)
+
+    names = trainable_names(model)
+    assert names and all("lora_A" in n or "lora_B" in n for n in names)
+    quantized = {n.rsplit(".", 2)[-2] for n, m in model.named_modules()
+                 if isinstance(m, bnb.nn.Linear4bit) and n.endswith("base_layer")}
+    assert quantized == set(models.LORA_TARGETS[arch_type])  # every targeted projection is NF4 underneath
+    w = next(m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)).weight
+    assert w.quant_state.quant_type == "nf4" and w.dtype == torch.uint8
+    assert not isinstance(model.get_output_embeddings(), bnb.nn.Linear4bit)  # head stays full precision
+
+    x = torch.tensor([tok(TEXTS[0])["input_ids"]])
+    out = model(input_ids=x, labels=x)
+    out.loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_quantization_without_lora_block_gets_default_qlora(tmp_path):
+    e = entry("llama", quantization="8bit", lora=None)
+    models.build_init(e, TEXTS, tmp_path, seed=0)
+    model, _ = models.load_for_training(e, tmp_path, seed=0)
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())
+    assert model.peft_config["default"].r == models.DEFAULT_LORA["r"]
+    assert all("lora_" in n for n in trainable_names(model))
+
+
+def test_kobart_architecture_with_lora(tmp_path):
+    e = entry("bart", family="seq2seq", lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    models.build_init(e, TEXTS, tmp_path, seed=0)
+    model, _ = models.load_for_training(e, tmp_path, seed=0)
+    names = trainable_names(model)
+    assert names and all("lora_" in n for n in names)
+    assert any(".encoder." in n for n in names) and any(".decoder." in n for n in names)
+
+
+def test_added_tags_train_their_embedding_rows_only(tmp_path):
+    """A pretrained vocabulary without #Person1#: LoRA also trains the new tag rows (peft trainable tokens)."""
+    from transformers import AutoModelForCausalLM
+
+    hub = tmp_path / "hub"
+    tok = models.train_tokenizer(TEXTS, 400, "causal")
+    tok.save_pretrained(hub)
+    base = models.scratch_config(entry("llama"), tok)
+    AutoModelForCausalLM.from_config(base).save_pretrained(hub)
+    e = {**entry("llama"), "pretrained": str(hub), "lora": {"r": 4, "alpha": 8}}
+    init = tmp_path / "init"
+    models.build_init(e, TEXTS, init, seed=0)
+    model, tok2 = models.load_for_training(e, init, seed=0)
+    names = trainable_names(model)
+    assert any("trainable_tokens" in n for n in names)
+    assert all("lora_" in n or "trainable_tokens" in n for n in names)
+    tt = next(p for n, p in model.named_parameters() if "trainable_tokens_delta" in n)
+    assert tt.shape[0] == len(models.TAGS)  # one row per added tag, not the whole embedding
+
+
+def test_unknown_architecture_needs_explicit_targets():
+    with pytest.raises(ValueError, match="target_modules"):
+        models.lora_targets("mamba", "auto")
+    assert models.lora_targets("mamba", ["in_proj"]) == ["in_proj"]
+
+
+@pytest.fixture(scope="module")
+def overfit(tmp_path_factory):
+    """QLoRA (4-bit) on a tiny-llama that was first pre-trained (full parameters) on other dialogues, like
+    a hub checkpoint; then 8 new examples through the real training path until it memorises them.
+
+    A randomly initialised base cannot be LoRA-tuned far: its frozen head caps the logits, so the base
+    gets a short full-parameter training first, as every real base model has had.
+    """
+    from dialsum.training import build_features, train
+
+    tmp = tmp_path_factory.mktemp("overfit")
+    params = copy.deepcopy(load(ROOT / "params.yaml"))
+    params["metrics"]["tokenize"] = "whitespace"
+    items = ["사과", "우유", "빵", "커피", "책", "가방", "우산", "시계"]
+    pre = pd.DataFrame({"fname": [f"p{i}" for i in range(32)],
+                        "dialogue": [f"#Person1#: {items[i % 8]}를 {i}개 사고 싶어요. #Person2#: {i}000원입니다."
+                                     for i in range(32)],
+                        "summary": [f"#Person1#은 {items[i % 8]}를 {i}개 산다." for i in range(32)]})
+    df = pd.DataFrame({"fname": [f"t{i}" for i in range(8)],
+                       "dialogue": [f"#Person1#: {i}번 방에 {i + 2}시까지 오세요. #Person2#: 네." for i in range(8)],
+                       "summary": [f"#Person1#은 {i}번 방에 오라고 한다." for i in range(8)]})
+    base = {**params["zoo"]["tiny-llama"], "vocab_size": 400, "arch": {"type": "llama", **ARCH},
+            "max_source_len": 64, "max_target_len": 16}
+    texts = [*pre["dialogue"], *pre["summary"], *df["dialogue"], *df["summary"]]
+    models.build_init(base, texts, tmp / "scratch", seed=0)
+    params["zoo"]["tiny-llama"] = base
+    params["training"].update(epochs=30, batch_size=8, eval_every_epochs=30, learning_rate=0.01,
+                              warmup_ratio=0.0, resume="never", weight_decay=0.0)
+    train(params, "tiny-llama", 0, pre, pre.iloc[:4], tmp / "scratch", tmp / "hub", tmp / "ckpt0", None, "pre")
+
+    e = {**base, "pretrained": str(tmp / "hub"), "quantization": "4bit",
+         "lora": {"r": 16, "alpha": 32, "dropout": 0.0}}
+    params["zoo"]["tiny-llama"] = e
+    params["training"].update(epochs=100, eval_every_epochs=100, learning_rate=0.01)
+    init = tmp / "init"
+    models.build_init(e, texts, init, seed=0)
+    model, tok = models.load_for_training(e, init, seed=0)
+    feats, _ = build_features(df, tok, e)
+    with torch.no_grad():
+        before = sum(model(input_ids=torch.tensor([f["input_ids"]]), labels=torch.tensor([f["labels"]])).loss.item()
+                     for f in feats) / len(feats)
+    out = tmp / "model"
+    metrics = train(params, "tiny-llama", 0, df, df, init, out, tmp / "ckpt", None, "sig")
+    return {"before": before, "metrics": metrics, "out": out, "df": df, "entry": e}
+
+
+def test_qlora_training_overfits_and_saves_a_safetensors_adapter(overfit):
+    m = overfit["metrics"]
+    # The frozen head and final norm of a 32-wide model cap how peaked LoRA can make the softmax (the
+    # loss floors near 2.4 here), but the argmax is learnt: the summaries come back exactly.
+    assert m["loss"] < 0.5 * overfit["before"], (overfit["before"], m)
+    assert m["rouge_sum"] > 2.9, m
+    out = overfit["out"]
+    assert (out / "adapter_model.safetensors").exists() and (out / "adapter_config.json").exists()
+    assert not list(out.glob("*.bin")) and not (out / "model.safetensors").exists()
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 16 and set(cfg["target_modules"]) == set(models.LORA_TARGETS["llama"])
+
+
+def test_generation_returns_only_the_summary(overfit):
+    model, tok, family = models.load_for_inference(overfit["out"], overfit["entry"])
+    assert family == "causal"
+    tok.padding_side = "left"
+    df = overfit["df"]
+    texts, lps = generation.summarize(model, tok, family, list(df["dialogue"]), {"num_beams": 1, "max_new_tokens": 16},
+                                      64, batch_size=3, progress=False)
+    for text in texts:
+        assert "### 대화" not in text and "요약하세요" not in text and "#Person2#: 네." not in text
+        assert len(tok(text, add_special_tokens=False)["input_ids"]) <= 16
+    # Memorised: most summaries come back exactly, and generation stopped at eos (nothing trails them).
+    exact = sum(t == s for t, s in zip(texts, df["summary"]))
+    assert exact >= 6, list(zip(texts, df["summary"]))
+
+
+def test_merge_option_writes_full_weights(overfit, tmp_path):
+    model, tok, _ = models.load_for_inference(overfit["out"], overfit["entry"])
+    e = {**overfit["entry"], "lora": {**overfit["entry"]["lora"], "merge": True}}
+    models.save_trained(model, tok, tmp_path / "merged", e)
+    assert (tmp_path / "merged" / "model.safetensors").exists()
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    merged, tok2, family = models.load_for_inference(tmp_path / "merged")
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
