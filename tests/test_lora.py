@@ -174,3 +174,21 @@ def test_merge_option_writes_full_weights(overfit, tmp_path):
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
     merged, tok2, family = models.load_for_inference(tmp_path / "merged")
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
+
+
+def test_memory_table_counts_real_parameters():
+    from transformers import AutoModelForCausalLM
+
+    from dialsum import memory
+
+    tok = models.train_tokenizer(TEXTS, 400, "causal")
+    real = AutoModelForCausalLM.from_config(models.scratch_config(entry("llama"), tok))
+    meta = memory.build_meta(memory._arch_config(entry("llama")["arch"], real.config.vocab_size))
+    est = memory.estimate(meta, {"r": 4})
+    assert est["params"] == sum(p.numel() for p in real.parameters())
+    assert est["nf4_bytes"] < est["int8_bytes"] < est["bf16_bytes"]
+    # The published sizes: SOLAR 10.7B, Polyglot-ko 12.8B (model card: 12,898,631,680 incl. buffers).
+    solar = memory.estimate(memory.build_meta(memory.REFERENCE_CONFIGS["upstage/SOLAR-10.7B-Instruct-v1.0"]))
+    assert abs(solar["params"] / 10.7e9 - 1) < 0.01
+    poly = memory.estimate(memory.build_meta(memory.REFERENCE_CONFIGS["EleutherAI/polyglot-ko-12.8b"]))
+    assert abs(poly["params"] / 12_898_631_680 - 1) < 0.001

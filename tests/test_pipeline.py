@@ -50,7 +50,7 @@ def project(tmp_path_factory, root=Path(__file__).resolve().parents[1]):
 def test_repro_builds_every_output(project):
     dst, out = project
     p = yaml.safe_load((dst / "params.yaml").read_text())
-    expected = {"prepare", "ensemble"} | {f"init@{m}" for m in p["models"]}
+    expected = {"prepare", "ensemble", "tune"} | {f"init@{m}" for m in p["models"]}
     for m in p["models"]:
         for f in p["cv"]["folds"]:
             expected |= {f"train@{m}-{f}", f"predict@{m}-{f}"}
@@ -141,3 +141,29 @@ def test_dialsum_summarize_and_env(project, capsys):
         assert (got["summary"].str.len() > 0).all()
     assert dialsum(["env"]) == 0
     assert "torch" in capsys.readouterr().out
+
+
+def test_tune_stage_resumes_its_study_through_dvc(project):
+    dst, _ = project
+    first = json.loads((dst / "metrics/tune.json").read_text())
+    assert first["n_trials"] == 2 and (dst / "tuning/best_params.yaml").exists()
+    out = run([sys.executable, "-m", "dvc", "exp", "run", "tune", "-S", "tune.n_trials=3"], dst).stdout
+    assert stages_run(out) == {"tune"}
+    again = json.loads((dst / "metrics/tune.json").read_text())
+    assert again["study_name"] == first["study_name"] and again["n_trials"] == 3  # one trial added, not three
+    trials = pd.read_csv(dst / "tuning/trials.csv")
+    assert list(trials["number"]) == [0, 1, 2]
+    applied = run([sys.executable, "-m", "dialsum.cli", "tune", "apply", "--print-only"], dst).stdout
+    assert applied.startswith("dvc exp run -S") and "training.learning_rate=" in applied
+
+
+def test_qlora_gptneox_experiment(project):
+    """Issue 4's acceptance line: a 4-bit Polyglot-architecture stand-in through the whole pipeline."""
+    dst, _ = project
+    run([sys.executable, "-m", "dvc", "exp", "run", "-n", "qlora", "-S", "models=[tiny-gptneox]",
+         "-S", "cv.folds=[0]", "-S", "zoo.tiny-gptneox.quantization=4bit", "-S", "training.epochs=1"], dst)
+    out = dst / "models/tiny-gptneox/0"
+    assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
+    ens = json.loads((dst / "metrics/ensemble.json").read_text())
+    assert list(ens["sources"]) == ["tiny-gptneox/0"]
+    assert len(pd.read_csv(dst / "submission.csv")) == len(pd.read_csv(dst / "data/processed/test.csv"))

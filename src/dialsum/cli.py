@@ -1,8 +1,9 @@
-"""``dialsum`` command line: sample, score, summarize, env, tiny-models."""
+"""``dialsum`` command line: sample, score, summarize, env, tiny-models, memory, tune."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -168,6 +169,55 @@ def cmd_memory(a) -> int:
     return 0
 
 
+def cmd_tune_worker(a) -> int:
+    """One more process on the study in params (same code as the tune stage); run several at once."""
+    from . import training, tuning
+    from .data import DataError
+    from .params import ParamsError, load
+    from .tracking import setup_logging
+
+    try:
+        params = tuning.settings(load(a.params))
+        if a.storage:
+            params["tune"]["storage"] = a.storage
+        setup_logging("tune", f"worker-{os.getpid()}", params.get("tracking", {}).get("log_level", "INFO"))
+        tuning.check_space(params)
+        training.seed_everything(params["seed"])
+        train_df, val_df = tuning.load_data(params)
+        init = Path("tuning/init")
+        if not (init / "tokenizer.json").exists():
+            init = tuning.build_init(params, Path(f"tuning/init-{os.getpid()}"))
+        study = tuning.run_study(params, train_df, val_df, init, Path(f"tuning/trials/worker-{os.getpid()}"),
+                                 n_trials=a.n_trials, progress=False,
+                                 # a seed of its own, or every worker would propose the same settings
+                                 sampler_seed=params["tune"]["seed"] + os.getpid())
+    except (ParamsError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"study {study.study_name}: {tuning.finished(study)} finished trials")
+    return 0
+
+
+def cmd_tune_apply(a) -> int:
+    """Run the best trial's settings as an ordinary experiment (or print the command)."""
+    import shlex
+    import subprocess
+
+    from .tuning import apply_args
+
+    best = Path(a.file)
+    if not best.exists():
+        print(f"error: {best}: not found (run `dvc repro tune` first)", file=sys.stderr)
+        return 2
+    args = apply_args(best)
+    if not args:
+        print(f"error: {best}: no completed trial yet", file=sys.stderr)
+        return 2
+    cmd = ["dvc", "exp", "run", *(["-n", a.name] if a.name else []), *args]
+    print(" ".join(shlex.quote(c) for c in cmd))
+    return 0 if a.print_only else subprocess.call(cmd)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dialsum", description="Dialogue summarization pipeline helpers.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -213,6 +263,19 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("memory", help="computed GPU memory table (bf16/8-bit/4-bit weights, LoRA state) per zoo model")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(fn=cmd_memory)
+
+    p = sub.add_parser("tune", help="Optuna study helpers: extra worker processes, applying the best trial")
+    tsub = p.add_subparsers(dest="tune_cmd", required=True)
+    w = tsub.add_parser("worker", help="run trials of the configured study (several workers share its storage)")
+    w.add_argument("--params", default="params.yaml")
+    w.add_argument("--n-trials", type=int, default=None, help="size of the study to reach (default tune.n_trials)")
+    w.add_argument("--storage", default=None, help="override tune.storage (an RDB URL or journal:PATH)")
+    w.set_defaults(fn=cmd_tune_worker)
+    ap_ = tsub.add_parser("apply", help="dvc exp run -S ... with tuning/best_params.yaml")
+    ap_.add_argument("--file", default="tuning/best_params.yaml")
+    ap_.add_argument("--name", "-n", default=None, help="experiment name")
+    ap_.add_argument("--print-only", action="store_true", help="print the command, do not run it")
+    ap_.set_defaults(fn=cmd_tune_apply)
 
     a = ap.parse_args(argv)
     return a.fn(a)

@@ -75,6 +75,7 @@ def estimate(model, lora: dict | None = None) -> dict:
         "nf4_bytes": linear * NF4_BITS / 8 + 2 * rest,
         "lora_params": lora_params,
         "lora_train_bytes": lora_params * ADAM_BYTES,
+        "full_train_bytes": total * ADAM_BYTES,
     }
 
 
@@ -116,15 +117,17 @@ def _arch_config(a: dict, vocab: int) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown: GiB = 2**30 bytes."""
-    g = lambda b: f"{b / 2**30:.2f}"  # noqa: E731
+    """Markdown, in GiB (2**30 bytes; MiB below 0.01 GiB)."""
+    def g(b: float) -> str:
+        return f"{b / 2**30:.2f}" if b >= 0.01 * 2**30 else f"{b / 2**20:.1f} MiB"
+
     lines = ["| model | checkpoint | params | bf16 weights GiB | 8-bit GiB | 4-bit (NF4+DQ) GiB "
-             "| LoRA r | LoRA params | LoRA AdamW state GiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| LoRA r | LoRA params | LoRA AdamW state GiB | full fine-tune AdamW state GiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         p = r["params"]
         size = f"{p / 1e9:.2f} B" if p >= 1e9 else f"{p / 1e6:.2f} M"
         lines.append(f"| {r['model']} | {r['checkpoint']} | {size} | {g(r['bf16_bytes'])} | {g(r['int8_bytes'])} "
-                     f"| {g(r['nf4_bytes'])} | {r['lora_r']} | {r['lora_params'] / 1e6:.1f} M "
-                     f"| {g(r['lora_train_bytes'])} |")
+                     f"| {g(r['nf4_bytes'])} | {r['lora_r']} | {r['lora_params'] / 1e6:.2f} M "
+                     f"| {g(r['lora_train_bytes'])} | {g(r['full_train_bytes'])} |")
     return "\n".join(lines)

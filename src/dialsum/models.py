@@ -218,8 +218,7 @@ def apply_lora(model, lora: dict, family: str, new_token_ids: list[int] | None =
 def save_trained(model, tokenizer, out_dir: Path, entry: dict) -> None:
     """A ``save_pretrained`` folder (safetensors); LoRA models save the adapter, or merged weights with
     ``lora.merge: true``."""
-    lora = lora_settings(entry) or {}
-    if lora.get("merge"):
+    if (entry.get("lora") or {}).get("merge"):
         if entry.get("quantization", "none") != "none":
             # Merging into 4/8-bit weights would round the adapter away: re-load the base unquantized
             # (the usual QLoRA recipe) and merge there.

@@ -112,6 +112,17 @@ def section(spec: dict, null: bool = False) -> Check:
     return check
 
 
+def section_of_mappings() -> Check:
+    """A mapping of free-form names (e.g. dotted param keys) to mappings; contents checked by the user."""
+    def check(key: str, v: Any) -> None:
+        if not isinstance(v, dict):
+            raise ParamsError(f"params.yaml: {key} must be a mapping, got {_type_name(v)} {v!r}")
+        for k, sub in v.items():
+            if not isinstance(sub, dict):
+                raise ParamsError(f"params.yaml: {key}.{k} must be a mapping, got {_type_name(sub)} {sub!r}")
+    return check
+
+
 def fold_value() -> Check:
     def check(key: str, v: Any) -> None:
         if v == "full":
@@ -171,6 +182,14 @@ SPEC = {
     "metrics": section({"tokenize": choice("morpheme", "whitespace", "default"),
                         "multi_ref": choice("max", "mean"), "remove_tokens": list_of(string())}),
     "ensemble": section({"strategy": choice("majority_vote"), "weights": anything()}),
+    "tune": section({
+        "model": string(), "fold": fold_value(), "n_trials": integer(1), "timeout": number(0, null=True),
+        "sampler": choice("tpe", "gp", "random", "cmaes"), "pruner": choice("median", "percentile", "hyperband", "none"),
+        "n_jobs": integer(-1), "seed": integer(0), "storage": string(null=True), "study_name": string(null=True),
+        "search_space": section_of_mappings(), "n_startup_trials": integer(0), "n_warmup_steps": integer(0),
+        "train_rows": integer(0), "val_rows": integer(0), "epochs": number(0, null=True),
+        "enqueue": list_of(anything()),
+    }),
     "tracking": section({"log_level": choice("DEBUG", "INFO", "WARNING", "ERROR")}),
     "debug": section({"subsample": integer(0)}),
 }

@@ -1,0 +1,29 @@
+"""tune: an Optuna study over `tune.search_space`, each trial trained like train@<tune.model>-<tune.fold> ->
+tuning/best_params.yaml, tuning/trials.csv, tuning/plots/, metrics/tune.json.
+
+The study itself (tuning/study.db by default) is not a DVC output: DVC deletes outputs before a stage runs,
+and the study must survive so that a larger `tune.n_trials` adds trials instead of starting over."""
+import logging
+from pathlib import Path
+
+from dialsum import training, tuning
+from dialsum.params import load
+from dialsum.tracking import run_stage, setup_logging
+
+log = logging.getLogger("tune")
+
+
+def main():
+    params = tuning.settings(load())
+    setup_logging("tune", None, params.get("tracking", {}).get("log_level", "INFO"))
+    tuning.check_space(params)
+    training.seed_everything(params["seed"])
+    train_df, val_df = tuning.load_data(params)
+    init = tuning.build_init(params, Path("tuning/init"))
+    study = tuning.run_study(params, train_df, val_df, init, Path("tuning/trials"))
+    summary = tuning.write_outputs(study, params, Path("tuning"), Path("metrics/tune.json"))
+    log.info("study %s: %s", study.study_name, summary)
+
+
+if __name__ == "__main__":
+    run_stage("tune", main)

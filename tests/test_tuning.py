@@ -1,0 +1,193 @@
+"""Optuna study: search space checks, pruning, resume, every sampler and pruner, two workers, apply."""
+import copy
+import os
+import shutil
+import subprocess
+import sys
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from dialsum import models, tuning
+from dialsum.data import clean_text, read_csv
+from dialsum.params import ParamsError, load
+from tests.conftest import ROOT
+
+SMALL = {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}
+
+
+def base_params(**tune):
+    p = copy.deepcopy(load(ROOT / "params.yaml"))
+    p["zoo"]["tiny-bart"].update(arch=SMALL, vocab_size=400, max_source_len=96, max_target_len=24)
+    p["training"].update(batch_size=8, eval_batch_size=32)
+    p["metrics"]["tokenize"] = "whitespace"
+    p["tune"].update({"model": "tiny-bart", "train_rows": 0, "val_rows": 0, "epochs": None, "enqueue": [], **tune})
+    return tuning.settings(p)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    df = read_csv(ROOT / "data/sample/train.csv", "train")
+    for c in ("dialogue", "summary"):
+        df[c] = df[c].map(clean_text)
+    init = tmp_path_factory.mktemp("init")
+    entry = base_params()["zoo"]["tiny-bart"]
+    models.build_init(entry, list(df["dialogue"]) + list(df["summary"]), init, seed=0)
+    return df.iloc[:48].reset_index(drop=True), df.iloc[48:64].reset_index(drop=True), init
+
+
+def test_search_space_mistakes_are_one_line_params_errors():
+    with pytest.raises(ParamsError, match="tune.search_space.training.learning_rat .*unknown key training.learning_rat"):
+        tuning.check_space(base_params(search_space={"training.learning_rat": {"low": 1e-4, "high": 1e-3}}))
+    with pytest.raises(ParamsError, match="low <= high"):
+        tuning.check_space(base_params(search_space={"training.learning_rate": {"low": 1e-2, "high": 1e-3}}))
+    with pytest.raises(ParamsError, match="tune.search_space.training.epochs = -2 .*training.epochs must be >= 0"):
+        tuning.check_space(base_params(search_space={"training.epochs": {"type": "int", "low": -2, "high": 3}}))
+    with pytest.raises(ParamsError, match="tune.model"):
+        tuning.check_space(base_params(model="gpt-17"))
+    with pytest.raises(ParamsError, match="tune.sampler"):
+        tuning.make_sampler("annealing", 0)
+
+
+def test_overrides_follow_params_key_paths():
+    p = base_params()
+    # a zoo name with a dot, and a null lora block that becomes a mapping
+    out = tuning.apply_overrides(p, {"zoo.solar-10.7b.lora.r": 64, "zoo.tiny-bart.lora.r": 8,
+                                     "training.learning_rate": 0.01})
+    assert out["zoo"]["solar-10.7b"]["lora"]["r"] == 64 and out["zoo"]["solar-10.7b"]["lora"]["alpha"] == 32
+    assert out["zoo"]["tiny-bart"]["lora"] == {"r": 8}
+    assert out["training"]["learning_rate"] == 0.01 and p["training"]["learning_rate"] is None
+    assert tuning.full_key("model.lora.r", "tiny-bart") == "zoo.tiny-bart.lora.r"
+
+
+def test_study_identity(small_data):
+    train_df, val_df, _ = small_data
+    p = base_params()
+    name = tuning.study_name(p, train_df, val_df)
+    assert name.startswith("tiny-bart-fold0-")
+    more = copy.deepcopy(p)
+    more["tune"].update(n_trials=50, timeout=60, n_jobs=2, enqueue=[{"training.learning_rate": 0.01}])
+    assert tuning.study_name(more, train_df, val_df) == name  # how many / where: same study, resumed
+    for change in ({"sampler": "gp"}, {"train_rows": 7}, {"search_space": {"training.warmup_ratio": {"low": 0, "high": 1}}}):
+        other = copy.deepcopy(p)
+        other["tune"].update(change)
+        assert tuning.study_name(other, train_df, val_df) != name, change
+    assert tuning.study_name(p, train_df.iloc[:-1], val_df) != name  # other data, other study
+    named = copy.deepcopy(p)
+    named["tune"]["study_name"] = "mine"
+    assert tuning.study_name(named, train_df, val_df) == "mine"
+
+
+def test_storage_specs(tmp_path):
+    assert tuning.make_storage(None) == tuning.DEFAULT_STORAGE
+    assert tuning.make_storage(str(tmp_path / "s.db")) == f"sqlite:///{tmp_path}/s.db"
+    assert isinstance(tuning.make_storage(f"journal:{tmp_path}/j.log"), optuna.storages.JournalStorage)
+    assert tuning.make_storage("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_bad_trial_is_pruned_and_the_study_resumes(small_data, tmp_path):
+    train_df, val_df, init = small_data
+    storage = f"sqlite:///{tmp_path}/study.db"
+    space = {"training.learning_rate": {"type": "float", "low": 1e-8, "high": 1e-2, "log": True}}
+    p = base_params(search_space=space, sampler="random", pruner="median", n_startup_trials=1, n_warmup_steps=2,
+                    epochs=6, enqueue=[{"training.learning_rate": 0.01}])
+    study = tuning.run_study(p, train_df, val_df, init, tmp_path / "work", n_trials=1, storage=storage,
+                             progress=False)
+    good = study.trials[0]
+    assert good.state == optuna.trial.TrialState.COMPLETE and good.value > 0
+    assert sorted(good.intermediate_values) == [1, 2, 3, 4, 5, 6]  # a report after every epoch
+
+    # Re-run with a larger study: the same study grows by one trial, built to be bad (no learning).
+    p["tune"]["enqueue"] = [{"training.learning_rate": 0.01}, {"training.learning_rate": 1e-8}]
+    study = tuning.run_study(p, train_df, val_df, init, tmp_path / "work", n_trials=2, storage=storage,
+                             progress=False)
+    assert [t.number for t in study.trials] == [0, 1]
+    assert study.trials[0].params == good.params and study.trials[0].value == good.value
+    bad = study.trials[1]
+    assert bad.params == {"training.learning_rate": 1e-8}
+    assert bad.state == optuna.trial.TrialState.PRUNED, (bad.intermediate_values, good.intermediate_values)
+    assert max(bad.intermediate_values) < 6  # stopped before the last epoch
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())  # scratch cleaned
+
+    # Same n_trials again: nothing to do.
+    again = tuning.run_study(p, train_df, val_df, init, tmp_path / "work", n_trials=2, storage=storage,
+                             progress=False)
+    assert len(again.trials) == 2
+
+    summary = tuning.write_outputs(study, p, tmp_path / "out", tmp_path / "tune.json")
+    assert summary["n_complete"] == 1 and summary["n_pruned"] == 1 and summary["best_trial"] == 0
+    trials = pd.read_csv(tmp_path / "out/trials.csv")
+    assert list(trials["state"]) == ["COMPLETE", "PRUNED"]
+    assert (tmp_path / "out/plots/optimization_history.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("sampler,pruner", [("tpe", "median"), ("gp", "percentile"), ("cmaes", "hyperband"),
+                                            ("random", "none")])
+def test_every_sampler_and_pruner_runs(small_data, tmp_path, sampler, pruner):
+    train_df, val_df, init = small_data
+    space = {"training.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+             "training.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
+             "model.lora.r": {"type": "categorical", "choices": [4, 8]}}
+    p = base_params(search_space=space, sampler=sampler, pruner=pruner, epochs=2, train_rows=24, val_rows=8)
+    study = tuning.run_study(p, train_df, val_df, init, tmp_path / "w", n_trials=2,
+                             storage=f"sqlite:///{tmp_path}/s.db", progress=False)
+    assert len(study.trials) == 2
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    assert all(t.params["zoo.tiny-bart.lora.r"] in (4, 8) for t in study.trials)
+
+
+def test_best_params_apply_back_to_params(small_data, tmp_path):
+    train_df, val_df, init = small_data
+    space = {"training.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+             "model.lora.r": {"type": "categorical", "choices": [4, 8]},
+             "generation.num_beams": {"type": "int", "low": 1, "high": 2}}
+    p = base_params(search_space=space, sampler="random", pruner="none", epochs=1, train_rows=16, val_rows=8)
+    study = tuning.run_study(p, train_df, val_df, init, tmp_path / "w", n_trials=2,
+                             storage=f"sqlite:///{tmp_path}/s.db", progress=False)
+    tuning.write_outputs(study, p, tmp_path / "tuning", tmp_path / "tune.json")
+    best_file = tmp_path / "tuning/best_params.yaml"
+    nested = yaml.safe_load(best_file.read_text())
+    assert set(nested) == {"training", "zoo", "generation"} and set(nested["zoo"]) == {"tiny-bart"}
+    args = tuning.apply_args(best_file)
+    overrides = dict(a.split("=", 1) for a in args[1::2])
+    applied = tuning.apply_overrides(p, {k: yaml.safe_load(v) for k, v in overrides.items()})
+    best = study.best_trial.params
+    assert applied["training"]["learning_rate"] == best["training.learning_rate"]
+    assert applied["zoo"]["tiny-bart"]["lora"]["r"] == best["zoo.tiny-bart.lora.r"]
+    assert applied["generation"]["num_beams"] == best["generation.num_beams"]
+    assert args[0] == "-S" and len(args) == 6
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(tmp_path):
+    """Two `dialsum tune worker` processes on one SQLite study finish 4 trials between them, no duplicates."""
+    for item in ("params.yaml", "stages", "data/sample"):
+        src = ROOT / item
+        (tmp_path / item).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / item)
+    p = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    p["debug"]["subsample"] = 40
+    p["zoo"]["tiny-bart"].update(arch=SMALL, vocab_size=400, max_target_len=24)
+    p["tune"].update(n_trials=4, sampler="random", pruner="none", epochs=1, train_rows=16, val_rows=8)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, allow_unicode=True, sort_keys=False))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT / "src"))
+    subprocess.run([sys.executable, "stages/prepare.py"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    cmd = [sys.executable, "-m", "dialsum.cli", "tune", "worker"]
+    workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outs = [w.communicate(timeout=600) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [o[1][-2000:] for o in outs]
+    storage = f"sqlite:///{tmp_path}/tuning/study.db"
+    names = optuna.get_all_study_names(storage)
+    assert len(names) == 1  # both workers joined the same study
+    study = optuna.load_study(study_name=names[0], storage=storage)
+    trials = study.get_trials()
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    logs = sorted((tmp_path / "logs").glob("tune@worker-*.log"))
+    ran = [sum("finished with value" in line or "rouge_sum" in line for line in f.read_text().splitlines())
+           for f in logs]
+    assert len(logs) == 2 and all(n > 0 for n in ran), ran  # both workers did trials
