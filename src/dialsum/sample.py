@@ -41,9 +41,10 @@ def has_final_consonant(word: str) -> bool:
 def josa(word: str, pair: str) -> str:
     """``josa('민수', '은/는') -> '민수는'``; works for ``#Person1#`` tags too."""
     with_final, without = pair.split("/")
-    if pair == "으로/로":
+    if pair == "으로/로":  # a final ㄹ takes 로 like a vowel does (서울로, #Person1#로 = 일로)
         w = word.rstrip("#")
-        use = has_final_consonant(word) and not ("가" <= w[-1:] <= "힣" and (ord(w[-1]) - 0xAC00) % 28 == 8)
+        rieul = ("가" <= w[-1:] <= "힣" and (ord(w[-1]) - 0xAC00) % 28 == 8) or w[-1:] in ("1", "7", "8")
+        use = has_final_consonant(word) and not rieul
         return word + (with_final if use else without)
     return word + (with_final if has_final_consonant(word) else without)
 

@@ -1,0 +1,73 @@
+"""TTA / augmentation transforms: invertibility, tags kept, seeded, and the paraphrase guard."""
+import random
+
+import pytest
+
+from dialsum import tta
+from dialsum.data import TAG_RE
+from dialsum.params import ParamsError
+
+D = ("#Person1#: 음, 이번 과학 시험 몇 점 받았어?\n#Person2#: 87점 받았어. 글쎄요, 생각보다 낮아서 속상해.\n"
+     "#Person3#: 어, 정말요? 전화번호는 #PhoneNumber#예요.\n#Person1#: 네, 알겠습니다. 내일 전화할게.")
+S = "#Person2#는 과학 시험에서 87점을 받아 속상해하고, #Person1#과 #Person3#은 내일 통화하기로 한다."
+
+
+def test_reorder_permutes_identities_only_and_inverts_with_particles():
+    for seed in range(10):
+        v = tta.reorder(D, random.Random(seed))
+        assert v.dialogue != D
+        # same turns in the same order, only the speaker tags differ
+        strip = lambda t: [line.split(":", 1)[1] for line in t.splitlines()]  # noqa: E731
+        assert strip(v.dialogue) == strip(D)
+        # a model that summarises the permuted dialogue perfectly writes S with the permuted tags;
+        # mapping back gives S exactly, particles included (#Person2#는 <-> #Person1#은).
+        perm = {int(a): int(b) for a, b in zip(tta.PERSON_RE.findall(D), tta.PERSON_RE.findall(v.dialogue))}
+        assert v.inverse(tta.permute_speakers(S, perm)) == S
+
+
+def test_particles_follow_the_tag_number():
+    assert tta.fix_particles("#Person2#은 #Person1#는 #Person3#가 #Person6#와 #Person1#으로 #Person2#을") == \
+        "#Person2#는 #Person1#은 #Person3#이 #Person6#과 #Person1#로 #Person2#를"
+    assert tta.fix_particles("#Person2#이다") == "#Person2#이다"  # not a particle: a following syllable
+
+
+def test_mask_drops_only_fillers_and_keeps_tags():
+    v = tta.mask(D, random.Random(0), fraction=1.0)
+    assert "음," not in v.dialogue and "글쎄요" not in v.dialogue and "어, 정말요" not in v.dialogue
+    assert TAG_RE.findall(v.dialogue) == TAG_RE.findall(D)
+    assert "87점 받았어." in v.dialogue and "#Person1#: 이번 과학 시험" in v.dialogue
+    assert v.inverse(S) == S
+
+
+def test_synonym_uses_the_table_and_user_file(tmp_path):
+    table = tta.load_synonyms()
+    assert table["시험"] and table["buy"] == ["purchase"]
+    v = tta.synonym(D, random.Random(0), table, fraction=1.0)
+    assert v.dialogue != D and TAG_RE.findall(v.dialogue) == TAG_RE.findall(D)
+    user = tmp_path / "syn.tsv"
+    user.write_text("# mine\n속상해\t슬퍼\n", encoding="utf-8")
+    v = tta.synonym(D, random.Random(0), tta.load_synonyms(user), fraction=1.0)
+    assert "슬퍼" in v.dialogue
+    with pytest.raises(ParamsError, match="nope.tsv"):
+        tta.load_synonyms(tmp_path / "nope.tsv")
+    en = tta.synonym("#Person1#: I want to buy a cheap car.", random.Random(0), table, fraction=1.0)
+    assert "purchase" in en.dialogue and "inexpensive" in en.dialogue and "vehicle" in en.dialogue
+
+
+def test_views_are_seeded_per_row_and_never_repeat():
+    a = tta.Augmenter(["reorder", "mask", "synonym"], 3, seed=7)
+    v1 = [(v.name, v.dialogue) for v in a.views("train_1", D)]
+    v2 = [(v.name, v.dialogue) for v in tta.Augmenter(["reorder", "mask", "synonym"], 3, seed=7).views("train_1", D)]
+    assert v1 == v2  # same seed, same row -> same views, whatever else was processed
+    texts = [t for _, t in v1]
+    assert len(set(texts)) == len(texts) and D not in texts
+    assert {n.split("-")[0] for n, _ in v1} == {"reorder", "mask", "synonym"}
+    two = "#Person1#: 안녕\n#Person2#: 안녕하세요"
+    assert len(tta.Augmenter(["reorder"], 3, seed=7).views("x", two)) == 1  # one permutation of two speakers
+
+
+def test_paraphrase_needs_a_model():
+    with pytest.raises(ParamsError, match="tta.paraphrase_model is not set"):
+        tta.Augmenter(["paraphrase"], 1, seed=0)
+    with pytest.raises(ParamsError, match="cannot be loaded"):
+        tta.Augmenter(["paraphrase"], 1, seed=0, paraphrase_model="/nonexistent/paraphraser")
