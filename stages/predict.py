@@ -1,5 +1,6 @@
-"""predict@<model>-<fold>: batched generation for the fold's out-of-fold rows, dev and test ->
-predictions/<model>/<fold>/{oof,dev,test}.csv (fname, view, summary, logprob) and the dev ROUGE in
+"""predict@<model>-<fold>: batched generation for the fold's out-of-fold rows, dev and test, for the original
+dialogue and every TTA view -> predictions/<model>/<fold>/{oof,dev,test}.csv (fname, view, summary, logprob;
+view summaries mapped back to the original speakers) and the dev ROUGE of the original view in
 metrics/predict/<model>-<fold>.json."""
 import hashlib
 import logging
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dialsum import data, generation, io, models, training
+from dialsum import data, generation, io, models, training, tta
 from dialsum.metrics import Scorer
 from dialsum.tracking import matrix_item, run_stage
 
@@ -18,6 +19,7 @@ def main():
     params, model_name, fold = matrix_item("predict")
     entry = params["zoo"][model_name]
     training.seed_everything(params["seed"])
+    augmenter = tta.Augmenter.from_params(params["tta"], params["seed"])  # fails fast on a bad paraphraser
     model, tok, family = models.load_for_inference(f"models/{model_name}/{fold}", entry)
     tok.padding_side = "left"
     d = data.load_processed()
@@ -25,20 +27,31 @@ def main():
               "dev": d["dev"], "test": d["test"]}
     gen = params["generation"]
     digest = hashlib.sha256()
+    oof = None
     for split, df in splits.items():
-        texts, lps = generation.summarize(model, tok, family, list(df["dialogue"]), gen, entry["max_source_len"],
+        # Views are keyed by fname, so every model x fold summarises the very same augmented inputs.
+        rows = []
+        for fname, dialogue in zip(df["fname"], df["dialogue"]):
+            rows.append((fname, "orig", dialogue, None))
+            rows += [(fname, v.name, v.dialogue, v.inverse) for v in augmenter.views(f"{split}/{fname}", dialogue)]
+        texts, lps = generation.summarize(model, tok, family, [r[2] for r in rows], gen, entry["max_source_len"],
                                           gen["batch_size"], entry.get("prompt"), desc=f"{split}")
-        out = pd.DataFrame({"fname": list(df["fname"]), "view": "orig", "summary": texts,
+        texts = [inv(t) if inv else t for t, (_, _, _, inv) in zip(texts, rows)]
+        out = pd.DataFrame({"fname": [r[0] for r in rows], "view": [r[1] for r in rows], "summary": texts,
                             "logprob": [round(x, 6) for x in lps]})
         io.write_csv(f"predictions/{model_name}/{fold}/{split}.csv", out)
         digest.update(Path(f"predictions/{model_name}/{fold}/{split}.csv").read_bytes())
-        log.info("%s: %d summaries", split, len(out))
+        log.info("%s: %d summaries (%d dialogues x views)", split, len(out), len(df))
+        orig = out[out["view"] == "orig"]
         if split == "dev":
-            scores = Scorer.from_params(params).score(texts, data.references(df))
+            scores = Scorer.from_params(params).score(list(orig["summary"]), data.references(df))
+        elif split == "oof" and len(df):
+            # the fold model on its own held-out rows: what rouge_weighted / weighted_avg weigh sources by
+            oof = Scorer.from_params(params).score(list(orig["summary"]), data.references(df))
     # The ensemble depends on metrics/predict/ (DVC cannot list a matrix's outputs as deps, and
     # predictions/ holds the ensemble's own output); the hash makes any change of predictions visible.
     io.write_json(f"metrics/predict/{model_name}-{fold}.json",
-                  {**scores, "predictions_sha256": digest.hexdigest()[:16]})
+                  {**scores, "oof": oof, "predictions_sha256": digest.hexdigest()[:16]})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """prepare: validate + clean the competition CSVs, assign CV folds -> data/processed/."""
 import logging
 
-from dialsum import data, io, params as P
+from dialsum import data, io, params as P, tta
 from dialsum.tracking import run_stage, setup_logging
 
 log = logging.getLogger("prepare")
@@ -20,6 +20,11 @@ def main():
         frames[split] = df
         log.info("%s: %d rows from %s", split, len(df), d[split])
     frames["train"]["fold"] = data.assign_folds(frames["train"], cv["n_splits"], cv["seed"])
+    # Augmented training copies go to their own file: dev, test and out-of-fold rows are never augmented.
+    frames["augmented"] = tta.augment_rows(frames["train"], d["augmentation"], params["seed"])
+    if len(frames["augmented"]):
+        log.info("augmented: %d training copies (%s x %d)", len(frames["augmented"]),
+                 ", ".join(d["augmentation"]["strategies"]), d["augmentation"]["factor"])
     for split, df in frames.items():
         io.write_csv(f"data/processed/{split}.csv", df)
 

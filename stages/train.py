@@ -10,10 +10,9 @@ from dialsum.tracking import matrix_item, run_stage
 def main():
     params, model, fold = matrix_item("train")
     d = data.load_processed()
-    train_df, val_df = data.split_fold(d["train"], d["dev"], fold)
+    train_df, val_df = data.split_fold(d["train"], d["dev"], fold, d["augmented"])
     init = Path(f"models/{model}/init")
-    sig = training.run_signature(params, model, fold, [Path("data/processed/train.csv"),
-                                                         Path("data/processed/dev.csv")])
+    sig = training.run_signature(params, model, fold, sorted(Path("data/processed").glob("*.csv")))
     metrics = training.train(params, model, fold, train_df, val_df, init, Path(f"models/{model}/{fold}"),
                              Path(f"checkpoints/{model}/{fold}"), Path(f"dvclive/{model}-{fold}"), sig)
     io.write_json(f"metrics/train/{model}-{fold}.json", metrics)

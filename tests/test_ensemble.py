@@ -21,3 +21,100 @@ def test_mbr_single_candidate_and_ties_are_deterministic():
     cands = pd.DataFrame({"fname": ["x", "y", "y"], "source": ["a", "a", "b"], "summary": ["하나", "둘", "셋"]})
     out = mbr_select(cands, CachedTokenizer("whitespace"), ["x", "y"])
     assert list(out["summary"]) == ["하나", "둘"]  # a tie goes to the first source
+
+
+import numpy as np  # noqa: E402
+
+from dialsum import ensemble as E  # noqa: E402
+
+TOK = CachedTokenizer("whitespace")
+
+
+def frame(fname, rows):
+    """rows: (model, fold, view, summary, logprob)"""
+    return pd.DataFrame([{"fname": fname, "model": m, "source": f"{m}/{f}", "view": v, "summary": s, "logprob": lp}
+                         for m, f, v, s, lp in rows])
+
+
+def test_rouge_weighted_follows_the_heavier_voter():
+    # two "bad" voters agree with each other; one "good" voter disagrees
+    c = frame("d", [("bad", 0, "orig", "비가 온다 오늘", -1), ("bad", 1, "orig", "비가 온다 내일", -1),
+                    ("good", 0, "orig", "눈이 많이 내린다", -1)])
+    g = E.build_groups(c, TOK, ["d"])
+    equal = E.select(g, lambda g: E.weighted_consensus(g.sim, np.ones(3)))
+    assert equal["summary"][0].startswith("비가 온다")  # plain majority
+    w = {"good": 10.0, "bad": 1.0}
+    heavy = E.select(g, lambda g: E.weighted_consensus(g.sim, E.vote_weights(g.cands, w)))
+    assert heavy["summary"][0] == "눈이 많이 내린다"
+    # a per-source weight beats the model's weight
+    w2 = {"good": 10.0, "bad": 1.0, "good/0": 0.0}
+    assert E.vote_weights(c, w2).tolist() == [1.0, 1.0, 0.0]
+
+
+def synthetic_oof(n=30, seed=0):
+    """Model `good` writes the reference; model `bad` writes something else; two views each."""
+    rng = np.random.default_rng(seed)
+    groups, targets = [], []
+    words = ["철수", "영희", "병원", "학교", "내일", "오늘", "간다", "온다", "예약", "전화"]
+    for i in range(n):
+        ref = " ".join(rng.choice(words, 5))
+        other = " ".join(rng.choice(words, 5))
+        c = frame(f"o{i}", [("good", 0, "orig", ref, -1.0), ("good", 0, "mask-0", ref, -1.2),
+                            ("bad", 0, "orig", other, -0.5), ("bad", 0, "mask-0", other + " 다시", -0.6)])
+        g = E.build_groups(c, TOK, [f"o{i}"])[0]
+        groups.append(g)
+        targets.append(np.array([1.0, 1.0, 0.0, 0.1]))
+    return groups, targets
+
+
+def test_stacking_learns_which_candidates_score_from_oof_only():
+    groups, targets = synthetic_oof()
+    reg = E.fit_stacker(groups, targets, ["good", "bad"], {"good": 2.0, "bad": 0.5}, TOK, seed=0)
+    # a dev dialogue whose majority is the bad model (three bad candidates vs one good)
+    dev = frame("x", [("bad", 0, "orig", "영희 학교 오늘 온다", -0.1), ("bad", 1, "orig", "영희 학교 오늘 온다 다시", -0.1),
+                      ("bad", 1, "mask-0", "영희 학교 오늘", -0.1), ("good", 1, "orig", "철수 병원 내일 간다", -2.0)])
+    g = E.build_groups(dev, TOK, ["x"])
+    out = E.select(g, lambda g: reg.predict(E.candidate_features(g, ["good", "bad"], {"good": 2.0, "bad": 0.5}, TOK)))
+    assert out["source"][0] == "good/1"
+    mv = E.select(g, lambda g: E.weighted_consensus(g.sim, np.ones(len(g.cands))))
+    assert mv["source"][0].startswith("bad")  # what plain voting would have chosen
+
+
+def test_blending_fits_weights_on_oof():
+    groups, targets = synthetic_oof()
+    # on OOF both models have two candidates, so equal votes tie and the first (good) wins; make bad the
+    # majority by giving it a third candidate per dialogue
+    for g, t in zip(groups, targets):
+        extra = g.cands.iloc[[2]].assign(view="synonym-0")
+        g.cands = pd.concat([g.cands, extra], ignore_index=True)
+        g.sim = E.similarity_matrix(list(g.cands["summary"]), TOK)
+    targets = [np.append(t, 0.0) for t in targets]
+    weights, value = E.fit_blend(groups, targets, ["good", "bad"], n_trials=32, seed=0)
+    assert weights["good"] > weights["bad"] and value == 1.0
+    assert weights == E.fit_blend(groups, targets, ["good", "bad"], n_trials=32, seed=0)[0]  # seeded
+
+
+def test_consensus_excludes_self_and_similarity_is_symmetric():
+    texts = ["a b c", "a b d", "x y z"]
+    sim = E.similarity_matrix(texts, TOK)
+    assert np.allclose(sim, sim.T) and np.allclose(np.diag(sim), 1)
+    cs = E.consensus_scores(texts, TOK)
+    assert cs[2] == 0.0 and cs[0] == cs[1] > 0
+
+
+def test_fast_similarity_equals_rouge_score_arithmetic():
+    import random
+
+    from dialsum.metrics import ngram_counts, ngram_f1
+
+    tok = CachedTokenizer("default")
+    rng = random.Random(0)
+    words = "a b c d e f the cat sat on mat".split()
+    texts = [" ".join(rng.choices(words, k=rng.randint(1, 10))) for _ in range(25)] + ["", "a b", "", "a b"]
+    sim = E.similarity_matrix(texts, tok)
+    for i in range(len(texts)):
+        for j in range(len(texts)):
+            ti, tj = tok.tokenize(texts[i]), tok.tokenize(texts[j])
+            want = 1.0 if texts[i] == texts[j] else (
+                ngram_f1(ngram_counts(ti, 1), ngram_counts(tj, 1)) + ngram_f1(ngram_counts(ti, 2), ngram_counts(tj, 2))) / 2
+            assert abs(sim[i, j] - want) < 1e-12

@@ -8,7 +8,7 @@ import torch
 
 from dialsum import generation, models
 from dialsum.params import load
-from tests.conftest import ROOT
+from conftest import ROOT
 
 bnb = pytest.importorskip("bitsandbytes")
 

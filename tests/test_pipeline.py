@@ -16,9 +16,13 @@ pytestmark = pytest.mark.slow
 COPY = [".dvc", ".dvcignore", ".gitignore", "dvc.yaml", "params.yaml", "stages", "src", "data/sample"]
 
 
+# Fake secrets in every run's environment: no output, log or lock may ever contain them.
+SECRETS = {"WANDB_API_KEY": "dialsum-fake-wandb-key-5f3a9c", "HF_TOKEN": "hf_dialsumFakeToken7788"}
+
+
 def run(cmd, cwd, check=True):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(Path(cwd) / "src"))
+               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(Path(cwd) / "src"), **SECRETS)
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
     if check and p.returncode != 0:
         raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
@@ -50,7 +54,7 @@ def project(tmp_path_factory, root=Path(__file__).resolve().parents[1]):
 def test_repro_builds_every_output(project):
     dst, out = project
     p = yaml.safe_load((dst / "params.yaml").read_text())
-    expected = {"prepare", "ensemble", "tune"} | {f"init@{m}" for m in p["models"]}
+    expected = {"prepare", "ensemble", "tune"} | {f"init@{m}" for m in p["models"]} | {f"average@{m}" for m in p["models"]}
     for m in p["models"]:
         for f in p["cv"]["folds"]:
             expected |= {f"train@{m}-{f}", f"predict@{m}-{f}"}
@@ -86,6 +90,61 @@ def test_eval_metric_agrees_with_dialsum_score(project, capsys):
         assert cli[k] == pytest.approx(stage[k], abs=1e-6)
 
 
+def test_forced_rerun_is_byte_identical(project):
+    """Determinism: re-running training, prediction and the ensemble from scratch gives the same bytes."""
+    dst, _ = project
+    files = ["predictions/tiny-bart/0/dev.csv", "predictions/tiny-bart/0/test.csv", "predictions/tiny-bart/0/oof.csv",
+             "metrics/train/tiny-bart-0.json", "metrics/predict/tiny-bart-0.json", "metrics/ensemble.json",
+             "submission.csv", "predictions/ensemble/test.csv", "data/processed/train.csv"]
+    before = {f: (dst / f).read_bytes() for f in files}
+    for stage in ("prepare", "train@tiny-bart-0", "predict@tiny-bart-0", "ensemble"):
+        run([sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], dst)
+    after = {f: (dst / f).read_bytes() for f in files}
+    assert [f for f in files if before[f] != after[f]] == []
+    weights = dst / "models/tiny-bart/0/model.safetensors"
+    assert weights.exists() and not list((dst / "models").rglob("*.bin")) and not list((dst / "models").rglob("*.pt"))
+
+
+def test_killed_training_resumes_from_its_checkpoint(project):
+    """Kill train mid-way: the checkpoint survives, the old model folder is untouched, the next run resumes."""
+    import signal
+    import time
+
+    dst, _ = project
+    pfile = dst / "params.yaml"
+    good = pfile.read_text()
+    p = yaml.safe_load(good)
+    p["training"].update(epochs=10, eval_every_epochs=1)
+    pfile.write_text(yaml.safe_dump(p, allow_unicode=True, sort_keys=False))
+    model_dir = dst / "models/tiny-bart/0"
+    old_weights = (model_dir / "model.safetensors").read_bytes()
+    ckpts = dst / "checkpoints/tiny-bart/0"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(dst / "src"))
+    try:
+        proc = subprocess.Popen([sys.executable, "stages/train.py", "--model", "tiny-bart", "--fold", "0"], cwd=dst,
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(ckpts.glob("checkpoint-*/trainer_state.json")):
+            time.sleep(0.2)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        saved = sorted(ckpts.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
+        assert saved, "no checkpoint written before the kill"
+        assert (model_dir / "model.safetensors").read_bytes() == old_weights  # no half-written output
+        step = int(saved[-1].name.split("-")[1])
+        assert step > 0
+        out = run([sys.executable, "stages/train.py", "--model", "tiny-bart", "--fold", "0"], dst)
+        log = (dst / "logs/train@tiny-bart-0.log").read_text()
+        assert f"resuming from checkpoints/tiny-bart/0/checkpoint-{step}" in log, out.stderr[-2000:]
+        metrics = json.loads((dst / "metrics/train/tiny-bart-0.json").read_text())
+        assert metrics["steps"] > step and (model_dir / "model.safetensors").exists()
+        assert not ckpts.exists()  # removed only after the best model was saved
+    finally:
+        pfile.write_text(good)
+    run([sys.executable, "-m", "dvc", "repro"], dst)  # back to the committed state for the tests below
+
+
 def test_second_repro_is_noop_and_generation_change_reruns_predict_only(project):
     dst, _ = project
     assert stages_run(run([sys.executable, "-m", "dvc", "repro"], dst).stdout) == set()
@@ -93,7 +152,7 @@ def test_second_repro_is_noop_and_generation_change_reruns_predict_only(project)
     p["generation"]["num_beams"] = 2
     (dst / "params.yaml").write_text(yaml.safe_dump(p, allow_unicode=True, sort_keys=False))
     ran = stages_run(run([sys.executable, "-m", "dvc", "repro"], dst).stdout)
-    assert ran and all(s.startswith("predict@") or s == "ensemble" for s in ran), ran
+    assert ran and all(s.startswith(("predict@", "average@")) or s == "ensemble" for s in ran), ran
 
 
 def test_stage_list_has_every_item(project):
@@ -143,6 +202,38 @@ def test_dialsum_summarize_and_env(project, capsys):
     assert "torch" in capsys.readouterr().out
 
 
+def test_ensemble_strategies_never_retrain(project):
+    """Issue 5: switching ensemble.strategy re-runs only average@ (which generates only for averaging) and
+    ensemble; stacking is fitted on out-of-fold rows."""
+    dst, _ = project
+    for strategy in ("stacking", "weighted_avg"):
+        out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", f"ensemble.strategy={strategy}"], dst).stdout
+        ran = stages_run(out)
+        assert ran and all(s == "ensemble" or s.startswith("average@") for s in ran), ran
+        ens = json.loads((dst / "metrics/ensemble.json").read_text())
+        assert ens["strategy"] == strategy and {"gain", "best_single", "models", "sources"} <= set(ens)
+        if strategy == "stacking":  # fitted on exactly the out-of-fold rows of the folds that ran
+            train = pd.read_csv(dst / "data/processed/train.csv")
+            p = yaml.safe_load((dst / "params.yaml").read_text())
+            assert ens["fitted_on"]["oof_dialogues"] == int(train["fold"].isin(p["cv"]["folds"]).sum())
+    assert ens["averaging"]["token_level"]["tiny-bart"]["computed"] is True
+    assert (dst / "predictions/tiny-bart/avg/dev.csv").exists()
+
+
+def test_tta_views_reach_the_ensemble(project):
+    dst, _ = project
+    run([sys.executable, "-m", "dvc", "exp", "run", "-S", "tta.strategies=[reorder,mask]", "-S", "tta.num_aug=1",
+         "-S", "ensemble.strategy=majority_vote"], dst)
+    ens = json.loads((dst / "metrics/ensemble.json").read_text())
+    assert {"orig", "reorder-0", "mask-0"} <= set(ens["views"]) and ens["candidates_per_dialogue"] > 4
+    dev = pd.read_csv(dst / "predictions/tiny-bart/0/dev.csv", keep_default_na=False)
+    assert set(dev["view"]) >= {"orig", "reorder-0"}
+    good = (dst / "params.yaml").read_text()
+    bad = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "tta.strategies=[paraphrase]"], dst, check=False)
+    (dst / "params.yaml").write_text(good)  # a failed experiment leaves its params in the workspace
+    assert bad.returncode != 0 and "tta.paraphrase_model is not set" in bad.stderr + bad.stdout
+
+
 def test_tune_stage_resumes_its_study_through_dvc(project):
     dst, _ = project
     first = json.loads((dst / "metrics/tune.json").read_text())
@@ -167,3 +258,15 @@ def test_qlora_gptneox_experiment(project):
     ens = json.loads((dst / "metrics/ensemble.json").read_text())
     assert list(ens["sources"]) == ["tiny-gptneox/0"]
     assert len(pd.read_csv(dst / "submission.csv")) == len(pd.read_csv(dst / "data/processed/test.csv"))
+
+
+def test_no_secret_reaches_any_output(project):
+    """WANDB_API_KEY / HF_TOKEN were set for every run above: grep everything the runs wrote."""
+    dst, _ = project
+    hits = []
+    for f in dst.rglob("*"):
+        if f.is_file() and ".git" not in f.parts and f.stat().st_size < 50_000_000:
+            data = f.read_bytes()
+            hits += [f"{f.relative_to(dst)}: {k}" for k, v in SECRETS.items() if v.encode() in data]
+    assert hits == []
+    assert any((dst / "logs").iterdir()) and (dst / "dvc.lock").exists()

@@ -71,3 +71,27 @@ def test_paraphrase_needs_a_model():
         tta.Augmenter(["paraphrase"], 1, seed=0)
     with pytest.raises(ParamsError, match="cannot be loaded"):
         tta.Augmenter(["paraphrase"], 1, seed=0, paraphrase_model="/nonexistent/paraphraser")
+
+
+def test_training_augmentation_never_leaks_into_its_own_fold():
+    import pandas as pd
+
+    from dialsum.data import assign_folds, split_fold
+
+    train = pd.DataFrame({"fname": [f"t{i}" for i in range(20)],
+                          "dialogue": [f"#Person1#: 음, {i}번 방 예약할게요.\n#Person2#: 네, 알겠습니다." for i in range(20)],
+                          "summary": [f"#Person1#은 {i}번 방을 예약한다." for i in range(20)]})
+    train["fold"] = assign_folds(train, 4, seed=0)
+    aug = tta.augment_rows(train, {"strategies": ["reorder", "mask"], "factor": 1}, seed=0)
+    assert len(aug) == 40 and set(aug["orig_fname"]) == set(train["fname"])
+    r = aug[aug["view"] == "reorder-0"].iloc[0]
+    assert r["dialogue"].startswith("#Person2#: ") and r["summary"].startswith("#Person2#는")  # summary follows
+    for k in range(4):
+        rows, val = split_fold(train, train, k, aug)
+        held_out = set(train.loc[train["fold"] == k, "fname"])
+        assert set(val["fname"]) == held_out  # validation: original rows only
+        origins = {f.split("#")[0] for f in rows["fname"]}
+        assert not origins & held_out  # no copy of a held-out row is trained on
+        assert len(rows) == 3 * (20 - len(held_out))  # each other row + its two copies
+    rows, _ = split_fold(train, train, "full", aug)
+    assert len(rows) == 60

@@ -13,7 +13,7 @@ import yaml
 from dialsum import models, tuning
 from dialsum.data import clean_text, read_csv
 from dialsum.params import ParamsError, load
-from tests.conftest import ROOT
+from conftest import ROOT
 
 SMALL = {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}
 

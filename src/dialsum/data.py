@@ -141,14 +141,23 @@ def assign_folds(df: pd.DataFrame, n_splits: int, seed: int) -> pd.Series:
     return folds
 
 
-def split_fold(train: pd.DataFrame, dev: pd.DataFrame, fold) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rows to train on, rows to validate on) for a fold index or ``"full"`` (all train / dev)."""
+def split_fold(train: pd.DataFrame, dev: pd.DataFrame, fold,
+               augmented: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows to train on, rows to validate on) for a fold index or ``"full"`` (all train / dev).
+
+    Augmented copies carry their original's fold: fold k trains on the copies of the other folds' rows
+    only, and validates on original rows only.
+    """
+    aug = augmented if augmented is not None and len(augmented) else None
     if fold == "full":
-        return train.reset_index(drop=True), dev.reset_index(drop=True)
+        rows = train if aug is None else pd.concat([train, aug[train.columns.intersection(aug.columns)]])
+        return rows.reset_index(drop=True), dev.reset_index(drop=True)
     if fold not in set(train["fold"]):
         raise DataError(f"fold {fold} has no rows in data/processed/train.csv (re-run prepare?)")
-    return (train[train["fold"] != fold].reset_index(drop=True),
-            train[train["fold"] == fold].reset_index(drop=True))
+    rows = train[train["fold"] != fold]
+    if aug is not None:
+        rows = pd.concat([rows, aug.loc[aug["fold"] != fold, train.columns.intersection(aug.columns)]])
+    return rows.reset_index(drop=True), train[train["fold"] == fold].reset_index(drop=True)
 
 
 def references(df: pd.DataFrame) -> list[list[str]]:
@@ -169,4 +178,8 @@ def load_processed(folder: str | Path = "data/processed") -> dict[str, pd.DataFr
             raise DataError(f"{path}: not found; run `dvc repro prepare` first")
         out[split] = pd.read_csv(path, dtype=str, keep_default_na=False)
     out["train"]["fold"] = out["train"]["fold"].astype(int)
+    aug = folder / "augmented.csv"
+    out["augmented"] = (pd.read_csv(aug, dtype=str, keep_default_na=False) if aug.exists()
+                        else pd.DataFrame(columns=["fname", "orig_fname", "fold", "view", "dialogue", "summary"]))
+    out["augmented"]["fold"] = out["augmented"]["fold"].astype(int)
     return out

@@ -1,55 +1,186 @@
-"""Combining candidate summaries from models x folds (x TTA views).
+"""Combining candidate summaries from models x folds x TTA views, one choice per dialogue.
 
-``majority_vote`` is MBR consensus: per dialogue, the candidate whose mean ROUGE-1/2 F1 against all the
-other candidates is highest. Each distinct text is tokenized once and its n-gram counts are built once;
-pairs then cost a Counter intersection. ROUGE-L is left out of the consensus on purpose: its LCS is
-quadratic in pure Python and ranks candidates almost as ROUGE-1/2 do.
+Every strategy scores the candidates of one dialogue and takes the best (ties: the first candidate in
+source order, so choices are deterministic):
+
+- ``majority_vote``: MBR consensus, each candidate's mean ROUGE-1/2 F1 to all candidates.
+- ``rouge_weighted``: the same vote with each candidate's vote weighted by its source's out-of-fold ROUGE
+  (or ``ensemble.weights``).
+- ``blending``: per-model vote weights fitted on the out-of-fold rows (seeded search over the simplex,
+  maximising the ROUGE of the selection against the OOF references), then applied to dev/test.
+- ``stacking``: a gradient-boosted regressor trained on out-of-fold candidates predicts each candidate's
+  ROUGE from features that need no reference (model, its OOF ROUGE, length, length ratio, consensus,
+  mean log-prob, view type); the argmax is chosen.
+- ``averaging`` / ``weighted_avg`` average log-probabilities *during* generation (see
+  :func:`dialsum.generation.summarize_averaged`); across models with other tokenizers their outputs are
+  combined here by ``majority_vote`` / ``rouge_weighted``.
+
+Similarities: each distinct text is tokenized once and its n-gram counts built once; a pair then costs a
+Counter intersection. ROUGE-L is left out of the vote on purpose: its LCS is quadratic in pure Python and
+ranks candidates almost as ROUGE-1/2 do.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .metrics import CachedTokenizer, ngram_counts, ngram_f1
+from .metrics import CachedTokenizer, ngram_counts
 
 log = logging.getLogger(__name__)
-STRATEGIES = ("majority_vote",)
+STRATEGIES = ("averaging", "weighted_avg", "majority_vote", "rouge_weighted", "stacking", "blending")
+VIEW_TYPES = ("orig", "reorder", "mask", "synonym", "paraphrase")
+
+
+def _overlap(a: dict, b: dict) -> int:
+    if len(a) > len(b):
+        a, b = b, a
+    get = b.get
+    return sum(min(c, get(k, 0)) for k, c in a.items())
+
+
+def similarity_matrix(texts: Sequence[str], tokenizer: CachedTokenizer) -> np.ndarray:
+    """Pairwise mean of ROUGE-1 and ROUGE-2 F1 (1 on the diagonal).
+
+    F1 = 2 * overlap / (|a| + |b|) on clipped n-gram counts (rouge-score's definition); each distinct text
+    is counted once and duplicates share its row.
+    """
+    uniq = list(dict.fromkeys(texts))
+    index = [uniq.index(t) for t in texts] if len(uniq) < len(texts) else list(range(len(texts)))
+    toks = tokenizer.tokenize_many(uniq)
+    grams = []
+    for t in toks:
+        g1, g2 = ngram_counts(t, 1), ngram_counts(t, 2)
+        grams.append((g1, sum(g1.values()), g2, sum(g2.values())))
+    m = len(uniq)
+    u = np.eye(m)
+    for i in range(m):
+        a1, n1, a2, n2 = grams[i]
+        for j in range(i + 1, m):
+            b1, k1, b2, k2 = grams[j]
+            f1 = 2 * _overlap(a1, b1) / (n1 + k1) if n1 + k1 else 0.0
+            f2 = 2 * _overlap(a2, b2) / (n2 + k2) if n2 + k2 else 0.0
+            u[i, j] = u[j, i] = (f1 + f2) / 2
+    sim = u[np.ix_(index, index)]
+    np.fill_diagonal(sim, 1.0)
+    return sim
+
+
+def weighted_consensus(sim: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Score of each candidate = weighted mean similarity to all candidates, itself included (so a lone
+    heavy voter can still pick its own candidate; with equal weights the ranking is plain MBR)."""
+    w = np.asarray(w, dtype=float)
+    total = w.sum()
+    return (sim @ w) / total if total > 0 else sim.mean(axis=1)
 
 
 def consensus_scores(candidates: Sequence[str], tokenizer: CachedTokenizer) -> np.ndarray:
-    """Mean ROUGE-1/2 F1 of each candidate against the others (1 candidate: 1.0)."""
+    """Mean ROUGE-1/2 F1 of each candidate against the *others* (1 candidate: 1.0)."""
     n = len(candidates)
     if n == 1:
         return np.ones(1)
-    toks = tokenizer.tokenize_many(candidates)
-    grams = [(ngram_counts(t, 1), ngram_counts(t, 2)) for t in toks]
-    sim = np.zeros((n, n))
-    for i in range(n):
-        for j in range(i + 1, n):
-            if candidates[i] == candidates[j]:
-                s = 1.0
-            else:
-                s = (ngram_f1(grams[i][0], grams[j][0]) + ngram_f1(grams[i][1], grams[j][1])) / 2
-            sim[i, j] = sim[j, i] = s
-    return sim.sum(axis=1) / (n - 1)
+    sim = similarity_matrix(candidates, tokenizer)
+    return (sim.sum(axis=1) - 1.0) / (n - 1)
 
 
-def mbr_select(cands: pd.DataFrame, tokenizer: CachedTokenizer, order: Sequence[str]) -> pd.DataFrame:
-    """One row per fname (in ``order``) from ``cands`` [fname, source, view, summary]; ties go to the
-    first candidate in source order, so the choice is deterministic."""
-    # Pre-tokenize every distinct text in one batch (kiwipiepy is much faster that way).
-    tokenizer.tokenize_many(cands["summary"].unique())
-    out = []
+@dataclass
+class Group:
+    """The candidates of one dialogue and their pairwise similarities."""
+    fname: str
+    cands: pd.DataFrame
+    sim: np.ndarray
+
+
+def build_groups(cands: pd.DataFrame, tokenizer: CachedTokenizer, order: Sequence[str]) -> list[Group]:
+    """One :class:`Group` per fname in ``order`` from ``cands`` [fname, source, model, view, summary, ...]."""
+    tokenizer.tokenize_many(cands["summary"].unique())  # one batch: kiwipiepy is much faster that way
     groups = dict(tuple(cands.groupby("fname", sort=False)))
+    out = []
     for fname in order:
         g = groups.get(fname)
         if g is None:
             raise ValueError(f"no candidate summary for {fname}")
-        scores = consensus_scores(list(g["summary"]), tokenizer)
-        best = int(np.argmax(scores))
-        out.append({"fname": fname, "summary": g["summary"].iloc[best], "source": g["source"].iloc[best],
-                    "consensus": round(float(scores[best]), 6)})
-    return pd.DataFrame(out)
+        g = g.reset_index(drop=True)
+        out.append(Group(fname, g, similarity_matrix(list(g["summary"]), tokenizer)))
+    return out
+
+
+def select(groups: list[Group], score) -> pd.DataFrame:
+    """The argmax of ``score(group) -> array`` per group."""
+    rows = []
+    for g in groups:
+        s = np.asarray(score(g), dtype=float)
+        best = int(np.argmax(s))
+        c = g.cands.iloc[best]
+        rows.append({"fname": g.fname, "summary": c["summary"], "source": c["source"],
+                     "view": c.get("view", "orig"), "score": round(float(s[best]), 6)})
+    return pd.DataFrame(rows)
+
+
+def mbr_select(cands: pd.DataFrame, tokenizer: CachedTokenizer, order: Sequence[str]) -> pd.DataFrame:
+    """``majority_vote`` on a candidate frame (kept for callers that have no groups yet)."""
+    groups = build_groups(cands, tokenizer, order)
+    return select(groups, lambda g: weighted_consensus(g.sim, np.ones(len(g.cands)))).rename(
+        columns={"score": "consensus"})
+
+
+def vote_weights(cands: pd.DataFrame, weights: dict) -> np.ndarray:
+    """Per-candidate weight: by source (``model/fold``), else by model, else 1."""
+    return np.array([float(weights.get(s, weights.get(m, 1.0))) for s, m in zip(cands["source"], cands["model"])])
+
+
+# --- stacking ---------------------------------------------------------------------------------------------
+
+def candidate_features(g: Group, models: Sequence[str], model_score: dict, tokenizer: CachedTokenizer) -> np.ndarray:
+    """Reference-free features per candidate (the same columns on OOF, dev and test)."""
+    c = g.cands
+    lengths = np.array([len(tokenizer.tokenize(t)) for t in c["summary"]], dtype=float)
+    median = float(np.median(lengths)) or 1.0
+    consensus = weighted_consensus(g.sim, np.ones(len(c)))
+    logprob = c["logprob"].astype(float).clip(lower=-50).to_numpy() if "logprob" in c else np.zeros(len(c))
+    view_type = [str(v).split("-")[0] for v in c.get("view", pd.Series(["orig"] * len(c)))]
+    cols = [
+        *[(c["model"] == m).astype(float).to_numpy() for m in models],
+        np.array([model_score.get(m, 0.0) for m in c["model"]]),
+        lengths, lengths / median, consensus, logprob,
+        *[np.array([v == t for v in view_type], dtype=float) for t in VIEW_TYPES],
+    ]
+    return np.stack(cols, axis=1)
+
+
+def fit_stacker(groups: list[Group], targets: list[np.ndarray], models: Sequence[str], model_score: dict,
+                tokenizer: CachedTokenizer, seed: int):
+    """A regressor from OOF candidates' features to their ROUGE against the OOF reference."""
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    X = np.concatenate([candidate_features(g, models, model_score, tokenizer) for g in groups])
+    y = np.concatenate(targets)
+    reg = GradientBoostingRegressor(n_estimators=150, max_depth=3, learning_rate=0.05, subsample=1.0,
+                                    random_state=seed)
+    reg.fit(X, y)
+    return reg
+
+
+# --- blending ---------------------------------------------------------------------------------------------
+
+def fit_blend(groups: list[Group], targets: list[np.ndarray], models: Sequence[str], n_trials: int,
+              seed: int) -> tuple[dict, float]:
+    """Per-model vote weights maximising the mean OOF ROUGE of the weighted-MBR choice.
+
+    Tries equal weights, each model alone, and ``n_trials`` seeded Dirichlet draws; the first best wins.
+    """
+    rng = np.random.default_rng(seed)
+    k = len(models)
+    trials = [np.ones(k)] + [np.eye(k)[i] + 1e-3 for i in range(k)] + list(rng.dirichlet(np.ones(k), n_trials))
+    idx = [np.array([models.index(m) for m in g.cands["model"]]) for g in groups]
+    best_w, best = trials[0], -1.0
+    for w in trials:
+        value = float(np.mean([t[int(np.argmax(weighted_consensus(g.sim, w[i])))]
+                               for g, t, i in zip(groups, targets, idx)]))
+        if value > best + 1e-12:
+            best_w, best = w, value
+    best_w = best_w / best_w.sum()
+    return {m: round(float(x), 6) for m, x in zip(models, best_w)}, best

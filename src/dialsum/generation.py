@@ -105,3 +105,95 @@ def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, ma
             out_lp[i] = float(lps[j]) if math.isfinite(lps[j]) else -1e9
     model.train(was_training)
     return out_text, out_lp
+
+
+class _AveragedLogProbs:
+    """A logits processor that replaces the primary model's next-token log-probs by the weighted mean of
+    every member's, so HF's own beam search runs on the averaged distribution ("model averaging").
+
+    The other members see exactly the beams of the primary: their encoder states (seq2seq) or prompt
+    masks (causal) are computed once per batch and repeated per beam; their decoders re-read each beam's
+    tokens at every step (no KV cache, simple and exact; fine for summaries of a few dozen tokens).
+    """
+
+    def __init__(self, others, weights, family, batch_inputs, num_beams, prompt_width):
+        self.others, self.weights, self.family = others, weights, family
+        self.num_beams, self.prompt_width = num_beams, prompt_width
+        mask = batch_inputs["attention_mask"].repeat_interleave(num_beams, dim=0)
+        self.mask = mask
+        self.encoded = []
+        if family == "seq2seq":
+            for m in others:
+                enc = m.get_encoder()(input_ids=batch_inputs["input_ids"], attention_mask=batch_inputs["attention_mask"])
+                self.encoded.append(enc.last_hidden_state.repeat_interleave(num_beams, dim=0))
+
+    def __call__(self, input_ids, scores):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        vocab = scores.shape[-1]
+        total = self.weights[0] * torch.log_softmax(scores.float(), dim=-1)
+        for k, m in enumerate(self.others):
+            if self.family == "seq2seq":
+                out = m(encoder_outputs=BaseModelOutput(last_hidden_state=self.encoded[k]),
+                        attention_mask=self.mask, decoder_input_ids=input_ids, use_cache=False)
+            else:
+                gen_len = input_ids.shape[1] - self.prompt_width
+                mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], gen_len)], dim=1)
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                out = m(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=False)
+            logits = out.logits[:, -1, :vocab].float()
+            if logits.shape[-1] < vocab:  # padded embedding rows of another size: never valid tokens
+                logits = torch.nn.functional.pad(logits, (0, vocab - logits.shape[-1]), value=-1e9)
+            total = total + self.weights[k + 1] * torch.log_softmax(logits, dim=-1)
+        return total / sum(self.weights)
+
+
+@torch.no_grad()
+def summarize_averaged(members, weights, tokenizer, family: str, dialogues: list[str], gen: dict,
+                       max_source_len: int, batch_size: int = 32, prompt: str | None = None,
+                       desc: str = "averaged generate", progress: bool = True) -> tuple[list[str], list[float]]:
+    """:func:`summarize` with several models that share ``tokenizer`` (the folds of one model): one beam
+    search whose next-token log-probabilities are the ``weights``-weighted mean of all members'."""
+    from transformers import LogitsProcessorList
+
+    if len(members) == 1:
+        return summarize(members[0], tokenizer, family, dialogues, gen, max_source_len, batch_size, prompt,
+                         desc, progress)
+    for m in members:
+        m.eval()
+    primary, others = members[0], members[1:]
+    device = next(primary.parameters()).device
+    encoded = [source_ids(tokenizer, d, family, max_source_len, prompt)[0] for d in dialogues]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    kw = generation_kwargs(gen)
+    pad = tokenizer.pad_token_id
+    out_text, out_lp = [""] * len(dialogues), [0.0] * len(dialogues)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        seqs = [encoded[i] for i in batch]
+        width = max(map(len, seqs))
+        if family == "causal":
+            ids = [[pad] * (width - len(s)) + s for s in seqs]
+            mask = [[0] * (width - len(s)) + [1] * len(s) for s in seqs]
+        else:
+            ids = [s + [pad] * (width - len(s)) for s in seqs]
+            mask = [[1] * len(s) + [0] * (width - len(s)) for s in seqs]
+        inputs = dict(input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device))
+        proc = _AveragedLogProbs(others, list(weights), family, inputs, kw["num_beams"], width)
+        res = primary.generate(**inputs, **kw, logits_processor=LogitsProcessorList([proc]),
+                               return_dict_in_generate=True, output_scores=True, pad_token_id=pad,
+                               eos_token_id=tokenizer.eos_token_id)
+        new = res.sequences[:, width:] if family == "causal" else res.sequences
+        if getattr(res, "sequences_scores", None) is not None:
+            lps = res.sequences_scores.tolist()
+        else:
+            # the processed scores are already averaged log-probs: gather the chosen tokens' values
+            steps = torch.stack(res.scores, dim=1)
+            toks = new[:, -steps.shape[1]:]
+            chosen = steps.gather(-1, toks.unsqueeze(-1)).squeeze(-1)
+            valid = torch.isfinite(chosen) & (toks != pad)
+            lps = [(c[v].sum() / max(int(v.sum()), 1)).item() for c, v in zip(chosen, valid)]
+        for j, i in enumerate(batch):
+            out_text[i] = decode(tokenizer, new[j].tolist())
+            out_lp[i] = float(lps[j]) if math.isfinite(lps[j]) else -1e9
+    return out_text, out_lp

@@ -26,6 +26,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
+
 from .data import TAG_RE
 from .sample import josa
 
@@ -47,7 +49,8 @@ class View:
     """One augmented dialogue and the way back for its summary."""
     name: str
     dialogue: str
-    inverse: Callable[[str], str] = field(default=lambda s: s)
+    inverse: Callable[[str], str] = field(default=lambda s: s)  # summary of the view -> of the original
+    forward: Callable[[str], str] = field(default=lambda s: s)  # summary of the original -> of the view
 
 
 def fix_particles(text: str) -> str:
@@ -75,7 +78,8 @@ def reorder(dialogue: str, rng: random.Random) -> View:
         rng.shuffle(perm)
     mapping = dict(zip(people, perm))
     inverse = {v: k for k, v in mapping.items()}
-    return View("reorder", permute_speakers(dialogue, mapping), lambda s: permute_speakers(s, inverse))
+    return View("reorder", permute_speakers(dialogue, mapping), lambda s: permute_speakers(s, inverse),
+                lambda s: permute_speakers(s, mapping))
 
 
 def mask(dialogue: str, rng: random.Random, fraction: float = 0.5) -> View:
@@ -217,3 +221,20 @@ class Augmenter:
                 v.name = f"{strategy}-{i}"
                 out.append(v)
         return out
+
+
+def augment_rows(train: pd.DataFrame, cfg: dict, seed: int) -> pd.DataFrame:
+    """``data.augmentation``: ``factor`` transformed copies per strategy of every training row, with the
+    summary carried over (speaker tags permuted along for ``reorder``). Each copy keeps its original's
+    ``fold`` so that no fold ever trains on a copy of its own validation rows."""
+    cols = ["fname", "orig_fname", "fold", "view", "dialogue", "summary"]
+    strategies, factor = cfg.get("strategies", []), cfg.get("factor", 0)
+    if not strategies or not factor:
+        return pd.DataFrame(columns=cols)
+    aug = Augmenter(strategies, factor, seed, cfg.get("synonym_path"), cfg.get("paraphrase_model"))
+    rows = []
+    for fname, dialogue, summary, fold in zip(train["fname"], train["dialogue"], train["summary"], train["fold"]):
+        for v in aug.views(f"train/{fname}", dialogue):
+            rows.append({"fname": f"{fname}#{v.name}", "orig_fname": fname, "fold": int(fold), "view": v.name,
+                         "dialogue": v.dialogue, "summary": v.forward(summary)})
+    return pd.DataFrame(rows, columns=cols)

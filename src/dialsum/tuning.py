@@ -158,7 +158,7 @@ def load_data(params: dict):
 
     t = params["tune"]
     d = load_processed()
-    train_df, val_df = split_fold(d["train"], d["dev"], t["fold"])
+    train_df, val_df = split_fold(d["train"], d["dev"], t["fold"], d["augmented"])
     if t["train_rows"]:
         train_df = train_df.iloc[: t["train_rows"]]
     if t["val_rows"]:

@@ -1,0 +1,79 @@
+"""average@<model>: model averaging of the model's fold models — one beam search on the weighted mean of their
+next-token log-probabilities (they share one tokenizer) -> predictions/<model>/avg/{dev,test}.csv and
+metrics/average/<model>.json. Computed only when ensemble.strategy is averaging or weighted_avg; otherwise
+the stage records that it was not needed (so switching between other strategies never generates)."""
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from dialsum import data, generation, io, models, training
+from dialsum.metrics import Scorer
+from dialsum.tracking import matrix_item, run_stage
+
+log = logging.getLogger("average")
+
+
+def fold_weights(params: dict, model: str, folds: list) -> list[float]:
+    """averaging: equal. weighted_avg: ensemble.weights by `model/fold`, else each fold model's OOF ROUGE."""
+    if params["ensemble"]["strategy"] == "averaging":
+        return [1.0] * len(folds)
+    given = params["ensemble"].get("weights") or {}
+    out = []
+    for f in folds:
+        if f"{model}/{f}" in given:
+            out.append(float(given[f"{model}/{f}"]))
+            continue
+        oof = json.loads(Path(f"metrics/predict/{model}-{f}.json").read_text()).get("oof")
+        out.append(oof["rouge_sum"] if oof else 1.0)  # fold `full` has no OOF rows: weight 1
+    return out
+
+
+def main():
+    params, model_name, _ = matrix_item("average", with_fold=False)
+    out_dir = Path(f"predictions/{model_name}/avg")
+    strategy = params["ensemble"]["strategy"]
+    if strategy not in ("averaging", "weighted_avg"):
+        with io.atomic_dir(out_dir) as tmp:
+            (tmp / "NOT_COMPUTED").write_text(f"ensemble.strategy = {strategy} does not use model averaging\n")
+        io.write_json(f"metrics/average/{model_name}.json", {"computed": False})
+        return
+    entry = params["zoo"][model_name]
+    folds = list(params["cv"]["folds"])
+    training.seed_everything(params["seed"])
+    members, tok, family = [], None, None
+    for f in folds:
+        m, t, family = models.load_for_inference(f"models/{model_name}/{f}", entry)
+        if tok is not None and t.get_vocab() != tok.get_vocab():
+            raise ValueError(f"models/{model_name}/{f} has another vocabulary than fold {folds[0]}; "
+                             "log-probabilities of different tokenizers cannot be averaged")
+        members.append(m)
+        tok = t
+    tok.padding_side = "left"
+    weights = fold_weights(params, model_name, folds)
+    log.info("averaging %d fold models of %s, weights %s", len(members), model_name, weights)
+    d = data.load_processed()
+    gen = params["generation"]
+    digest = hashlib.sha256()
+    with io.atomic_dir(out_dir) as tmp:
+        for split in ("dev", "test"):
+            df = d[split]
+            texts, lps = generation.summarize_averaged(members, weights, tok, family, list(df["dialogue"]), gen,
+                                                       entry["max_source_len"], gen["batch_size"],
+                                                       entry.get("prompt"), desc=f"{split} averaged")
+            out = pd.DataFrame({"fname": df["fname"], "view": "orig", "summary": texts,
+                                "logprob": [round(x, 6) for x in lps]})
+            io.write_csv(tmp / f"{split}.csv", out)
+            digest.update((tmp / f"{split}.csv").read_bytes())
+            if split == "dev":
+                scores = Scorer.from_params(params).score(texts, data.references(df))
+    io.write_json(f"metrics/average/{model_name}.json",
+                  {"computed": True, "strategy": strategy, "members": [f"{model_name}/{f}" for f in folds],
+                   "weights": [round(w, 6) for w in weights], **scores,
+                   "predictions_sha256": digest.hexdigest()[:16]})
+
+
+if __name__ == "__main__":
+    run_stage("average", main)
