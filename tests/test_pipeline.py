@@ -54,7 +54,7 @@ def project(tmp_path_factory, root=Path(__file__).resolve().parents[1]):
 def test_repro_builds_every_output(project):
     dst, out = project
     p = yaml.safe_load((dst / "params.yaml").read_text())
-    expected = {"prepare", "ensemble", "tune"} | {f"init@{m}" for m in p["models"]} | {f"average@{m}" for m in p["models"]}
+    expected = {"prepare", "ensemble", "tune", "plots"} | {f"init@{m}" for m in p["models"]} | {f"average@{m}" for m in p["models"]}
     for m in p["models"]:
         for f in p["cv"]["folds"]:
             expected |= {f"train@{m}-{f}", f"predict@{m}-{f}"}
@@ -75,6 +75,10 @@ def test_repro_builds_every_output(project):
     assert list(sub.columns) == ["fname", "summary"] and list(sub["fname"]) == list(test["fname"])
     assert sub["summary"].notna().all()
     assert (dst / "logs/ensemble.log").exists()
+    for png in ("dev_rouge_by_source", "model_comparison", "learning_curves", "lengths"):
+        assert (dst / f"plots/{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shown = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], dst).stdout)["data"]
+    assert any(k.endswith("eval/rouge_sum.tsv") for k in shown) and "plots/learning_curves.png" in shown
 
 
 def test_eval_metric_agrees_with_dialsum_score(project, capsys):
