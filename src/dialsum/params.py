@@ -196,7 +196,10 @@ SPEC = {
         "train_rows": integer(0), "val_rows": integer(0), "epochs": number(0, null=True),
         "enqueue": list_of(anything()),
     }),
-    "tracking": section({"log_level": choice("DEBUG", "INFO", "WARNING", "ERROR")}),
+    "tracking": section({"log_level": choice("DEBUG", "INFO", "WARNING", "ERROR"),
+                         "wandb": section({"enabled": boolean(), "project": string(), "entity": string(null=True),
+                                           "tags": list_of(string()), "group": string(null=True),
+                                           "mode": choice("auto", "online", "offline", "disabled")})}),
     "debug": section({"subsample": integer(0)}),
 }
 

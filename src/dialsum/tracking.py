@@ -57,3 +57,37 @@ def matrix_item(stage: str, with_fold: bool = True):
     setup_logging(stage, item, params.get("tracking", {}).get("log_level", "INFO"))
     zoo_entry(params, a.model)
     return params, a.model, fold
+
+
+def _wandb_reachable(timeout: float = 1.5) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("api.wandb.ai", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def start_wandb(params: dict, name: str, extra_tags: tuple = ()):
+    """A W&B run for one training (None when disabled). Never prompts and never blocks: without a key
+    in the environment, or without network, it logs offline under ``wandb/`` (sync later with
+    ``wandb sync wandb/offline-run-*``). The HF WandbCallback then logs into this run."""
+    import os
+
+    cfg = (params.get("tracking") or {}).get("wandb") or {}
+    if not cfg.get("enabled"):
+        return None
+    mode = cfg.get("mode", "auto")
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") and _wandb_reachable() else "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ["WANDB_LOG_MODEL"] = "false"  # models are DVC's business
+    import wandb
+
+    group = cfg.get("group") or os.environ.get("DVC_EXP_NAME") or "dvc-repro"
+    run = wandb.init(project=cfg.get("project", "dialsum"), entity=cfg.get("entity"), name=name, group=group,
+                     tags=[*cfg.get("tags", []), *extra_tags], mode=mode, dir=".", reinit="finish_previous",
+                     config={k: v for k, v in params.items() if k != "tune"})
+    logging.getLogger(__name__).info("W&B run %s (%s, group %s)", name, mode, group)
+    return run

@@ -176,8 +176,18 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
     (ckpt_dir / "signature").write_text(signature)
     if resume_from:
         log.info("resuming from %s", resume_from)
-    trainer.train(resume_from_checkpoint=resume_from)
-    metrics = trainer.evaluate()
+    from .tracking import start_wandb
+
+    run = start_wandb(params, f"{model_name}-{fold}", (model_name, f"fold-{fold}")) if trial is None else None
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+        metrics = trainer.evaluate()
+    except BaseException:
+        if run is not None:
+            run.finish(exit_code=1)  # a crashed run is marked failed, never left running
+        raise
+    if run is not None:
+        run.finish()
     result = {k.removeprefix("eval_"): round(float(v), 6) for k, v in metrics.items()
               if k.removeprefix("eval_") in ("rouge1", "rouge2", "rougeL", "rouge_sum", "loss")}
     result.update(n_train=len(train_df), n_val=len(val_df), truncated=truncated,
@@ -220,7 +230,7 @@ def _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr):
         logging_steps=max(1, min(10, steps_per_epoch)),
         train_sampling_strategy="group_by_length",
         seed=params["seed"], data_seed=params["seed"],
-        report_to=[],
+        report_to=["wandb"] if ((params.get("tracking") or {}).get("wandb") or {}).get("enabled") else [],
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
         **mixed_precision(tcfg["mixed_precision"]),

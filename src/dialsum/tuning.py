@@ -310,6 +310,7 @@ def run_study(params: dict, train_df: pd.DataFrame, val_df: pd.DataFrame, init_d
         trial_params = apply_overrides(base, values)
         # Pruning needs a ROUGE after every epoch; a trial never resumes another's checkpoints.
         trial_params["training"].update(eval_every_epochs=1, resume="never", early_stopping_patience=0)
+        trial_params.setdefault("tracking", {})["wandb"] = {"enabled": False}  # the study is tracked by Optuna
         tdir = Path(work_dir) / f"trial-{trial.number}"
         shutil.rmtree(tdir, ignore_errors=True)
         log.info("trial %d: %s", trial.number, values)

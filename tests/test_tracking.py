@@ -1,0 +1,40 @@
+"""W&B with no account and no network: the run logs offline, is finished, and leaks no secret."""
+import copy
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from dialsum import models
+from dialsum.params import load
+
+pytest.importorskip("wandb")
+
+
+def test_wandb_offline_run_with_full_params(tmp_path, monkeypatch):
+    from dialsum.training import train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_API_KEY", "dialsum-fake-wandb-key-5f3a9c")  # a key, but no network here
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    params = copy.deepcopy(load(ROOT / "params.yaml"))
+    params["tracking"]["wandb"].update(enabled=True, tags=["unit"], group="g1", mode="auto")
+    e = {**params["zoo"]["tiny-bart"], "vocab_size": 300, "max_source_len": 48, "max_target_len": 12,
+         "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}}
+    params["zoo"]["tiny-bart"] = e
+    params["training"].update(epochs=2, batch_size=4, eval_every_epochs=1, resume="never")
+    params["metrics"]["tokenize"] = "whitespace"
+    df = pd.DataFrame({"fname": [f"t{i}" for i in range(8)],
+                       "dialogue": [f"#Person1#: {i}번 방에 오세요. #Person2#: 네." for i in range(8)],
+                       "summary": [f"#Person1#은 {i}번 방에 오라고 한다." for i in range(8)]})
+    models.build_init(e, list(df["dialogue"]) + list(df["summary"]), tmp_path / "init", seed=0)
+    train(params, "tiny-bart", 0, df, df, tmp_path / "init", None, tmp_path / "ckpt", None, "sig")
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((tmp_path / "wandb").iterdir())
+    files = list(runs[0].rglob("*"))
+    record = next(f for f in files if f.suffix == ".wandb").read_bytes()  # offline: config + history in here
+    assert b"tiny-bart" in record and b"eval_every_epochs" in record and b"rouge_sum" in record  # full params, metrics
+    assert "finishing run" in (runs[0] / "logs" / "debug.log").read_text()
+    for f in files:
+        if f.is_file():
+            assert b"dialsum-fake-wandb-key-5f3a9c" not in f.read_bytes(), f
