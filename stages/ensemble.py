@@ -42,11 +42,11 @@ def main():
             src = f"{model}/{fold}"
             for split in cands:
                 cands[split].append(read(f"predictions/{src}/{split}.csv").assign(source=src, model=model))
-            dev = cands["dev"][-1].query("view == 'orig'").set_index("fname").loc[d["dev"]["fname"]]
-            sources[src] = pick(scorer.score(list(dev["summary"]), refs["dev"]))
-            oof = json.loads(Path(f"metrics/predict/{model}-{fold}.json").read_text()).get("oof")
-            if oof:
-                oof_scores[src] = oof["rouge_sum"]
+            # predict@ scored the original view on dev and on its OOF rows with these same metrics settings
+            scored = json.loads(Path(f"metrics/predict/{model}-{fold}.json").read_text())
+            sources[src] = pick(scored)
+            if scored.get("oof"):
+                oof_scores[src] = scored["oof"]["rouge_sum"]
             log.info("dev %s: rouge_sum %.4f (oof %s)", src, sources[src]["rouge_sum"], oof_scores.get(src))
     cands = {k: pd.concat(v, ignore_index=True) for k, v in cands.items()}
     views = sorted(set(cands["dev"]["view"]))

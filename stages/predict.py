@@ -26,6 +26,7 @@ def main():
     splits = {"oof": d["train"][d["train"]["fold"] == fold] if fold != "full" else d["train"].iloc[:0],
               "dev": d["dev"], "test": d["test"]}
     gen = params["generation"]
+    scorer = Scorer.from_params(params)
     digest = hashlib.sha256()
     oof = None
     for split, df in splits.items():
@@ -44,10 +45,10 @@ def main():
         log.info("%s: %d summaries (%d dialogues x views)", split, len(out), len(df))
         orig = out[out["view"] == "orig"]
         if split == "dev":
-            scores = Scorer.from_params(params).score(list(orig["summary"]), data.references(df))
+            scores = scorer.score(list(orig["summary"]), data.references(df))
         elif split == "oof" and len(df):
             # the fold model on its own held-out rows: what rouge_weighted / weighted_avg weigh sources by
-            oof = Scorer.from_params(params).score(list(orig["summary"]), data.references(df))
+            oof = scorer.score(list(orig["summary"]), data.references(df))
     # The ensemble depends on metrics/predict/ (DVC cannot list a matrix's outputs as deps, and
     # predictions/ holds the ensemble's own output); the hash makes any change of predictions visible.
     io.write_json(f"metrics/predict/{model_name}-{fold}.json",

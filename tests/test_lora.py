@@ -183,7 +183,7 @@ def test_memory_table_counts_real_parameters():
 
     tok = models.train_tokenizer(TEXTS, 400, "causal")
     real = AutoModelForCausalLM.from_config(models.scratch_config(entry("llama"), tok))
-    meta = memory.build_meta(memory._arch_config(entry("llama")["arch"], real.config.vocab_size))
+    meta = memory.build_meta(models.scratch_config(entry("llama"), tok))
     est = memory.estimate(meta, {"r": 4})
     assert est["params"] == sum(p.numel() for p in real.parameters())
     assert est["nf4_bytes"] < est["int8_bytes"] < est["bf16_bytes"]

@@ -65,3 +65,26 @@ def test_causal_features_mask_prompt_and_keep_summary():
     n_prompt = f["labels"].count(-100)
     assert f["input_ids"][n_prompt:] == target
     assert tok.decode(f["input_ids"][:n_prompt]).rstrip().endswith("### 요약:")  # answer cue survives truncation
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("arch,family", [("bart", "seq2seq"), ("llama", "causal")])
+def test_averaged_generation_is_real_model_averaging(tmp_path, arch, family):
+    """One beam search over the members' weighted log-probs: weight only on B reproduces B's own output,
+    two copies of A reproduce A's."""
+    e = {"family": family, "pretrained": None, "vocab_size": 400, "max_source_len": 64, "max_target_len": 16,
+         "arch": {"type": arch, "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}}
+    models.build_init(e, TEXTS, tmp_path / "a", seed=0)
+    models.build_init(e, TEXTS, tmp_path / "b", seed=1)
+    a, tok, _ = models.load_for_inference(tmp_path / "a")
+    b, _, _ = models.load_for_inference(tmp_path / "b")
+    tok.padding_side = "left"
+    dialogues = [TEXTS[0], TEXTS[1], TEXTS[0][:30]]
+    for beams in (1, 3):
+        g = {"num_beams": beams, "max_new_tokens": 8}
+        only_b = generation.summarize_averaged([a, b], [0.0, 1.0], tok, family, dialogues, g, 64, progress=False)
+        assert only_b[0] == generation.summarize(b, tok, family, dialogues, g, 64, progress=False)[0]
+        twice_a = generation.summarize_averaged([a, a], [0.5, 0.5], tok, family, dialogues, g, 64, progress=False)
+        assert twice_a[0] == generation.summarize(a, tok, family, dialogues, g, 64, progress=False)[0]

@@ -63,10 +63,12 @@ def decode(tokenizer, ids) -> str:
 @torch.no_grad()
 def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, max_source_len: int,
               batch_size: int = 32, prompt: str | None = None, desc: str = "generate",
-              progress: bool = True) -> tuple[list[str], list[float]]:
+              progress: bool = True, processor=None) -> tuple[list[str], list[float]]:
     """Summaries and their mean token log-probability, in input order.
 
-    Inputs are sorted by length so each batch pads little, then put back in order.
+    Inputs are sorted by length so each batch pads little, then put back in order. ``processor(inputs,
+    num_beams, width)``, when given, makes a logits processor per batch whose output scores are already
+    log-probabilities (model averaging).
     """
     if not dialogues:
         return [], []
@@ -91,13 +93,19 @@ def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, ma
             ids = [s + [pad] * (width - len(s)) for s in seqs]
             mask = [[1] * len(s) + [0] * (width - len(s)) for s in seqs]
         inputs = dict(input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device))
-        res = model.generate(**inputs, **kw, return_dict_in_generate=True, output_scores=True,
+        extra = {}
+        if processor is not None:
+            from transformers import LogitsProcessorList
+
+            extra["logits_processor"] = LogitsProcessorList([processor(inputs, kw["num_beams"], width)])
+        res = model.generate(**inputs, **kw, **extra, return_dict_in_generate=True, output_scores=True,
                              pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
         new = res.sequences[:, width:] if family == "causal" else res.sequences
         if getattr(res, "sequences_scores", None) is not None:
             lps = res.sequences_scores.tolist()
         else:
-            trans = model.compute_transition_scores(res.sequences, res.scores, normalize_logits=True)
+            # raw logits need a log-softmax; a processor's averaged log-probs are taken as they are
+            trans = model.compute_transition_scores(res.sequences, res.scores, normalize_logits=processor is None)
             valid = torch.isfinite(trans) & (new[:, -trans.shape[1]:] != pad)
             lps = [(t[v].sum() / max(int(v.sum()), 1)).item() for t, v in zip(trans, valid)]
         for j, i in enumerate(batch):
@@ -148,52 +156,16 @@ class _AveragedLogProbs:
         return total / sum(self.weights)
 
 
-@torch.no_grad()
 def summarize_averaged(members, weights, tokenizer, family: str, dialogues: list[str], gen: dict,
                        max_source_len: int, batch_size: int = 32, prompt: str | None = None,
                        desc: str = "averaged generate", progress: bool = True) -> tuple[list[str], list[float]]:
     """:func:`summarize` with several models that share ``tokenizer`` (the folds of one model): one beam
     search whose next-token log-probabilities are the ``weights``-weighted mean of all members'."""
-    from transformers import LogitsProcessorList
-
-    if len(members) == 1:
-        return summarize(members[0], tokenizer, family, dialogues, gen, max_source_len, batch_size, prompt,
-                         desc, progress)
-    for m in members:
+    for m in members[1:]:
         m.eval()
-    primary, others = members[0], members[1:]
-    device = next(primary.parameters()).device
-    encoded = [source_ids(tokenizer, d, family, max_source_len, prompt)[0] for d in dialogues]
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    kw = generation_kwargs(gen)
-    pad = tokenizer.pad_token_id
-    out_text, out_lp = [""] * len(dialogues), [0.0] * len(dialogues)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        seqs = [encoded[i] for i in batch]
-        width = max(map(len, seqs))
-        if family == "causal":
-            ids = [[pad] * (width - len(s)) + s for s in seqs]
-            mask = [[0] * (width - len(s)) + [1] * len(s) for s in seqs]
-        else:
-            ids = [s + [pad] * (width - len(s)) for s in seqs]
-            mask = [[1] * len(s) + [0] * (width - len(s)) for s in seqs]
-        inputs = dict(input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device))
-        proc = _AveragedLogProbs(others, list(weights), family, inputs, kw["num_beams"], width)
-        res = primary.generate(**inputs, **kw, logits_processor=LogitsProcessorList([proc]),
-                               return_dict_in_generate=True, output_scores=True, pad_token_id=pad,
-                               eos_token_id=tokenizer.eos_token_id)
-        new = res.sequences[:, width:] if family == "causal" else res.sequences
-        if getattr(res, "sequences_scores", None) is not None:
-            lps = res.sequences_scores.tolist()
-        else:
-            # the processed scores are already averaged log-probs: gather the chosen tokens' values
-            steps = torch.stack(res.scores, dim=1)
-            toks = new[:, -steps.shape[1]:]
-            chosen = steps.gather(-1, toks.unsqueeze(-1)).squeeze(-1)
-            valid = torch.isfinite(chosen) & (toks != pad)
-            lps = [(c[v].sum() / max(int(v.sum()), 1)).item() for c, v in zip(chosen, valid)]
-        for j, i in enumerate(batch):
-            out_text[i] = decode(tokenizer, new[j].tolist())
-            out_lp[i] = float(lps[j]) if math.isfinite(lps[j]) else -1e9
-    return out_text, out_lp
+
+    def processor(inputs, num_beams, width):
+        return _AveragedLogProbs(members[1:], list(weights), family, inputs, num_beams, width)
+
+    return summarize(members[0], tokenizer, family, dialogues, gen, max_source_len, batch_size, prompt, desc,
+                     progress, processor=processor if len(members) > 1 else None)

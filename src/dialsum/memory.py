@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .models import LORA_TARGETS, lora_targets
+from .models import LORA_TARGETS, lora_targets, scratch_config
 
 # config.json of each hub checkpoint (only the keys that decide the parameter count).
 REFERENCE_CONFIGS = {
@@ -39,12 +39,15 @@ INT8_BITS = 8 + 32 / 4096  # LLM.int8: int8 weights + one fp32 scale per row (ro
 ADAM_BYTES = 4 + 4 + 4 + 4  # fp32 master weight, gradient, Adam m and v per trainable parameter
 
 
-def build_meta(config: dict):
-    """The model on the meta device (shapes only)."""
+def build_meta(config):
+    """The model on the meta device (shapes only), from a config dict or a ``PretrainedConfig``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    cfg = dict(config)
-    cfg_obj = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    if isinstance(config, dict):
+        cfg = dict(config)
+        cfg_obj = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    else:
+        cfg_obj = config
     cls = AutoModelForSeq2SeqLM if cfg_obj.is_encoder_decoder else AutoModelForCausalLM
     with torch.device("meta"):
         return cls.from_config(cfg_obj)
@@ -95,25 +98,28 @@ def zoo_table(zoo: dict, default_lora: dict | None = None) -> list[dict]:
         if hub in REFERENCE_CONFIGS:
             config = REFERENCE_CONFIGS[hub]
         elif hub is None and "arch" in entry:
-            a = entry["arch"]
-            config = _arch_config(a, entry.get("vocab_size", 2000))
+            # the very config the init stage builds (vocab_size stands in for the trained tokenizer's size)
+            config = scratch_config(entry, _VocabSize(entry.get("vocab_size", 2000)))
         else:
             continue
         lora = entry.get("lora") or default_lora or {"r": 16, "alpha": 32, "target_modules": "auto"}
-        if config["model_type"] not in LORA_TARGETS:
+        model_type = config["model_type"] if isinstance(config, dict) else config.model_type
+        if model_type not in LORA_TARGETS:
             continue
         rows.append({"model": name, "checkpoint": hub or "(random init)", "lora_r": lora.get("r", 8),
                      **estimate(build_meta(config), lora)})
     return rows
 
 
-def _arch_config(a: dict, vocab: int) -> dict:
-    if a["type"] == "bart":
-        return dict(model_type="bart", vocab_size=vocab, d_model=a["d_model"], encoder_layers=a["layers"],
-                    decoder_layers=a["layers"], encoder_attention_heads=a["heads"],
-                    decoder_attention_heads=a["heads"], encoder_ffn_dim=a["ffn"], decoder_ffn_dim=a["ffn"])
-    return dict(model_type=a["type"], vocab_size=vocab, hidden_size=a["d_model"], intermediate_size=a["ffn"],
-                num_hidden_layers=a["layers"], num_attention_heads=a["heads"], tie_word_embeddings=False)
+class _VocabSize:
+    """What :func:`dialsum.models.scratch_config` reads from a tokenizer: its size and special ids."""
+    pad_token_id, bos_token_id, eos_token_id = 2, 0, 1
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def format_table(rows: list[dict]) -> str:
