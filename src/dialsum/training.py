@@ -118,7 +118,7 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
 
     bs = tcfg["batch_size"]
     steps_per_epoch = math.ceil(len(feats) / ((bs if bs != "auto" else 64) * tcfg["gradient_accumulation_steps"]))
-    eval_steps = max(1, steps_per_epoch * tcfg["eval_every_epochs"])
+    eval_steps = max(1, round(steps_per_epoch * tcfg["eval_every_epochs"]))  # fractions for long epochs
     lr = tcfg.get("learning_rate") or entry.get("learning_rate", 5e-5)
     args = _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model if family == "seq2seq" else None,
