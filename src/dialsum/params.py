@@ -173,7 +173,7 @@ SPEC = {
         "learning_rate": number(0, null=True), "weight_decay": number(0), "warmup_ratio": number(0, 1),
         "lr_scheduler": choice("linear", "cosine", "constant", "constant_with_warmup", "polynomial"),
         "gradient_accumulation_steps": integer(1), "label_smoothing": number(0, 1),
-        "max_grad_norm": number(0), "eval_every_epochs": number(0.001), "early_stopping_patience": integer(0),
+        "max_grad_norm": number(0), "eval_every_epochs": number(0.001), "eval_rows": integer(0), "early_stopping_patience": integer(0),
         "save_total_limit": integer(1), "eval_num_beams": integer(1),
         "mixed_precision": choice("auto", "no", "fp16", "bf16"), "resume": string(),
     }),

@@ -112,6 +112,8 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
     if truncated:
         log.info("%d of %d training dialogues truncated to max_source_len=%d", truncated, len(feats),
                  entry["max_source_len"])
+    if tcfg.get("eval_rows"):  # cheaper in-training evaluations on big validation sets; predict scores all
+        val_df = val_df.head(tcfg["eval_rows"]).reset_index(drop=True)
     val_feats, _ = build_features(val_df, tokenizer, entry)
     train_ds = Dataset.from_list(feats)
     val_ds = Dataset.from_list(val_feats)
