@@ -3,32 +3,16 @@ next-token log-probabilities (they share one tokenizer) -> predictions/<model>/a
 metrics/average/<model>.json. Computed only when ensemble.strategy is averaging or weighted_avg; otherwise
 the stage records that it was not needed (so switching between other strategies never generates)."""
 import hashlib
-import json
 import logging
 from pathlib import Path
 
 import pandas as pd
 
-from dialsum import data, generation, io, models, training
+from dialsum import data, ensemble as E, generation, io, models, training
 from dialsum.metrics import Scorer
 from dialsum.tracking import matrix_item, run_stage
 
 log = logging.getLogger("average")
-
-
-def fold_weights(params: dict, model: str, folds: list) -> list[float]:
-    """averaging: equal. weighted_avg: ensemble.weights by `model/fold`, else each fold model's OOF ROUGE."""
-    if params["ensemble"]["strategy"] == "averaging":
-        return [1.0] * len(folds)
-    given = params["ensemble"].get("weights") or {}
-    out = []
-    for f in folds:
-        if f"{model}/{f}" in given:
-            out.append(float(given[f"{model}/{f}"]))
-            continue
-        oof = json.loads(Path(f"metrics/predict/{model}-{f}.json").read_text()).get("oof")
-        out.append(oof["rouge_sum"] if oof else 1.0)  # fold `full` has no OOF rows: weight 1
-    return out
 
 
 def main():
@@ -52,7 +36,7 @@ def main():
         members.append(m)
         tok = t
     tok.padding_side = "left"
-    weights = fold_weights(params, model_name, folds)
+    weights = E.fold_weights(params, model_name, folds)
     log.info("averaging %d fold models of %s, weights %s", len(members), model_name, weights)
     d = data.load_processed()
     gen = params["generation"]

@@ -51,9 +51,6 @@ def main():
     cands = {k: pd.concat(v, ignore_index=True) for k, v in cands.items()}
     views = sorted(set(cands["dev"]["view"]))
     order = {"dev": list(d["dev"]["fname"]), "test": list(d["test"]["fname"])}
-    # per model: OOF ROUGE averaged over its folds (what weights and stacking features use)
-    model_oof = {m: float(np.mean([v for s, v in oof_scores.items() if s.split("/")[0] == m]))
-                 for m in params["models"] if any(s.split("/")[0] == m for s in oof_scores)}
 
     # each model over its folds (original view, MBR): the "model" level of the report
     per_model = {}
@@ -63,11 +60,6 @@ def main():
         per_model[m] = pick(scorer.score(list(sel["summary"]), refs["dev"]))
 
     info: dict = {}
-    weights = dict(cfg.get("weights") or {})
-    needs_oof = strategy in ("stacking", "blending")
-    if needs_oof and cands["oof"].empty:
-        raise ParamsError(f"params.yaml: ensemble.strategy = {strategy} is fitted on out-of-fold predictions; "
-                          "cv.folds must list fold indices (fold `full` has none)")
     if strategy in ("averaging", "weighted_avg"):
         # token-level averaging happened in average@<model> (folds share a tokenizer); models differ in
         # tokenizer, so across models it falls back to candidate selection
@@ -80,42 +72,15 @@ def main():
         for m in params["models"]:
             a = info["averaging"]["token_level"][m]
             sources[f"{m}/avg"] = {k: a[k] for k in KEYS}
-        weights = weights or (model_oof if strategy == "weighted_avg" else {})
     else:
         pool = {s: cands[s] for s in ("dev", "test")}
-        if strategy == "rouge_weighted":
-            weights = weights or {**oof_scores, **model_oof}
-            if not weights:
-                log.warning("rouge_weighted: no out-of-fold scores (fold `full` only); votes are equal")
-
+    try:
+        score, fitted = E.strategy_scorer(strategy, cfg, params["models"], cands["oof"], refs["oof"], oof_scores,
+                                          scorer, seed)
+    except ValueError as e:
+        raise ParamsError(f"params.yaml: {e}") from None
+    info.update(fitted)
     groups = {s: E.build_groups(pool[s], tok, order[s]) for s in ("dev", "test")}
-    if strategy in ("majority_vote", "averaging"):
-        def score(g):
-            return E.weighted_consensus(g.sim, np.ones(len(g.cands)))
-    elif strategy in ("rouge_weighted", "weighted_avg"):
-        info["weights"] = {k: round(float(v), 6) for k, v in weights.items()}
-
-        def score(g):
-            return E.weighted_consensus(g.sim, E.vote_weights(g.cands, weights))
-    else:
-        oof_order = list(dict.fromkeys(cands["oof"]["fname"]))
-        oof_groups = E.build_groups(cands["oof"], tok, oof_order)
-        # each OOF candidate's own ROUGE against its reference: the target; dev/test references never seen
-        targets = [scorer.per_row(list(g.cands["summary"]), [refs["oof"][g.fname]] * len(g.cands))[:, :3].mean(axis=1)
-                   for g in oof_groups]
-        info["fitted_on"] = {"oof_dialogues": len(oof_groups), "oof_candidates": int(sum(map(len, targets)))}
-        if strategy == "stacking":
-            reg = E.fit_stacker(oof_groups, targets, params["models"], model_oof, tok, seed)
-
-            def score(g):
-                return reg.predict(E.candidate_features(g, params["models"], model_oof, tok))
-        else:
-            bw, oof_value = E.fit_blend(oof_groups, targets, list(params["models"]), cfg.get("blend_trials", 64), seed)
-            info.update(blend_weights=bw, blend_oof_rouge=round(oof_value, 6))
-
-            def score(g):
-                return E.weighted_consensus(g.sim, np.array([bw[m] for m in g.cands["model"]]))
-
     result = {s: E.select(groups[s], score) for s in ("dev", "test")}
     for s in ("dev", "test"):
         io.write_csv(f"predictions/ensemble/{s}.csv", result[s])

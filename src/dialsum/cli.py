@@ -77,6 +77,28 @@ def cmd_summarize(a) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if a.ensemble:
+        from .ensemble import summarize_new
+        from .params import ParamsError
+
+        try:
+            params = load(a.params)
+            if a.num_beams:
+                params["generation"]["num_beams"] = a.num_beams
+            out, info = summarize_new(params, df.assign(dialogue=[clean_text(d) for d in df["dialogue"]]),
+                                      Path(a.params).resolve().parent)
+        except (ParamsError, DataError, FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        write_csv(a.output, out[["fname", "summary", "source", "view"]])
+        print(f"{len(out)} summaries ({info['strategy']} over {len(info['sources'])} sources) -> {a.output}")
+        return 0
+    if not a.model:
+        print("error: give --model PATH (a trained folder) or --ensemble", file=sys.stderr)
+        return 2
+    if not Path(a.model).exists():
+        print(f"error: {a.model}: no such model folder", file=sys.stderr)
+        return 2
     params = load(a.params) if Path(a.params).exists() else {}
     gen = dict(params.get("generation", {}))
     if a.num_beams:
@@ -238,11 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--remove-tokens", nargs="*", default=["<s>", "</s>", "<pad>", "<unk>", "<usr>", "<sys>"])
     p.set_defaults(fn=cmd_score)
 
-    p = sub.add_parser("summarize", help="summaries for new dialogues with a trained model folder")
-    p.add_argument("--model", required=True, help="a trained folder, e.g. models/tiny-bart/full")
+    p = sub.add_parser("summarize", help="summaries for new dialogues with a trained model folder or the ensemble")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", help="a trained folder, e.g. models/tiny-bart/full")
+    which.add_argument("--ensemble", action="store_true",
+                       help="every model x fold of params.yaml combined by ensemble.strategy, as the final stage")
     p.add_argument("--input", required=True, help="CSV with fname,dialogue")
     p.add_argument("--output", required=True)
-    p.add_argument("--params", default="params.yaml", help="generation settings come from here if it exists")
+    p.add_argument("--params", default="params.yaml",
+                   help="generation settings (and, with --ensemble, the models, folds, TTA and strategy)")
     p.add_argument("--num-beams", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-source-len", type=int, default=512)

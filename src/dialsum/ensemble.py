@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -184,3 +185,125 @@ def fit_blend(groups: list[Group], targets: list[np.ndarray], models: Sequence[s
             best_w, best = w, value
     best_w = best_w / best_w.sum()
     return {m: round(float(x), 6) for m, x in zip(models, best_w)}, best
+
+
+# --- one entry point for the ensemble stage and `dialsum summarize --ensemble` ----------------------------
+
+def strategy_scorer(strategy: str, cfg: dict, models: Sequence[str], oof_cands: pd.DataFrame, oof_refs: dict,
+                    oof_scores: dict, scorer, seed: int) -> tuple:
+    """``(score(group) -> array, info)`` for ``strategy``: vote weights, or a stacker / blend fitted on the
+    out-of-fold candidates ``oof_cands`` and their references ``oof_refs`` (fname -> [ref, ...]) only.
+
+    ``oof_scores`` maps each source (``model/fold``) to its OOF ``rouge_sum``. For ``averaging`` /
+    ``weighted_avg`` this scores the *across-model* step (the token-level averaging happened before).
+    """
+    tok = scorer.tokenizer
+    model_oof = {m: float(np.mean([v for s, v in oof_scores.items() if s.split("/")[0] == m]))
+                 for m in models if any(s.split("/")[0] == m for s in oof_scores)}
+    weights = dict(cfg.get("weights") or {})
+    info: dict = {}
+    if strategy in ("majority_vote", "averaging"):
+        return (lambda g: weighted_consensus(g.sim, np.ones(len(g.cands)))), info
+    if strategy in ("rouge_weighted", "weighted_avg"):
+        weights = weights or ({**oof_scores, **model_oof} if strategy == "rouge_weighted" else model_oof)
+        if not weights:
+            log.warning("%s: no out-of-fold scores (fold `full` only); votes are equal", strategy)
+        info["weights"] = {k: round(float(v), 6) for k, v in weights.items()}
+        return (lambda g: weighted_consensus(g.sim, vote_weights(g.cands, weights))), info
+    if oof_cands.empty:
+        raise ValueError(f"ensemble.strategy = {strategy} is fitted on out-of-fold predictions; "
+                         "cv.folds must list fold indices (fold `full` has none)")
+    oof_order = list(dict.fromkeys(oof_cands["fname"]))
+    oof_groups = build_groups(oof_cands, tok, oof_order)
+    # each OOF candidate's own ROUGE against its reference: the target; dev/test references never seen
+    targets = [scorer.per_row(list(g.cands["summary"]), [oof_refs[g.fname]] * len(g.cands))[:, :3].mean(axis=1)
+               for g in oof_groups]
+    info["fitted_on"] = {"oof_dialogues": len(oof_groups), "oof_candidates": int(sum(map(len, targets)))}
+    if strategy == "stacking":
+        reg = fit_stacker(oof_groups, targets, models, model_oof, tok, seed)
+        return (lambda g: reg.predict(candidate_features(g, models, model_oof, tok))), info
+    if strategy == "blending":
+        bw, oof_value = fit_blend(oof_groups, targets, list(models), cfg.get("blend_trials", 64), seed)
+        info.update(blend_weights=bw, blend_oof_rouge=round(oof_value, 6))
+        return (lambda g: weighted_consensus(g.sim, np.array([bw[m] for m in g.cands["model"]]))), info
+    raise ValueError(f"unknown ensemble.strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+
+
+def fold_weights(params: dict, model: str, folds: list, root: Path = Path(".")) -> list[float]:
+    """averaging: equal. weighted_avg: ``ensemble.weights`` by ``model/fold``, else each fold model's OOF ROUGE
+    (from predict's metrics)."""
+    import json
+
+    if params["ensemble"]["strategy"] == "averaging":
+        return [1.0] * len(folds)
+    given = params["ensemble"].get("weights") or {}
+    out = []
+    for f in folds:
+        if f"{model}/{f}" in given:
+            out.append(float(given[f"{model}/{f}"]))
+            continue
+        oof = json.loads((root / f"metrics/predict/{model}-{f}.json").read_text()).get("oof")
+        out.append(oof["rouge_sum"] if oof else 1.0)  # fold `full` has no OOF rows: weight 1
+    return out
+
+
+def summarize_new(params: dict, df: pd.DataFrame, root: Path = Path(".")) -> tuple[pd.DataFrame, dict]:
+    """Summaries of new dialogues (``df``: fname, dialogue) by the pipeline's final ensemble: every trained
+    model x fold of ``params`` (with its TTA views), combined by ``ensemble.strategy`` exactly as the ensemble
+    stage does; stacking and blending are re-fitted from the stored out-of-fold predictions (seeded, so the
+    same fit). Returns [fname, summary, source, view, score] and the strategy's info."""
+    import json
+
+    from . import data, generation, models, tta
+    from .metrics import Scorer
+
+    cfg, strategy, gen = params["ensemble"], params["ensemble"]["strategy"], params["generation"]
+    folds = list(params["cv"]["folds"])
+    scorer = Scorer.from_params(params)
+    augmenter = tta.Augmenter.from_params(params["tta"], params["seed"])
+    fnames, dialogues = list(df["fname"]), list(df["dialogue"])
+    pool = []
+    for m in params["models"]:
+        entry = params["zoo"][m]
+        dirs = [root / f"models/{m}/{f}" for f in folds]
+        for d in dirs:
+            if not (d / "config.json").exists() and not (d / "adapter_config.json").exists():
+                raise FileNotFoundError(f"{d}: no trained model; run `dvc repro` (or `dvc pull`) first")
+        if strategy in ("averaging", "weighted_avg"):
+            loaded = [models.load_for_inference(d, entry) for d in dirs]
+            tok, family = loaded[0][1], loaded[0][2]
+            tok.padding_side = "left"
+            texts, lps = generation.summarize_averaged(
+                [x[0] for x in loaded], fold_weights(params, m, folds, root), tok, family, dialogues, gen,
+                entry["max_source_len"], gen["batch_size"], entry.get("prompt"), desc=f"{m} averaged")
+            pool.append(pd.DataFrame({"fname": fnames, "view": "orig", "summary": texts, "logprob": lps,
+                                      "source": f"{m}/avg", "model": m}))
+            continue
+        for f, d in zip(folds, dirs):
+            model, tok, family = models.load_for_inference(d, entry)
+            tok.padding_side = "left"
+            out = generation.summarize_views(model, tok, family, fnames, dialogues, augmenter, "input", gen,
+                                             entry["max_source_len"], gen["batch_size"], entry.get("prompt"),
+                                             desc=f"{m}/{f}")
+            pool.append(out.assign(source=f"{m}/{f}", model=m))
+            del model
+    pool = pd.concat(pool, ignore_index=True)
+    oof_scores, oof_cands = {}, []
+    for m in params["models"]:
+        for f in folds:
+            scored = json.loads((root / f"metrics/predict/{m}-{f}.json").read_text())
+            if scored.get("oof"):
+                oof_scores[f"{m}/{f}"] = scored["oof"]["rouge_sum"]
+            if strategy in ("stacking", "blending"):
+                oof = pd.read_csv(root / f"predictions/{m}/{f}/oof.csv", dtype={"summary": str, "view": str},
+                                  keep_default_na=False)
+                oof_cands.append(oof.assign(source=f"{m}/{f}", model=m))
+    oof_cands = pd.concat(oof_cands, ignore_index=True) if oof_cands else pd.DataFrame(columns=["fname"])
+    oof_refs = {}
+    if strategy in ("stacking", "blending"):
+        train = data.load_processed(root / "data/processed")["train"]
+        oof_refs = dict(zip(train["fname"], data.references(train)))
+    score, info = strategy_scorer(strategy, cfg, params["models"], oof_cands, oof_refs, oof_scores, scorer,
+                                  params["seed"])
+    groups = build_groups(pool, scorer.tokenizer, fnames)
+    return select(groups, score), {"strategy": strategy, "sources": sorted(set(pool["source"])), **info}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -169,3 +170,20 @@ def summarize_averaged(members, weights, tokenizer, family: str, dialogues: list
 
     return summarize(members[0], tokenizer, family, dialogues, gen, max_source_len, batch_size, prompt, desc,
                      progress, processor=processor if len(members) > 1 else None)
+
+
+def summarize_views(model, tokenizer, family: str, fnames, dialogues, augmenter, key_prefix: str, gen: dict,
+                    max_source_len: int, batch_size: int = 32, prompt: str | None = None,
+                    desc: str = "generate") -> pd.DataFrame:
+    """Summaries of every dialogue and of its TTA views [fname, view, summary, logprob], view summaries mapped
+    back to the original speakers. Views are seeded by ``key_prefix/fname``, so every model x fold
+    summarises the very same augmented inputs."""
+    rows = []
+    for fname, dialogue in zip(fnames, dialogues):
+        rows.append((fname, "orig", dialogue, None))
+        rows += [(fname, v.name, v.dialogue, v.inverse) for v in augmenter.views(f"{key_prefix}/{fname}", dialogue)]
+    texts, lps = summarize(model, tokenizer, family, [r[2] for r in rows], gen, max_source_len, batch_size, prompt,
+                           desc=desc)
+    texts = [inv(t) if inv else t for t, (_, _, _, inv) in zip(texts, rows)]
+    return pd.DataFrame({"fname": [r[0] for r in rows], "view": [r[1] for r in rows], "summary": texts,
+                         "logprob": [round(x, 6) for x in lps]})

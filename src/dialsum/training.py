@@ -34,11 +34,14 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def build_features(df: pd.DataFrame, tokenizer, entry: dict) -> tuple[list[dict], int]:
+def build_features(df: pd.DataFrame, tokenizer, entry: dict,
+                   decoder_start_token_id: int | None = None) -> tuple[list[dict], int]:
     """Token ids per row and how many dialogues were truncated to ``max_source_len``.
 
     causal rows are ``prompt + summary + eos`` with the prompt's labels set to -100, so the loss is on
-    the summary alone; the summary is never cut for the dialogue's sake.
+    the summary alone; the summary is never cut for the dialogue's sake. seq2seq labels drop a leading
+    token equal to ``decoder_start_token_id`` (BERT2BERT: [CLS] starts the decoder *and* every tokenized
+    summary); learning "[CLS] -> [CLS]" would make greedy search repeat [CLS] forever.
     """
     family, max_src, max_tgt = entry["family"], entry["max_source_len"], entry["max_target_len"]
     feats, truncated = [], 0
@@ -47,6 +50,8 @@ def build_features(df: pd.DataFrame, tokenizer, entry: dict) -> tuple[list[dict]
         truncated += cut
         if family == "seq2seq":
             labels = tokenizer(text_target=summary, truncation=True, max_length=max_tgt)["input_ids"]
+            if decoder_start_token_id is not None and labels[:1] == [decoder_start_token_id]:
+                labels = labels[1:]
             feats.append({"input_ids": src, "attention_mask": [1] * len(src), "labels": labels})
         else:
             tgt = tokenizer(summary, add_special_tokens=False)["input_ids"][: max_tgt] + [tokenizer.eos_token_id]
@@ -108,13 +113,14 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
     family = entry["family"]
     tokenizer.padding_side = "right"
 
-    feats, truncated = build_features(train_df, tokenizer, entry)
+    start = getattr(model.config, "decoder_start_token_id", None) if family == "seq2seq" else None
+    feats, truncated = build_features(train_df, tokenizer, entry, start)
     if truncated:
         log.info("%d of %d training dialogues truncated to max_source_len=%d", truncated, len(feats),
                  entry["max_source_len"])
     if tcfg.get("eval_rows"):  # cheaper in-training evaluations on big validation sets; predict scores all
         val_df = val_df.head(tcfg["eval_rows"]).reset_index(drop=True)
-    val_feats, _ = build_features(val_df, tokenizer, entry)
+    val_feats, _ = build_features(val_df, tokenizer, entry, start)
     train_ds = Dataset.from_list(feats)
     val_ds = Dataset.from_list(val_feats)
 
@@ -151,9 +157,8 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=tcfg["early_stopping_patience"]))
     if live_dir is not None:
         from dvclive import Live
-        from transformers.integrations import DVCLiveCallback
 
-        callbacks.append(DVCLiveCallback(live=Live(str(live_dir), report=None, save_dvc_exp=False, dvcyaml=None)))
+        callbacks.append(_dvclive_callback()(live=Live(str(live_dir), report=None, save_dvc_exp=False, dvcyaml=None)))
     if trial is not None:
         from .tuning import PruningCallback
 
@@ -200,6 +205,23 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
         # The best model is saved; the intermediate checkpoints have served their purpose.
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return result
+
+
+TIMING_KEYS = ("_runtime", "_per_second")
+
+
+def _dvclive_callback():
+    """HF's DVCLiveCallback without the timing figures (runtime, samples/s): they differ on every run, so
+    logging them would change dvclive's files, hence dvc.lock, and re-run downstream stages (plots) when
+    nothing but the clock changed."""
+    from transformers.integrations import DVCLiveCallback
+
+    class DeterministicDVCLiveCallback(DVCLiveCallback):
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            logs = {k: v for k, v in (logs or {}).items() if not k.endswith(TIMING_KEYS)}
+            return super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+
+    return DeterministicDVCLiveCallback
 
 
 def _best_step(trainer) -> int:
