@@ -6,10 +6,7 @@ import hashlib
 import logging
 from pathlib import Path
 
-import pandas as pd
-
-from dialsum import data, ensemble as E, generation, io, models, training
-from dialsum.metrics import Scorer
+from dialsum import io
 from dialsum.tracking import matrix_item, run_stage
 
 log = logging.getLogger("average")
@@ -24,6 +21,12 @@ def main():
             (tmp / "NOT_COMPUTED").write_text(f"ensemble.strategy = {strategy} does not use model averaging\n")
         io.write_json(f"metrics/average/{model_name}.json", {"computed": False})
         return
+    # torch and friends only when there is something to generate: the not-computed path stays ~1 s
+    import pandas as pd
+
+    from dialsum import data, ensemble as E, generation, models, training
+    from dialsum.metrics import Scorer
+
     entry = params["zoo"][model_name]
     folds = list(params["cv"]["folds"])
     training.seed_everything(params["seed"])

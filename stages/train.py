@@ -9,13 +9,16 @@ from dialsum.tracking import matrix_item, run_stage
 
 def main():
     params, model, fold = matrix_item("train")
+    if training.relaunch(params["training"], ["stages/train.py", "--model", model, "--fold", str(fold)]):
+        return  # training.launcher: accelerate ran this script in num_processes workers
     d = data.load_processed()
     train_df, val_df = data.split_fold(d["train"], d["dev"], fold, d["augmented"])
     init = Path(f"models/{model}/init")
     sig = training.run_signature(params, model, fold, sorted(Path("data/processed").glob("*.csv")))
     metrics = training.train(params, model, fold, train_df, val_df, init, Path(f"models/{model}/{fold}"),
                              Path(f"checkpoints/{model}/{fold}"), Path(f"dvclive/{model}-{fold}"), sig)
-    io.write_json(f"metrics/train/{model}-{fold}.json", metrics)
+    if training.rank() == 0:
+        io.write_json(f"metrics/train/{model}-{fold}.json", metrics)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import yaml
 from dialsum.cli import main as dialsum
 
 pytestmark = pytest.mark.slow
-COPY = [".dvc", ".dvcignore", ".gitignore", "dvc.yaml", "params.yaml", "stages", "src", "data/sample"]
+COPY = [".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "dvc.yaml", "params.yaml", "stages", "src", "data/sample"]
 
 
 # Fake secrets in every run's environment: no output, log or lock may ever contain them.
@@ -77,6 +77,8 @@ def test_repro_builds_every_output(project):
     assert (dst / "logs/ensemble.log").exists()
     for png in ("dev_rouge_by_source", "model_comparison", "learning_curves", "lengths"):
         assert (dst / f"plots/{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # timing figures (runtime, samples/s) change on every run: kept out of dvclive, hence out of dvc.lock
+    assert not [f for f in (dst / "dvclive").rglob("*") if "runtime" in f.name or "per_second" in f.name]
     shown = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], dst).stdout)["data"]
     assert any(k.endswith("eval/rouge_sum.tsv") for k in shown) and "plots/learning_curves.png" in shown
 
@@ -149,6 +151,28 @@ def test_killed_training_resumes_from_its_checkpoint(project):
     run([sys.executable, "-m", "dvc", "repro"], dst)  # back to the committed state for the tests below
 
 
+def test_accelerate_launcher_trains_in_two_gloo_processes(project, tmp_path):
+    """Issue 9: `training.launcher: accelerate` re-runs the train stage under `accelerate launch` in 2 CPU
+    processes (DDP over gloo): each sees half the batches, rank 0 alone writes the model and metrics."""
+    dst, _ = project
+    work = tmp_path / "acc"
+    for item in ("stages", "src", "data/processed", "models/tiny-bart/init"):
+        shutil.copytree(dst / item, work / item, ignore=shutil.ignore_patterns("__pycache__"))
+    p = yaml.safe_load((dst / "params.yaml").read_text())
+    p["training"].update(launcher="accelerate", num_processes=2, epochs=1, eval_every_epochs=1)
+    (work / "params.yaml").write_text(yaml.safe_dump(p, allow_unicode=True, sort_keys=False))
+    run([sys.executable, "stages/train.py", "--model", "tiny-bart", "--fold", "0"], work)
+    metrics = json.loads((work / "metrics/train/tiny-bart-0.json").read_text())
+    train = pd.read_csv(work / "data/processed/train.csv")
+    rows = int((train["fold"] != 0).sum())
+    bs = p["training"]["batch_size"]
+    assert metrics["steps"] == -(-rows // (bs * 2)) and metrics["rouge_sum"] >= 0  # 2 ranks split each epoch
+    assert (work / "models/tiny-bart/0/model.safetensors").exists()
+    rank0, rank1 = (work / "logs/train@tiny-bart-0.log").read_text(), (work / "logs/train@tiny-bart-0.rank1.log").read_text()
+    assert "rank 0 of 2 processes" in rank0 and "rank 1 of 2 processes" in rank1
+    assert rank0.index("launching 2 processes") < rank0.index("rank 0 of 2")  # one log for the launcher + rank 0
+
+
 def test_second_repro_is_noop_and_generation_change_reruns_predict_only(project):
     dst, _ = project
     assert stages_run(run([sys.executable, "-m", "dvc", "repro"], dst).stdout) == set()
@@ -184,11 +208,84 @@ def test_bad_params_fail_with_one_line(project):
 def test_exp_run_changes_metrics(project):
     dst, _ = project
     run("git add -A && git -c user.email=t@t -c user.name=t commit -qm baseline", dst)
-    run([sys.executable, "-m", "dvc", "exp", "run", "-n", "one-epoch", "-S", "training.epochs=1"], dst)
+    # one model x one fold keeps it quick: a single training item re-runs
+    run([sys.executable, "-m", "dvc", "exp", "run", "-n", "one-epoch", "-S", "training.epochs=1",
+         "-S", "models=[tiny-bart]", "-S", "cv.folds=[0]"], dst)
     show = run([sys.executable, "-m", "dvc", "exp", "show", "--csv"], dst).stdout
     assert "one-epoch" in show and "rouge_sum" in show
     diff = run([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD", "--json"], dst).stdout
     assert json.loads(diff)  # the metrics differ from the committed baseline
+
+
+def test_team_shares_results_through_a_dvc_remote(project, tmp_path):
+    """Issue 10: push to a remote, clone afresh, pull: nothing to re-run and the same bytes; an experiment
+    travels between clones with `dvc exp push/pull`; named artifacts are fetched by registered version."""
+    dst, _ = project
+    dvc = [sys.executable, "-m", "dvc"]
+    remote, origin = tmp_path / "dvc-remote", tmp_path / "origin.git"
+    # back from the one-epoch experiment (test above) to the committed baseline
+    run("git reset -q --hard && git clean -qfd -e models -e predictions -e data -e metrics", dst)
+    run(dvc + ["checkout", "-f"], dst)
+    run(dvc + ["remote", "add", "-d", "-f", "team", str(remote)], dst)
+    run("git add -A && git -c user.email=t@t -c user.name=t commit -qm results && git tag dialsum-models@v0.1.0", dst)
+    run(["git", "init", "-q", "--bare", str(origin)], dst)
+    run(f"git remote add origin {origin} && git push -q origin HEAD:refs/heads/main --tags", dst)
+    run(dvc + ["push"], dst)
+
+    clone = tmp_path / "teammate"
+    run(["git", "clone", "-q", "-b", "main", str(origin), str(clone)], tmp_path)
+    run(dvc + ["pull"], clone)
+    assert "up to date" in run(dvc + ["status"], clone).stdout
+    assert stages_run(run(dvc + ["repro"], clone).stdout) == set()  # no GPU hour spent twice
+    shared = ["submission.csv", "metrics/ensemble.json", "predictions/ensemble/test.csv",
+              "models/tiny-bart/0/model.safetensors", "data/processed/train.csv"]
+    assert [f for f in shared if (clone / f).read_bytes() != (dst / f).read_bytes()] == []
+    for private in ("logs", "wandb", "checkpoints"):  # per machine, never shared
+        assert not (clone / private).exists()
+
+    got = tmp_path / "artifact"
+    run(dvc + ["artifacts", "get", str(origin), "dialsum-models", "--rev", "v0.1.0", "-o", str(got)], tmp_path)
+    assert (got / "tiny-bart/0/model.safetensors").read_bytes() == (dst / "models/tiny-bart/0/model.safetensors").read_bytes()
+
+    run(dvc + ["exp", "push", "origin", "one-epoch"], dst)
+    run(dvc + ["exp", "pull", "origin", "one-epoch"], clone)
+    assert "one-epoch" in run(dvc + ["exp", "list", "--name-only"], clone).stdout
+    run(dvc + ["exp", "apply", "one-epoch"], clone)
+    run(dvc + ["checkout"], clone)
+    theirs_metrics = json.loads((clone / "metrics/ensemble.json").read_text())
+    p = yaml.safe_load((clone / "params.yaml").read_text())
+    assert p["training"]["epochs"] == 1 and p["models"] == ["tiny-bart"]
+    assert theirs_metrics == _exp_metrics(dst, "one-epoch")
+    assert "up to date" in run(dvc + ["status"], clone).stdout
+
+
+def _exp_metrics(repo, name):
+    """metrics/ensemble.json as committed in experiment ``name``."""
+    ref = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).stdout.split()
+    ref = next(r for r in ref if r.endswith("/" + name))
+    return json.loads(run(["git", "show", f"{ref}:metrics/ensemble.json"], repo).stdout)
+
+
+def test_dvc_queue_runs_two_experiments_in_parallel_workers(project):
+    """Issue 9: experiments queued with `dvc exp run --queue` run in `dvc queue start -j 2` workers."""
+    import time
+
+    dst, _ = project
+    dvc = [sys.executable, "-m", "dvc"]
+    for strategy in ("rouge_weighted", "blending"):
+        run(dvc + ["exp", "run", "--queue", "-n", f"q-{strategy}", "-S", f"ensemble.strategy={strategy}"], dst)
+    run(dvc + ["queue", "start", "-j", "2"], dst)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = run(dvc + ["queue", "status"], dst).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") >= 2 and "Failed" not in status, status
+    run(dvc + ["queue", "stop"], dst, check=False)
+    shown = run(dvc + ["exp", "show", "--csv"], dst).stdout
+    rows = {line.split(",")[0]: line for line in shown.splitlines()}
+    assert {"q-rouge_weighted", "q-blending"} <= set(rows), shown[:2000]
 
 
 def test_dialsum_summarize_and_env(project, capsys):
@@ -214,6 +311,14 @@ def test_ensemble_strategies_never_retrain(project):
         out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", f"ensemble.strategy={strategy}"], dst).stdout
         ran = stages_run(out)
         assert ran and all(s in ("ensemble", "plots") or s.startswith("average@") for s in ran), ran
+        # `dialsum summarize --ensemble` on the dev dialogues makes the stage's very choices (issue 7)
+        adhoc = dst / f"adhoc-ensemble-{strategy}.csv"
+        assert dialsum(["summarize", "--ensemble", "--input", str(dst / "data/processed/dev.csv"),
+                        "--output", str(adhoc), "--params", str(dst / "params.yaml")]) == 0
+        got = pd.read_csv(adhoc, keep_default_na=False)
+        stage = pd.read_csv(dst / "predictions/ensemble/dev.csv", keep_default_na=False)
+        assert list(got["fname"]) == list(stage["fname"]) and list(got["summary"]) == list(stage["summary"])
+        assert list(got["source"]) == list(stage["source"])
         ens = json.loads((dst / "metrics/ensemble.json").read_text())
         assert ens["strategy"] == strategy and {"gain", "best_single", "models", "sources"} <= set(ens)
         if strategy == "stacking":  # fitted on exactly the out-of-fold rows of the folds that ran

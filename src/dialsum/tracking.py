@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,13 +11,18 @@ from typing import Callable
 
 
 def setup_logging(stage: str, item: str | None = None, level: str = "INFO", log_dir: str | Path = "logs") -> Path:
-    path = Path(log_dir) / (f"{stage}@{item}.log" if item else f"{stage}.log")
+    name = f"{stage}@{item}" if item else stage
+    rank = int(os.environ.get("RANK", "0"))
+    path = Path(log_dir) / (f"{name}.rank{rank}.log" if rank else f"{name}.log")  # accelerate workers
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-    for h in (logging.FileHandler(path, mode="w", encoding="utf-8"), logging.StreamHandler(sys.stderr)):
+    if not ("LOCAL_RANK" in os.environ and not rank):
+        path.write_text("", encoding="utf-8")  # a fresh log per run; rank 0 of an `accelerate launch` continues
+    # append mode (O_APPEND) for all: the launcher and its rank 0 write to one file without overwriting
+    for h in (logging.FileHandler(path, mode="a", encoding="utf-8"), logging.StreamHandler(sys.stderr)):
         h.setFormatter(fmt)
         root.addHandler(h)
     root.setLevel(level)

@@ -72,6 +72,56 @@ def mixed_precision(choice: str) -> dict:
     return {}
 
 
+def rank() -> int:
+    """This process's global rank under ``accelerate launch`` / torchrun (0 otherwise)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def launch_command(tcfg: dict, script_args: list[str]) -> list[str] | None:
+    """The ``accelerate launch`` command line that re-runs the train stage in ``training.num_processes``
+    processes (DDP: NCCL on GPUs, gloo on CPU; FSDP/DeepSpeed through ``training.accelerate_config``), or
+    None when this process trains itself (``launcher: python``, or already a launched worker)."""
+    if tcfg.get("launcher", "python") != "accelerate" or "LOCAL_RANK" in os.environ:
+        return None
+    import socket
+    import sys
+
+    n = int(tcfg.get("num_processes", 1))
+    with socket.socket() as sock:  # a free rendezvous port, so parallel stages never collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    precision = next(iter(mixed_precision(tcfg["mixed_precision"])), "no")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
+           "--mixed_precision", precision, "--dynamo_backend", "no", "--main_process_port", str(port)]
+    if tcfg.get("accelerate_config"):
+        cmd += ["--config_file", str(tcfg["accelerate_config"])]
+    elif n > 1:
+        cmd.append("--multi_gpu")  # accelerate's torchrun launcher; on a CPU-only box it runs gloo DDP
+    return cmd + script_args
+
+
+def relaunch(tcfg: dict, script_args: list[str]) -> bool:
+    """Run ``script_args`` under :func:`launch_command` and wait; False when this process should train.
+    A failed worker fails the stage with the workers' exit code."""
+    import subprocess
+
+    cmd = launch_command(tcfg, script_args)
+    if cmd is None:
+        return False
+    log.info("launching %d processes: %s", tcfg.get("num_processes", 1), " ".join(cmd))
+    rc = subprocess.run(cmd).returncode
+    if rc:
+        raise SystemExit(f"error: accelerate launch exited with {rc} (see logs/ of each rank)")
+    return True
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def run_signature(params: dict, model_name: str, fold, data_files: list[Path]) -> str:
     """Hash of everything that defines a training run; checkpoints are resumed only when it matches."""
     h = hashlib.sha256()
@@ -155,7 +205,7 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
     callbacks = []
     if tcfg["early_stopping_patience"] > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=tcfg["early_stopping_patience"]))
-    if live_dir is not None:
+    if live_dir is not None and rank() == 0:
         from dvclive import Live
 
         callbacks.append(_dvclive_callback()(live=Live(str(live_dir), report=None, save_dvc_exp=False, dvcyaml=None)))
@@ -172,7 +222,8 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
     )
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     resume_from = find_resume(ckpt_dir, signature, tcfg["resume"])
-    if resume_from is None and tcfg["resume"] == "auto" and any(ckpt_dir.glob("checkpoint-*")):
+    _barrier()  # every rank decided before rank 0 touches the folder
+    if rank() == 0 and resume_from is None and tcfg["resume"] == "auto" and any(ckpt_dir.glob("checkpoint-*")):
         # Checkpoints of another configuration: move them aside rather than delete a user's work.
         old = ckpt_dir / "signature"
         stale = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{old.read_text().strip() if old.exists() else 'unknown'}")
@@ -180,12 +231,17 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
         ckpt_dir.rename(stale)
         ckpt_dir.mkdir(parents=True)
         log.warning("checkpoints from a different configuration moved to %s", stale)
-    (ckpt_dir / "signature").write_text(signature)
+    if rank() == 0:
+        (ckpt_dir / "signature").write_text(signature)
+    _barrier()
     if resume_from:
         log.info("resuming from %s", resume_from)
     from .tracking import start_wandb
 
-    run = start_wandb(params, f"{model_name}-{fold}", (model_name, f"fold-{fold}")) if trial is None else None
+    run = (start_wandb(params, f"{model_name}-{fold}", (model_name, f"fold-{fold}"))
+           if trial is None and rank() == 0 else None)
+    if trainer.args.world_size > 1:
+        log.info("rank %d of %d processes (%s)", rank(), trainer.args.world_size, trainer.args.parallel_mode.value)
     try:
         trainer.train(resume_from_checkpoint=resume_from)
         metrics = trainer.evaluate()
@@ -195,11 +251,17 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
         raise
     if run is not None:
         run.finish()
+    if live_dir is not None and rank() == 0:
+        # dvclive's summary and params copies duplicate metrics/train/ and params.yaml; they are no DVC
+        # output (only the curves are), so left in place they would never reach a teammate's `dvc pull` and
+        # the plots stage, which depends on dvclive/, would look changed in every clone
+        for extra in ("metrics.json", "params.yaml"):
+            (Path(live_dir) / extra).unlink(missing_ok=True)
     result = {k.removeprefix("eval_"): round(float(v), 6) for k, v in metrics.items()
               if k.removeprefix("eval_") in ("rouge1", "rouge2", "rougeL", "rouge_sum", "loss")}
     result.update(n_train=len(train_df), n_val=len(val_df), truncated=truncated,
                   best_step=_best_step(trainer), steps=trainer.state.global_step)
-    if out_dir is not None:
+    if out_dir is not None and trainer.is_world_process_zero():
         with atomic_dir(out_dir) as tmp:
             save_trained(trainer.model, tokenizer, tmp, entry)
         # The best model is saved; the intermediate checkpoints have served their purpose.
