@@ -48,3 +48,17 @@ def test_unparsable_yaml(tmp_path):
     f.write_text("data: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load(f)
+
+
+def test_best_by_picks_the_checkpoint_metric(root, tmp_path):
+    from dialsum.training import _training_args
+
+    p = load(root / "params.yaml")
+    by_rouge = _training_args(p, tmp_path, steps_per_epoch=10, eval_steps=5, lr=1e-3)
+    assert by_rouge.metric_for_best_model == "rouge_sum" and by_rouge.greater_is_better
+    p["training"]["best_by"] = "loss"
+    by_loss = _training_args(p, tmp_path, steps_per_epoch=10, eval_steps=5, lr=1e-3)
+    assert by_loss.metric_for_best_model in ("loss", "eval_loss") and not by_loss.greater_is_better
+    p["training"]["best_by"] = "bleu"
+    with pytest.raises(ParamsError, match="training.best_by"):
+        validate(p)

@@ -75,6 +75,14 @@ def test_study_identity(small_data):
         other["tune"].update(change)
         assert tuning.study_name(other, train_df, val_df) != name, change
     assert tuning.study_name(p, train_df.iloc[:-1], val_df) != name  # other data, other study
+    beams = copy.deepcopy(p)
+    beams["generation"]["num_beams"] += 3
+    assert tuning.study_name(beams, train_df, val_df) == name  # generation is not part of this objective...
+    gen = copy.deepcopy(p)
+    gen["tune"]["search_space"] = {**p["tune"]["search_space"], "generation.length_penalty": {"low": 0.5, "high": 2.0}}
+    gen_beams = copy.deepcopy(gen)
+    gen_beams["generation"]["num_beams"] += 3
+    assert tuning.study_name(gen_beams, train_df, val_df) != tuning.study_name(gen, train_df, val_df)  # ...unless tuned
     named = copy.deepcopy(p)
     named["tune"]["study_name"] = "mine"
     assert tuning.study_name(named, train_df, val_df) == "mine"

@@ -176,7 +176,7 @@ SPEC = {
         "max_grad_norm": number(0), "eval_every_epochs": number(0.001), "eval_rows": integer(0), "early_stopping_patience": integer(0),
         "save_total_limit": integer(1), "eval_num_beams": integer(1),
         "mixed_precision": choice("auto", "no", "fp16", "bf16"), "resume": string(),
-        "launcher": choice("python", "accelerate"), "num_processes": integer(1),
+        "launcher": choice("python", "accelerate"), "best_by": choice("rouge_sum", "loss"), "num_processes": integer(1),
         "accelerate_config": string(null=True),
     }),
     "generation": section({

@@ -266,7 +266,18 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
             save_trained(trainer.model, tokenizer, tmp, entry)
         # The best model is saved; the intermediate checkpoints have served their purpose.
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+    _end_distributed()
     return result
+
+
+def _end_distributed() -> None:
+    """Wait for rank 0's saving, then close the process group: a worker exiting with gloo's threads alive
+    aborts ("terminate called without an active exception") and fails the launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 TIMING_KEYS = ("_runtime", "_per_second")
@@ -312,7 +323,8 @@ def _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr):
         eval_strategy="steps", eval_steps=eval_steps,
         save_strategy="steps", save_steps=eval_steps,
         save_total_limit=tcfg["save_total_limit"],
-        load_best_model_at_end=True, metric_for_best_model="rouge_sum", greater_is_better=True,
+        load_best_model_at_end=True, metric_for_best_model=tcfg.get("best_by", "rouge_sum"),
+        greater_is_better=tcfg.get("best_by", "rouge_sum") != "loss",
         logging_steps=max(1, min(10, steps_per_epoch)),
         train_sampling_strategy="group_by_length",
         seed=params["seed"], data_seed=params["seed"],

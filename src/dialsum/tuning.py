@@ -228,7 +228,11 @@ def study_name(params: dict, train_df: pd.DataFrame, val_df: pd.DataFrame) -> st
         return t["study_name"]
     ident = {k: t[k] for k in IDENTITY_KEYS}
     ident.update(seed_all=params["seed"], training=params["training"], metrics=params["metrics"],
-                 zoo=params["zoo"][t["model"]], generation=params["generation"])
+                 zoo=params["zoo"][t["model"]])
+    if any(full_key(k, t["model"]).startswith("generation.") for k in t["search_space"]):
+        # only then do trials generate with `generation` (else in-training eval settings score them), and
+        # only then is it part of the objective; otherwise a beam change would orphan the study
+        ident["generation"] = params["generation"]
     h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode())
     for df in (train_df, val_df):
         h.update(df[["fname", "dialogue", "summary"]].to_csv(index=False).encode())
