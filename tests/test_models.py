@@ -145,3 +145,16 @@ def test_warm_started_encoder_decoder_trains_and_loads_with_plain_transformers(t
                          min_new_tokens=3)
     text = generation.decode(tok, ids[0].tolist())
     assert text and "[CLS]" not in text and "[SEP]" not in text, ids
+
+    # freeze_encoder: the encoder's layers keep their loaded weights, the decoder and embeddings train
+    frozen_entry = {**entry, "freeze_encoder": True}
+    params["zoo"]["minilm2minilm"] = frozen_entry
+    params["training"].update(epochs=1)
+    out2 = tmp_path / "frozen"
+    train(params, "minilm2minilm", 0, df, df, init, out2, tmp_path / "ckpt2", None, "sig")
+    a, b = EncoderDecoderModel.from_pretrained(init), EncoderDecoderModel.from_pretrained(out2)
+    sa, sb = a.state_dict(), b.state_dict()
+    enc_keys = [k for k in sa if k.startswith("encoder.")]
+    assert enc_keys and all(torch.equal(sa[k], sb[k]) for k in enc_keys)
+    assert not torch.equal(sa["decoder.bert.encoder.layer.0.crossattention.self.query.weight"],
+                           sb["decoder.bert.encoder.layer.0.crossattention.self.query.weight"])

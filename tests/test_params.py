@@ -28,6 +28,7 @@ def test_repo_params_are_valid(root):
     (lambda p: p["zoo"]["tiny-bart"].update(family="rnn"), "zoo.tiny-bart.family"),
     (lambda p: p.update(unknown_section=1), "unknown_section"),
     (lambda p: p["data"].update(on_invalid="ignore"), "data.on_invalid"),
+    (lambda p: p["zoo"]["tiny-llama"].update(freeze_encoder=True), "zoo.tiny-llama.freeze_encoder"),
 ])
 def test_bad_params_name_the_key(params, edit, needle):
     bad = copy.deepcopy(params)

@@ -220,12 +220,31 @@ def load_for_training(entry: dict, init_dir: Path, seed: int):
             model, use_gradient_checkpointing=entry.get("gradient_checkpointing", False))
     elif entry.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable()
+    if entry.get("freeze_encoder"):
+        freeze_encoder_layers(model)
     lora = lora_settings(entry)
     if lora:
         # Tags added to a pretrained vocabulary have untrained embedding rows: train just those rows.
         new_ids = sorted(i for i in tokenizer.convert_tokens_to_ids(TAGS) if i >= n_base)
         model = apply_lora(model, lora, entry["family"], new_token_ids=new_ids)
     return model, tokenizer
+
+
+def freeze_encoder_layers(model) -> int:
+    """Keep a seq2seq model's encoder as loaded; weights it shares with the decoder (BART's embeddings)
+    stay trainable. A warm start's random cross-attention then cannot pull the pretrained encoder into a
+    constant output (BENCHMARKS.md, minilm2minilm run 1), and with nothing shared (BERT2BERT) backward
+    stops at the cross-attention, so steps are cheaper. Returns the number of frozen parameters."""
+    shared = {id(p) for p in model.get_decoder().parameters()}
+    shared |= {id(p) for p in model.get_output_embeddings().parameters()}
+    frozen = 0
+    for param in model.get_encoder().parameters():
+        if id(param) not in shared:
+            param.requires_grad_(False)
+            frozen += param.numel()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("freeze_encoder: %.1f M encoder parameters frozen, %.1f M trainable", frozen / 1e6, trainable / 1e6)
+    return frozen
 
 
 DEFAULT_LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "auto"}

@@ -143,6 +143,7 @@ ZOO_ENTRY = section({
     "encoder": string(null=True),
     "decoder": string(null=True),
     "tie_encoder_decoder": boolean(),
+    "freeze_encoder": boolean(),
     "arch": ARCH,
     "vocab_size": integer(256),
     "max_source_len": integer(8),
@@ -235,6 +236,9 @@ def validate(params: dict) -> dict:
                               "(a warm-started encoder-decoder) or `arch` (from scratch)")
         if entry.get("encoder") and entry.get("family") != "seq2seq":
             raise ParamsError(f"params.yaml: zoo.{name}.encoder needs family: seq2seq")
+        if entry.get("freeze_encoder") and entry.get("family") != "seq2seq":
+            raise ParamsError(f"params.yaml: zoo.{name}.freeze_encoder needs family: seq2seq (a decoder-only "
+                              "model has no encoder)")
         if entry.get("encoder") and entry.get("pretrained"):
             raise ParamsError(f"params.yaml: zoo.{name}: set either `pretrained` or `encoder`, not both")
     if not params["models"]:
