@@ -158,3 +158,23 @@ def test_warm_started_encoder_decoder_trains_and_loads_with_plain_transformers(t
     assert enc_keys and all(torch.equal(sa[k], sb[k]) for k in enc_keys)
     assert not torch.equal(sa["decoder.bert.encoder.layer.0.crossattention.self.query.weight"],
                            sb["decoder.bert.encoder.layer.0.crossattention.self.query.weight"])
+
+
+def test_beam_cache_skipping_cross_attention_reorder_changes_nothing(tmp_path):
+    """generation.beam_cache leaves the cross-attention cache unreordered in beam search (a no-op copy in
+    transformers 5): same sequences and scores as transformers' own cache, padded batch included."""
+    import torch
+
+    models.build_init(BART, TEXTS, tmp_path / "m", seed=0)
+    model, tok, _ = models.load_for_inference(tmp_path / "m")
+    enc = tok([TEXTS[0], TEXTS[1], TEXTS[0][:25]], return_tensors="pt", padding=True)
+    kw = dict(num_beams=4, max_new_tokens=12, min_new_tokens=12, return_dict_in_generate=True, output_scores=True,
+              no_repeat_ngram_size=2)
+    with torch.no_grad():
+        plain = model.generate(**enc, **kw)
+        cache = generation.beam_cache(model, 4)
+        assert type(cache["past_key_values"]).__name__ == "BeamSharedCrossCache"
+        ours = model.generate(**enc, **kw, **cache)
+    assert torch.equal(plain.sequences, ours.sequences)
+    assert torch.allclose(plain.sequences_scores, ours.sequences_scores)
+    assert generation.beam_cache(model, 1) == {}

@@ -1,6 +1,7 @@
 """Encoding inputs and batched, length-sorted generation for both model families."""
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -61,6 +62,33 @@ def decode(tokenizer, ids) -> str:
     return " ".join(text.split())
 
 
+@functools.cache
+def _beam_cache_class():
+    from transformers import EncoderDecoderCache
+
+    class BeamSharedCrossCache(EncoderDecoderCache):
+        """Beam search reorders beams only within one input, and the beams of one input share its encoder
+        output, so reordering the cross-attention keys/values is a copy that changes nothing. transformers 5
+        does it at every step anyway (the largest cost of CPU beam search over long dialogues, profiled in
+        BENCHMARKS.md); this cache skips it. The self-attention cache is reordered as usual."""
+
+        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+            self.self_attention_cache.reorder_cache(beam_idx)
+
+    return BeamSharedCrossCache
+
+
+def beam_cache(model, num_beams: int) -> dict:
+    """``past_key_values`` for ``generate``: a cache that leaves the cross-attention alone in beam search
+    over an encoder-decoder; nothing (transformers' default) otherwise."""
+    if num_beams <= 1 or not model.config.is_encoder_decoder or model.generation_config.cache_implementation:
+        return {}
+    from transformers import DynamicCache
+
+    cfg = model.config.get_text_config(decoder=True)
+    return {"past_key_values": _beam_cache_class()(DynamicCache(config=cfg), DynamicCache(config=cfg))}
+
+
 @torch.no_grad()
 def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, max_source_len: int,
               batch_size: int = 32, prompt: str | None = None, desc: str = "generate",
@@ -99,6 +127,7 @@ def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, ma
             from transformers import LogitsProcessorList
 
             extra["logits_processor"] = LogitsProcessorList([processor(inputs, kw["num_beams"], width)])
+        extra.update(beam_cache(model, kw["num_beams"]))
         res = model.generate(**inputs, **kw, **extra, return_dict_in_generate=True, output_scores=True,
                              pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
         new = res.sequences[:, width:] if family == "causal" else res.sequences
