@@ -322,15 +322,16 @@ def test_ensemble_strategies_never_retrain(project):
             train = pd.read_csv(dst / "data/processed/train.csv")
             p = yaml.safe_load((dst / "params.yaml").read_text())
             assert ens["fitted_on"]["oof_dialogues"] == int(train["fold"].isin(p["cv"]["folds"]).sum())
-            # `dialsum summarize --ensemble` on the dev dialogues makes the stage's very choices (issue 7):
-            # four sources generate, the stacker is re-fitted from the stored out-of-fold predictions
-            adhoc = dst / f"adhoc-ensemble-{strategy}.csv"
-            assert dialsum(["summarize", "--ensemble", "--input", str(dst / "data/processed/dev.csv"),
-                            "--output", str(adhoc), "--params", str(dst / "params.yaml")]) == 0
-            got = pd.read_csv(adhoc, keep_default_na=False)
-            stage = pd.read_csv(dst / "predictions/ensemble/dev.csv", keep_default_na=False)
-            assert list(got["fname"]) == list(stage["fname"]) and list(got["summary"]) == list(stage["summary"])
-            assert list(got["source"]) == list(stage["source"])
+        # `dialsum summarize --ensemble` on the dev dialogues makes the stage's very choices (issue 7): for
+        # stacking, four sources generate and the stacker is re-fitted from the stored out-of-fold
+        # predictions; for weighted_avg, each model's folds are averaged token by token in one beam search
+        adhoc = dst / f"adhoc-ensemble-{strategy}.csv"
+        assert dialsum(["summarize", "--ensemble", "--input", str(dst / "data/processed/dev.csv"),
+                        "--output", str(adhoc), "--params", str(dst / "params.yaml")]) == 0
+        got = pd.read_csv(adhoc, keep_default_na=False)
+        stage = pd.read_csv(dst / "predictions/ensemble/dev.csv", keep_default_na=False)
+        assert list(got["fname"]) == list(stage["fname"]) and list(got["summary"]) == list(stage["summary"])
+        assert list(got["source"]) == list(stage["source"])
     assert ens["averaging"]["token_level"]["tiny-bart"]["computed"] is True
     assert (dst / "predictions/tiny-bart/avg/dev.csv").exists()
 

@@ -307,6 +307,7 @@ def _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr):
 
     tcfg = params["training"]
     bs = tcfg["batch_size"]
+    best_by = tcfg.get("best_by", "rouge_sum")
     return Seq2SeqTrainingArguments(
         output_dir=str(ckpt_dir),
         num_train_epochs=tcfg["epochs"],
@@ -323,8 +324,8 @@ def _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr):
         eval_strategy="steps", eval_steps=eval_steps,
         save_strategy="steps", save_steps=eval_steps,
         save_total_limit=tcfg["save_total_limit"],
-        load_best_model_at_end=True, metric_for_best_model=tcfg.get("best_by", "rouge_sum"),
-        greater_is_better=tcfg.get("best_by", "rouge_sum") != "loss",
+        load_best_model_at_end=True, metric_for_best_model=best_by,
+        greater_is_better=best_by != "loss",
         logging_steps=max(1, min(10, steps_per_epoch)),
         train_sampling_strategy="group_by_length",
         seed=params["seed"], data_seed=params["seed"],
