@@ -104,7 +104,7 @@ def test_warm_started_encoder_decoder_trains_and_loads_with_plain_transformers(t
     from dialsum.training import build_features, train
 
     params = copy.deepcopy(load(ROOT / "params.yaml"))
-    entry = {**params["zoo"]["minilm2minilm"], "max_source_len": 64, "max_target_len": 16}
+    entry = {**params["zoo"]["minilm2minilm"], "max_source_len": 64, "max_target_len": 16, "freeze_encoder": False}
     params["zoo"]["minilm2minilm"] = entry
     params["training"].update(epochs=6, batch_size=4, eval_every_epochs=6, resume="never", learning_rate=3e-4,
                               warmup_ratio=0.0)
