@@ -3,7 +3,8 @@
     python benchmarks/score_predictions.py predictions/minilm2minilm/full/test.csv \
         ../shared/data/dialogsum/test.csv --tokenize default
 
-Rows are matched by ``fname``; a ``view`` column (TTA) is filtered to ``--view`` (default ``orig``).
+Rows are matched by ``fname``; a file with several rows per dialogue (TTA views of one source) is filtered
+to ``--view`` (default ``orig``); an ensemble's file (one chosen row each) is scored as it is.
 Test files with ``summary1..K`` are scored against all K references (``--multi-ref max``, the pipeline's
 default). Also prints how many distinct summaries there are: a collapsed model writes one for every row.
 """
@@ -24,7 +25,7 @@ ap.add_argument("--multi-ref", default="max")
 ap.add_argument("--view", default="orig")
 a = ap.parse_args()
 pred = pd.read_csv(a.predictions, dtype=str, keep_default_na=False)
-if "view" in pred.columns:
+if "view" in pred.columns and pred["fname"].duplicated().any():  # an ensemble's file has one row each
     pred = pred[pred["view"] == a.view]
 data = pd.read_csv(a.data, dtype=str, keep_default_na=False)
 missing = set(data["fname"]) - set(pred["fname"])
