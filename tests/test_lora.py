@@ -46,6 +46,13 @@ def test_qlora_4bit_layers_and_only_adapters_train(tmp_path, arch_type):
     out.loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    # no-grad inference too: on an AVX512-BF16 CPU bitsandbytes would repack these small layers and crash
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=x).logits).all()
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit) and m.in_features % 64:
+            assert m.support_avx512bf16_for_cpu is False
 
 
 def test_quantization_without_lora_block_gets_default_qlora(tmp_path):

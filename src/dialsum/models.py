@@ -188,6 +188,26 @@ def quantization_config(entry: dict):
                               bnb_4bit_compute_dtype=compute_dtype())
 
 
+def guard_cpu_4bit_packing(model) -> int:
+    """Keep bitsandbytes' CPU inference repacking off the 4-bit layers it cannot repack.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weight on its first no-grad
+    forward; that needs out_features divisible by 32 and in_features by the quantization block size (64),
+    and crashes otherwise ("shape '[32, 0]' is invalid"). Real models' projections qualify; small
+    layers (the stand-ins, odd heads) keep the unpacked kernel, which is the path every other CPU takes.
+    Returns the number of layers switched off."""
+    off = 0
+    for module in model.modules():
+        if not getattr(module, "support_avx512bf16_for_cpu", False):
+            continue
+        state = getattr(module.weight, "quant_state", None)
+        block = getattr(state, "blocksize", None) or 64
+        if module.out_features % 32 or module.in_features % block or module.in_features % 2:
+            module.support_avx512bf16_for_cpu = False
+            off += 1
+    return off
+
+
 def compute_dtype() -> torch.dtype:
     """bf16 where CUDA supports it, else fp32 (CPU)."""
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
@@ -209,6 +229,8 @@ def load_for_training(entry: dict, init_dir: Path, seed: int):
             kwargs["device_map"] = {"": 0}
     torch.manual_seed(seed)
     model = auto_classes(entry["family"]).from_pretrained(source, **kwargs)
+    if qconf is not None:
+        guard_cpu_4bit_packing(model)
     n_base = model.get_input_embeddings().weight.shape[0]
     if n_base < len(tokenizer):  # warm starts were resized by build_init already
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
@@ -335,6 +357,7 @@ def load_for_inference(model_dir: Path, entry: dict | None = None):
         if qconf is not None:
             kwargs.update(quantization_config=qconf, dtype=compute_dtype())
         model = auto_classes(family).from_pretrained(base, **kwargs)
+        guard_cpu_4bit_packing(model)
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
         model = PeftModel.from_pretrained(model, model_dir)
