@@ -3,12 +3,13 @@ models/<model>/<fold>/ and metrics/train/<model>-<fold>.json. Checkpoints live i
 DVC output) so an interrupted run resumes."""
 from pathlib import Path
 
-from dialsum import data, io, training
+from dialsum import data, io, params as P, training
 from dialsum.tracking import matrix_item, run_stage
 
 
 def main():
     params, model, fold = matrix_item("train")
+    params = P.for_model(params, model)  # zoo.<model>.training overrides
     if training.relaunch(params["training"], ["stages/train.py", "--model", model, "--fold", str(fold)]):
         return  # training.launcher: accelerate ran this script in num_processes workers
     d = data.load_processed()

@@ -29,6 +29,8 @@ def test_repo_params_are_valid(root):
     (lambda p: p.update(unknown_section=1), "unknown_section"),
     (lambda p: p["data"].update(on_invalid="ignore"), "data.on_invalid"),
     (lambda p: p["zoo"]["tiny-llama"].update(freeze_encoder=True), "zoo.tiny-llama.freeze_encoder"),
+    (lambda p: p["zoo"]["tiny-bart"].update(training={"epoch": 3}), "zoo.tiny-bart.training.epoch"),
+    (lambda p: p["zoo"]["tiny-bart"].update(training={"epochs": "many"}), "zoo.tiny-bart.training.epochs"),
 ])
 def test_bad_params_name_the_key(params, edit, needle):
     bad = copy.deepcopy(params)
@@ -37,6 +39,20 @@ def test_bad_params_name_the_key(params, edit, needle):
         validate(bad)
     assert needle in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_zoo_training_overrides_only_its_model(params):
+    from dialsum.params import for_model
+    from dialsum.tuning import settings
+
+    params["zoo"]["tiny-bart"]["training"] = {"epochs": 20, "batch_size": 8}
+    validate(params)
+    bart, llama = for_model(params, "tiny-bart")["training"], for_model(params, "tiny-llama")["training"]
+    assert (bart["epochs"], bart["batch_size"]) == (20, 8)
+    assert bart["eval_every_epochs"] == params["training"]["eval_every_epochs"]  # the rest is inherited
+    assert llama == params["training"] and params["training"]["epochs"] != 20  # the input is not mutated
+    params["tune"] = {"model": "tiny-bart"}
+    assert settings(params)["training"]["epochs"] == 20  # a study of tiny-bart trains as its stage does
 
 
 def test_full_fold_is_allowed(params):

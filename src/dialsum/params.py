@@ -136,7 +136,20 @@ LORA = section({"r": integer(1), "alpha": number(0), "dropout": number(0, 1),
                 "target_modules": anything(), "merge": boolean()}, null=True)
 ARCH = section({"type": choice("bart", "llama", "gpt_neox"), "d_model": integer(8), "layers": integer(1),
                 "heads": integer(1), "ffn": integer(8)})
+TRAINING = {
+    "epochs": number(0), "batch_size": integer(1, also=("auto",)), "eval_batch_size": integer(1),
+    "learning_rate": number(0, null=True), "weight_decay": number(0), "warmup_ratio": number(0, 1),
+    "lr_scheduler": choice("linear", "cosine", "constant", "constant_with_warmup", "polynomial"),
+    "gradient_accumulation_steps": integer(1), "label_smoothing": number(0, 1),
+    "max_grad_norm": number(0), "eval_every_epochs": number(0.001), "eval_rows": integer(0), "early_stopping_patience": integer(0),
+    "save_total_limit": integer(1), "eval_num_beams": integer(1),
+    "mixed_precision": choice("auto", "no", "fp16", "bf16"), "resume": string(),
+    "launcher": choice("python", "accelerate"), "best_by": choice("rouge_sum", "loss"), "num_processes": integer(1),
+    "accelerate_config": string(null=True),
+}
+# a zoo entry may override `training` keys for its own runs (an LLM: 1 epoch; a small seq2seq: 20)
 ZOO_ENTRY = section({
+    "training": section(TRAINING, null=True),
     "family": choice("seq2seq", "causal"),
     "pretrained": string(null=True),
     "tokenizer": string(null=True),
@@ -169,17 +182,7 @@ SPEC = {
     "cv": section({"n_splits": integer(2), "folds": list_of(fold_value()), "seed": integer(0)}),
     "models": list_of(string()),
     "zoo": anything(),  # checked entry by entry below
-    "training": section({
-        "epochs": number(0), "batch_size": integer(1, also=("auto",)), "eval_batch_size": integer(1),
-        "learning_rate": number(0, null=True), "weight_decay": number(0), "warmup_ratio": number(0, 1),
-        "lr_scheduler": choice("linear", "cosine", "constant", "constant_with_warmup", "polynomial"),
-        "gradient_accumulation_steps": integer(1), "label_smoothing": number(0, 1),
-        "max_grad_norm": number(0), "eval_every_epochs": number(0.001), "eval_rows": integer(0), "early_stopping_patience": integer(0),
-        "save_total_limit": integer(1), "eval_num_beams": integer(1),
-        "mixed_precision": choice("auto", "no", "fp16", "bf16"), "resume": string(),
-        "launcher": choice("python", "accelerate"), "best_by": choice("rouge_sum", "loss"), "num_processes": integer(1),
-        "accelerate_config": string(null=True),
-    }),
+    "training": section(TRAINING),
     "generation": section({
         "num_beams": integer(1), "max_new_tokens": integer(1), "min_new_tokens": integer(0),
         "do_sample": boolean(), "temperature": number(0), "top_p": number(0, 1),
@@ -271,6 +274,12 @@ def load(path: str | Path = "params.yaml") -> dict:
 
 def parse_fold(text: str) -> int | str:
     return "full" if text == "full" else int(text)
+
+
+def for_model(params: dict, model: str) -> dict:
+    """``params`` with ``zoo.<model>.training`` laid over ``training`` (the keys a model sets win)."""
+    over = (zoo_entry(params, model).get("training") or {})
+    return {**params, "training": {**params["training"], **over}} if over else params
 
 
 def zoo_entry(params: dict, model: str) -> dict:

@@ -19,7 +19,7 @@ import optuna
 import pandas as pd
 from transformers import TrainerCallback
 
-from .params import ParamsError, validate
+from .params import ParamsError, for_model, validate
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def settings(params: dict) -> dict:
     """params with every ``tune`` key filled in (the model has no default: it must be named)."""
     if "tune" not in params or "model" not in (params["tune"] or {}):
         raise ParamsError("params.yaml: tune.model is required to tune (a zoo name)")
-    return {**params, "tune": {**DEFAULTS, **params["tune"]}}
+    return for_model({**params, "tune": {**DEFAULTS, **params["tune"]}}, params["tune"]["model"])
 
 
 def load_data(params: dict):
