@@ -71,9 +71,9 @@ import pytest  # noqa: E402
 
 
 @pytest.mark.parametrize("arch,family", [("bart", "seq2seq"), ("llama", "causal")])
-def test_averaged_generation_is_real_model_averaging(tmp_path, arch, family):
+def test_averaged_generation_is_real_model_averaging(tmp_path, arch, family, monkeypatch):
     """One beam search over the members' weighted log-probs: weight only on B reproduces B's own output,
-    two copies of A reproduce A's."""
+    two copies of A reproduce A's. The other members decode from their KV caches after the first step."""
     e = {"family": family, "pretrained": None, "vocab_size": 400, "max_source_len": 64, "max_target_len": 16,
          "arch": {"type": arch, "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}}
     models.build_init(e, TEXTS, tmp_path / "a", seed=0)
@@ -82,12 +82,18 @@ def test_averaged_generation_is_real_model_averaging(tmp_path, arch, family):
     b, _, _ = models.load_for_inference(tmp_path / "b")
     tok.padding_side = "left"
     dialogues = [TEXTS[0], TEXTS[1], TEXTS[0][:30]]
+    cached = []
+    parents = generation._AveragedLogProbs._parents
+    monkeypatch.setattr(generation._AveragedLogProbs, "_parents",
+                        lambda self, ids: cached.append(parents(self, ids)) or cached[-1])
     for beams in (1, 3):
         g = {"num_beams": beams, "max_new_tokens": 8}
         only_b = generation.summarize_averaged([a, b], [0.0, 1.0], tok, family, dialogues, g, 64, progress=False)
         assert only_b[0] == generation.summarize(b, tok, family, dialogues, g, 64, progress=False)[0]
+        assert all(lp > -1e8 for lp in only_b[1])  # a weight of 0 leaves no NaN in the beam scores
         twice_a = generation.summarize_averaged([a, a], [0.5, 0.5], tok, family, dialogues, g, 64, progress=False)
         assert twice_a[0] == generation.summarize(a, tok, family, dialogues, g, 64, progress=False)[0]
+    assert sum(p is not None for p in cached) > len(cached) / 2  # steps after the first continue the cache
 
 
 def test_warm_started_encoder_decoder_trains_and_loads_with_plain_transformers(tmp_path):

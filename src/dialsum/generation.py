@@ -150,8 +150,11 @@ class _AveragedLogProbs:
     every member's, so HF's own beam search runs on the averaged distribution ("model averaging").
 
     The other members see exactly the beams of the primary: their encoder states (seq2seq) or prompt
-    masks (causal) are computed once per batch and repeated per beam; their decoders re-read each beam's
-    tokens at every step (no KV cache, simple and exact; fine for summaries of a few dozen tokens).
+    masks (causal) are computed once per batch and repeated per beam. Each keeps a KV cache across steps.
+    A logits processor is not told how beam search reordered the beams, so the reordering is recovered from
+    the sequences themselves: every row of this step extends a row of the previous step within its input's
+    beams, and that row's cache is the one to continue. Re-reading every beam's tokens at every step instead
+    (the first version) made averaged beam search over 384-token dialogues ~12x slower than one model's.
     """
 
     def __init__(self, others, weights, family, batch_inputs, num_beams, prompt_width):
@@ -160,30 +163,59 @@ class _AveragedLogProbs:
         mask = batch_inputs["attention_mask"].repeat_interleave(num_beams, dim=0)
         self.mask = mask
         self.encoded = []
+        self.caches: list = [None] * len(others)
+        self.prev = None  # input_ids of the previous step
         if family == "seq2seq":
             for m in others:
                 enc = m.get_encoder()(input_ids=batch_inputs["input_ids"], attention_mask=batch_inputs["attention_mask"])
                 self.encoded.append(enc.last_hidden_state.repeat_interleave(num_beams, dim=0))
 
+    def _parents(self, input_ids):
+        """For each row, the previous step's row it extends (the beam search's reordering), or None when
+        the previous step is unknown (first call, or the sequences do not continue it)."""
+        prev, k = self.prev, self.num_beams
+        if prev is None or prev.shape[1] != input_ids.shape[1] - 1 or prev.shape[0] != input_ids.shape[0]:
+            return None
+        t = prev.shape[1]
+        same = (input_ids[:, :-1].view(-1, k, 1, t) == prev.view(-1, 1, k, t)).all(-1)  # [inputs, beam, beam]
+        if not bool(same.any(-1).all()):
+            return None
+        offset = torch.arange(same.shape[0], device=input_ids.device).unsqueeze(1) * k
+        return (same.float().argmax(-1) + offset).reshape(-1)
+
     def __call__(self, input_ids, scores):
         from transformers.modeling_outputs import BaseModelOutput
 
         vocab = scores.shape[-1]
-        total = self.weights[0] * torch.log_softmax(scores.float(), dim=-1)
+        primary = torch.log_softmax(scores.float(), dim=-1)
+        # a weight of 0 must not turn the -inf of HF's constraints (min length, no-repeat n-grams) into NaN
+        total = self.weights[0] * primary if self.weights[0] else torch.zeros_like(primary)
+        parents = self._parents(input_ids)
         for k, m in enumerate(self.others):
+            cache = self.caches[k] if parents is not None else None
+            if cache is not None:
+                cache.reorder_cache(parents)
+                step = input_ids[:, -1:]
+            else:  # from the start (the cross-attention need not follow the beams: see beam_cache)
+                cache = beam_cache(m, self.num_beams).get("past_key_values")
+                step = input_ids
             if self.family == "seq2seq":
                 out = m(encoder_outputs=BaseModelOutput(last_hidden_state=self.encoded[k]),
-                        attention_mask=self.mask, decoder_input_ids=input_ids, use_cache=False)
+                        attention_mask=self.mask, decoder_input_ids=step, past_key_values=cache, use_cache=True)
             else:
                 gen_len = input_ids.shape[1] - self.prompt_width
                 mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], gen_len)], dim=1)
-                pos = (mask.cumsum(-1) - 1).clamp(min=0)
-                out = m(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=False)
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step.shape[1]:]
+                out = m(input_ids=step, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                        use_cache=True)
+            self.caches[k] = out.past_key_values
             logits = out.logits[:, -1, :vocab].float()
             if logits.shape[-1] < vocab:  # padded embedding rows of another size: never valid tokens
                 logits = torch.nn.functional.pad(logits, (0, vocab - logits.shape[-1]), value=-1e9)
             total = total + self.weights[k + 1] * torch.log_softmax(logits, dim=-1)
-        return total / sum(self.weights)
+        self.prev = input_ids.clone()
+        # HF's constraints act on the primary's scores before this processor; they stay in force
+        return (total / sum(self.weights)).masked_fill(primary == float("-inf"), float("-inf"))
 
 
 def summarize_averaged(members, weights, tokenizer, family: str, dialogues: list[str], gen: dict,
