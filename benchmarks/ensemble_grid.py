@@ -64,19 +64,21 @@ def main():
                 oof_scores[f"{m}/{f}"] = oof["rouge_sum"]
     cands = {s: pd.concat(v, ignore_index=True) for s, v in cands.items()}
 
-    def rows_of(pred: pd.DataFrame, split: str) -> np.ndarray:
+    def rows_of(pred: pd.DataFrame, split: str) -> tuple[np.ndarray, int]:
+        """Per-dialogue ROUGE, and how many distinct summaries (1 = a collapsed, input-blind system)."""
         summary = pred.drop_duplicates("fname").set_index("fname")["summary"]
-        return scorer.per_row([summary[f] for f in order[split]], refs[split])
+        texts = [summary[f] for f in order[split]]
+        return scorer.per_row(texts, refs[split]), len(set(texts))
 
     per_row, table = {}, []
 
     def add(name: str, kind: str, by_split: dict, extra: dict | None = None):
-        per_row[name] = {s: by_split[s].sum(axis=1) for s in SPLITS}
+        per_row[name] = {s: by_split[s][0].sum(axis=1) for s in SPLITS}
         row = {"name": name, "kind": kind, **(extra or {})}
         for s in SPLITS:
-            r1, r2, rl = by_split[s].mean(axis=0)
+            r1, r2, rl = by_split[s][0].mean(axis=0)
             row[s] = {"rouge1": round(r1, 4), "rouge2": round(r2, 4), "rougeL": round(rl, 4),
-                      "rouge_sum": round(r1 + r2 + rl, 4)}
+                      "rouge_sum": round(r1 + r2 + rl, 4), "distinct": by_split[s][1]}
         table.append(row)
 
     for src in sorted(set(cands["dev"]["source"]), key=lambda x: (models.index(x.split("/")[0]), x)):
@@ -117,15 +119,16 @@ def main():
 
     print(f"best single source (by dev rouge_sum): {best}; gain = rouge_sum - its rouge_sum on the same split;"
           f" ROUGE-avg points = gain / 3 x 100\n")
-    print("| system | " + " | ".join(f"{s} R1 | {s} R2 | {s} RL | {s} sum | {s} gain [95 % CI]" for s in SPLITS)
-          + " |")
-    print("|---|" + "---|" * 5 * len(SPLITS))
+    print("| system | " + " | ".join(f"{s} R1 | {s} R2 | {s} RL | {s} sum | {s} gain [95 % CI] | {s} distinct"
+                                     for s in SPLITS) + " |")
+    print("|---|" + "---|" * 6 * len(SPLITS))
     for r in table:
         cells = []
         for s in SPLITS:
             x = r[s]
             ci = f"{x['gain']:+.4f} [{x['gain_ci95'][0]:+.3f}, {x['gain_ci95'][1]:+.3f}]"
-            cells += [f"{x['rouge1']:.4f}", f"{x['rouge2']:.4f}", f"{x['rougeL']:.4f}", f"{x['rouge_sum']:.4f}", ci]
+            cells += [f"{x['rouge1']:.4f}", f"{x['rouge2']:.4f}", f"{x['rougeL']:.4f}", f"{x['rouge_sum']:.4f}", ci,
+                      str(x["distinct"])]
         print(f"| {r['name']} | " + " | ".join(cells) + " |")
     for r in table:
         if r["kind"] == "ensemble":
