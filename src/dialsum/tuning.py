@@ -149,7 +149,9 @@ def settings(params: dict) -> dict:
     """params with every ``tune`` key filled in (the model has no default: it must be named)."""
     if "tune" not in params or "model" not in (params["tune"] or {}):
         raise ParamsError("params.yaml: tune.model is required to tune (a zoo name)")
-    return for_model({**params, "tune": {**DEFAULTS, **params["tune"]}}, params["tune"]["model"])
+    out = {**params, "tune": {**DEFAULTS, **params["tune"]}}
+    # an unknown tune.model is reported by check() with its key; only a known one has training overrides
+    return for_model(out, out["tune"]["model"]) if out["tune"]["model"] in params.get("zoo", {}) else out
 
 
 def load_data(params: dict):
