@@ -79,3 +79,19 @@ def test_best_by_picks_the_checkpoint_metric(root, tmp_path):
     p["training"]["best_by"] = "bleu"
     with pytest.raises(ParamsError, match="training.best_by"):
         validate(p)
+
+
+def test_resume_skips_a_checkpoint_killed_mid_save(tmp_path):
+    """A kill during a checkpoint save leaves a folder without trainer_state.json (written last); resuming
+    from it fails in the Trainer, so the newest complete checkpoint is used instead."""
+    from dialsum.training import find_resume
+
+    (tmp_path / "signature").write_text("sig")
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (tmp_path / "checkpoint-4" / "model.safetensors").write_bytes(b"")  # weights begun, state never written
+    assert find_resume(tmp_path, "sig", "auto") == str(tmp_path / "checkpoint-2")
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
+    assert find_resume(tmp_path, "sig", "auto") == str(tmp_path / "checkpoint-4")
+    assert find_resume(tmp_path, "other", "auto") is None  # another run's checkpoints are never resumed

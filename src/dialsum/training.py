@@ -144,7 +144,14 @@ def find_resume(ckpt_dir: Path, signature: str, resume: str) -> str | None:
     if not sig_file.exists() or sig_file.read_text().strip() != signature:
         return None
     ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(ckpts[-1]) if ckpts else None
+    for ckpt in reversed(ckpts):
+        # the Trainer writes trainer_state.json last: without it the run was killed mid-save
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            return str(ckpt)
+        except (OSError, ValueError):
+            log.warning("%s is incomplete (killed while saving?): resuming from an earlier checkpoint", ckpt)
+    return None
 
 
 def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: pd.DataFrame,
