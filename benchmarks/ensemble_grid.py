@@ -33,11 +33,6 @@ def only(df: pd.DataFrame, **eq) -> pd.DataFrame:
     return df[mask]
 
 
-def read(path) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype={"summary": str, "view": str}, keep_default_na=False)
-    return df if "view" in df else df.assign(view="orig")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", help="also write the figures here")
@@ -52,17 +47,9 @@ def main():
     refs = {s: data.references(d[s]) for s in SPLITS}
     order = {s: list(d[s]["fname"]) for s in SPLITS}
     oof_refs = dict(zip(d["train"]["fname"], data.references(d["train"])))
-    models, folds = params["models"], params["cv"]["folds"]
-    cands = {s: [] for s in ("oof", *SPLITS)}
-    oof_scores = {}
-    for m in models:
-        for f in folds:
-            for s in cands:
-                cands[s].append(read(f"predictions/{m}/{f}/{s}.csv").assign(source=f"{m}/{f}", model=m))
-            oof = json.loads(Path(f"metrics/predict/{m}-{f}.json").read_text()).get("oof")
-            if oof:
-                oof_scores[f"{m}/{f}"] = oof["rouge_sum"]
-    cands = {s: pd.concat(v, ignore_index=True) for s, v in cands.items()}
+    models = params["models"]
+    cands, scored = E.load_candidates(params, ("oof", *SPLITS))
+    oof_scores = E.oof_rouge(scored)
 
     def rows_of(pred: pd.DataFrame, split: str) -> tuple[np.ndarray, int]:
         """Per-dialogue ROUGE, and how many distinct summaries (1 = a collapsed, input-blind system)."""

@@ -17,13 +17,6 @@ log = logging.getLogger("ensemble")
 KEYS = ("rouge1", "rouge2", "rougeL", "rouge_sum", "bleu")
 
 
-def read(path) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype={"summary": str, "view": str}, keep_default_na=False)
-    if "view" not in df:
-        df["view"] = "orig"
-    return df
-
-
 def main():
     params = P.load()
     setup_logging("ensemble", level=params.get("tracking", {}).get("log_level", "INFO"))
@@ -35,20 +28,12 @@ def main():
     refs = {"dev": data.references(d["dev"]), "oof": dict(zip(d["train"]["fname"], data.references(d["train"])))}
     pick = lambda s: {k: s[k] for k in KEYS}  # noqa: E731
 
-    cands = {"oof": [], "dev": [], "test": []}
-    sources, oof_scores = {}, {}
-    for model in params["models"]:
-        for fold in params["cv"]["folds"]:
-            src = f"{model}/{fold}"
-            for split in cands:
-                cands[split].append(read(f"predictions/{src}/{split}.csv").assign(source=src, model=model))
-            # predict@ scored the original view on dev and on its OOF rows with these same metrics settings
-            scored = json.loads(Path(f"metrics/predict/{model}-{fold}.json").read_text())
-            sources[src] = pick(scored)
-            if scored.get("oof"):
-                oof_scores[src] = scored["oof"]["rouge_sum"]
-            log.info("dev %s: rouge_sum %.4f (oof %s)", src, sources[src]["rouge_sum"], oof_scores.get(src))
-    cands = {k: pd.concat(v, ignore_index=True) for k, v in cands.items()}
+    cands, scored = E.load_candidates(params, ("oof", "dev", "test"))
+    # predict@ scored the original view on dev and on its OOF rows with these same metrics settings
+    sources = {src: pick(m) for src, m in scored.items()}
+    oof_scores = E.oof_rouge(scored)
+    for src in sources:
+        log.info("dev %s: rouge_sum %.4f (oof %s)", src, sources[src]["rouge_sum"], oof_scores.get(src))
     views = sorted(set(cands["dev"]["view"]))
     order = {"dev": list(d["dev"]["fname"]), "test": list(d["test"]["fname"])}
 
@@ -63,7 +48,7 @@ def main():
     if strategy in ("averaging", "weighted_avg"):
         # token-level averaging happened in average@<model> (folds share a tokenizer); models differ in
         # tokenizer, so across models it falls back to candidate selection
-        pool = {s: pd.concat([read(f"predictions/{m}/avg/{s}.csv").assign(source=f"{m}/avg", model=m)
+        pool = {s: pd.concat([E.read_candidates(f"predictions/{m}/avg/{s}.csv").assign(source=f"{m}/avg", model=m)
                               for m in params["models"]]) for s in ("dev", "test")}
         across = "majority_vote" if strategy == "averaging" else "rouge_weighted"
         info["averaging"] = {"token_level": {m: json.loads(Path(f"metrics/average/{m}.json").read_text())

@@ -1,3 +1,5 @@
+import json
+
 import pandas as pd
 
 from dialsum.ensemble import mbr_select
@@ -118,3 +120,26 @@ def test_fast_similarity_equals_rouge_score_arithmetic():
             want = 1.0 if texts[i] == texts[j] else (
                 ngram_f1(ngram_counts(ti, 1), ngram_counts(tj, 1)) + ngram_f1(ngram_counts(ti, 2), ngram_counts(tj, 2))) / 2
             assert abs(sim[i, j] - want) < 1e-12
+
+
+def test_load_candidates_reads_every_source_and_keeps_empty_summaries(tmp_path):
+    # what the predict stage leaves behind for 2 models x 2 folds; one file predates the view column
+    params = {"models": ["a", "b"], "cv": {"folds": [0, 1]}}
+    for m in ("a", "b"):
+        for f in (0, 1):
+            d = tmp_path / f"predictions/{m}/{f}"
+            d.mkdir(parents=True)
+            pd.DataFrame({"fname": ["x", "x"], "view": ["orig", "mask-0"],
+                          "summary": [f"{m}{f}", ""]}).to_csv(d / "dev.csv", index=False)
+            oof = pd.DataFrame({"fname": [f"t{f}"], "summary": ["NA"]})
+            oof.to_csv(d / "oof.csv", index=False)
+            (tmp_path / "metrics/predict").mkdir(parents=True, exist_ok=True)
+            oof_metrics = {"rouge_sum": 0.1 * (f + 1)} if m == "a" else None
+            (tmp_path / f"metrics/predict/{m}-{f}.json").write_text(
+                json.dumps({"rouge_sum": 0.5, "oof": oof_metrics}))
+    cands, scored = E.load_candidates(params, ("oof", "dev"), tmp_path)
+    assert sorted(set(cands["dev"]["source"])) == ["a/0", "a/1", "b/0", "b/1"]
+    assert list(cands["dev"].query("source == 'b/1'")["summary"]) == ["b1", ""]  # not NaN
+    assert set(cands["oof"]["view"]) == {"orig"} and set(cands["oof"]["summary"]) == {"NA"}
+    assert list(cands["oof"]["model"]) == ["a", "a", "b", "b"]
+    assert E.oof_rouge(scored) == {"a/0": 0.1, "a/1": 0.2}  # sources without OOF rows get no OOF weight

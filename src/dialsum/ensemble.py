@@ -21,6 +21,7 @@ ranks candidates almost as ROUGE-1/2 do.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,11 +230,36 @@ def strategy_scorer(strategy: str, cfg: dict, models: Sequence[str], oof_cands: 
     raise ValueError(f"unknown ensemble.strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
 
 
+def read_candidates(path) -> pd.DataFrame:
+    """One predictions CSV (fname, view, summary, logprob, ...); files without a ``view`` column are the
+    original view. Summaries stay strings: an empty summary must not become NaN."""
+    df = pd.read_csv(path, dtype={"summary": str, "view": str}, keep_default_na=False)
+    return df if "view" in df else df.assign(view="orig")
+
+
+def load_candidates(params: dict, splits: Sequence[str], root: Path = Path(".")) -> tuple[dict, dict]:
+    """What the predict stage wrote for every model x fold of ``params``: ``{split: candidates}`` (every view,
+    with ``source`` = "model/fold" and ``model`` columns) for each of ``splits`` (oof, dev, test), and
+    ``{source: predict metrics}`` (dev scores and, for CV folds, ``oof``)."""
+    cands: dict = {s: [] for s in splits}
+    scored = {}
+    for m in params["models"]:
+        for f in params["cv"]["folds"]:
+            src = f"{m}/{f}"
+            for s in splits:
+                cands[s].append(read_candidates(root / f"predictions/{src}/{s}.csv").assign(source=src, model=m))
+            scored[src] = json.loads((root / f"metrics/predict/{m}-{f}.json").read_text())
+    return {s: pd.concat(v, ignore_index=True) for s, v in cands.items()}, scored
+
+
+def oof_rouge(scored: dict) -> dict:
+    """``{source: OOF rouge_sum}`` of the sources that have out-of-fold rows (fold ``full`` has none)."""
+    return {src: m["oof"]["rouge_sum"] for src, m in scored.items() if m.get("oof")}
+
+
 def fold_weights(params: dict, model: str, folds: list, root: Path = Path(".")) -> list[float]:
     """averaging: equal. weighted_avg: ``ensemble.weights`` by ``model/fold``, else each fold model's OOF ROUGE
     (from predict's metrics)."""
-    import json
-
     if params["ensemble"]["strategy"] == "averaging":
         return [1.0] * len(folds)
     given = params["ensemble"].get("weights") or {}
@@ -252,8 +278,6 @@ def summarize_new(params: dict, df: pd.DataFrame, root: Path = Path(".")) -> tup
     model x fold of ``params`` (with its TTA views), combined by ``ensemble.strategy`` exactly as the ensemble
     stage does; stacking and blending are re-fitted from the stored out-of-fold predictions (seeded, so the
     same fit). Returns [fname, summary, source, view, score] and the strategy's info."""
-    import json
-
     from . import data, generation, models, tta
     from .metrics import Scorer
 
@@ -288,17 +312,10 @@ def summarize_new(params: dict, df: pd.DataFrame, root: Path = Path(".")) -> tup
             pool.append(out.assign(source=f"{m}/{f}", model=m))
             del model
     pool = pd.concat(pool, ignore_index=True)
-    oof_scores, oof_cands = {}, []
-    for m in params["models"]:
-        for f in folds:
-            scored = json.loads((root / f"metrics/predict/{m}-{f}.json").read_text())
-            if scored.get("oof"):
-                oof_scores[f"{m}/{f}"] = scored["oof"]["rouge_sum"]
-            if strategy in ("stacking", "blending"):
-                oof = pd.read_csv(root / f"predictions/{m}/{f}/oof.csv", dtype={"summary": str, "view": str},
-                                  keep_default_na=False)
-                oof_cands.append(oof.assign(source=f"{m}/{f}", model=m))
-    oof_cands = pd.concat(oof_cands, ignore_index=True) if oof_cands else pd.DataFrame(columns=["fname"])
+    oof_splits = ["oof"] if strategy in ("stacking", "blending") else []
+    stored, scored = load_candidates(params, oof_splits, root)
+    oof_scores = oof_rouge(scored)
+    oof_cands = stored["oof"] if oof_splits else pd.DataFrame(columns=["fname"])
     oof_refs = {}
     if strategy in ("stacking", "blending"):
         train = data.load_processed(root / "data/processed")["train"]
