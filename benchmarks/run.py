@@ -61,7 +61,7 @@ def train_speed(df: pd.DataFrame, entry: dict, init: Path, work: Path, batch_siz
     from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
                               Seq2SeqTrainingArguments)
 
-    from dialsum.training import build_features
+    from dialsum.sequences import build_features
 
     tok = AutoTokenizer.from_pretrained(init)
     feats, _ = build_features(df, tok, entry)
@@ -96,7 +96,7 @@ def train_speed(df: pd.DataFrame, entry: dict, init: Path, work: Path, batch_siz
 def generate_speed(df: pd.DataFrame, entry: dict, init: Path, new_tokens: int, batch_size: int) -> dict:
     import torch
 
-    from dialsum import generation, models
+    from dialsum import generation, models, sequences
 
     model, tok, family = models.load_for_inference(init, entry)
     tok.padding_side = "left"
@@ -107,8 +107,9 @@ def generate_speed(df: pd.DataFrame, entry: dict, init: Path, new_tokens: int, b
     ours = time.perf_counter() - t
     t = time.perf_counter()
     with torch.no_grad():
+        conv = sequences.conventions(tok, family, model.config)
         for d in dialogues:  # the one-at-a-time loop of a typical inference script
-            ids, _ = generation.source_ids(tok, d, family, entry["max_source_len"])
+            ids, _ = sequences.source_ids(tok, d, conv, entry["max_source_len"])
             model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                            **generation.generation_kwargs(gen))
     single = time.perf_counter() - t

@@ -107,7 +107,8 @@ def overfit(tmp_path_factory):
     A randomly initialised base cannot be LoRA-tuned far: its frozen head caps the logits, so the base
     gets a short full-parameter training first, as every real base model has had.
     """
-    from dialsum.training import build_features, train
+    from dialsum.sequences import build_features
+    from dialsum.training import train
 
     tmp = tmp_path_factory.mktemp("overfit")
     params = copy.deepcopy(load(ROOT / "params.yaml"))

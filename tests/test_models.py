@@ -48,12 +48,12 @@ def test_pretrained_path_adds_tags_and_resizes(tmp_path):
 def test_causal_features_mask_prompt_and_keep_summary():
     import pandas as pd
 
-    from dialsum.training import build_features
+    from dialsum.sequences import build_features
 
     entry = {"family": "causal", "pretrained": None, "vocab_size": 400, "max_source_len": 24, "max_target_len": 12,
              "arch": {"type": "llama", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}}
     tok = models.train_tokenizer(TEXTS, 400, "causal")
-    models.add_tags(tok)
+    models.prepare_tokenizer(tok)
     long_dialogue = " ".join(TEXTS[:6])
     df = pd.DataFrame({"dialogue": [long_dialogue], "summary": ["#Person1#은 내일 예약한다."]})
     feats, truncated = build_features(df, tok, entry)
@@ -107,7 +107,8 @@ def test_warm_started_encoder_decoder_trains_and_loads_with_plain_transformers(t
 
     from conftest import ROOT
     from dialsum.params import load
-    from dialsum.training import build_features, train
+    from dialsum.sequences import build_features
+    from dialsum.training import train
 
     params = copy.deepcopy(load(ROOT / "params.yaml"))
     entry = {**params["zoo"]["minilm2minilm"], "max_source_len": 64, "max_target_len": 16, "freeze_encoder": False}
@@ -130,7 +131,7 @@ def test_warm_started_encoder_decoder_trains_and_loads_with_plain_transformers(t
     g = model.generation_config
     assert None not in (g.decoder_start_token_id, g.bos_token_id, g.eos_token_id, g.pad_token_id)
 
-    feats, _ = build_features(df, tok, entry, model.config.decoder_start_token_id)
+    feats, _ = build_features(df, tok, entry, model.config)
     assert feats[0]["labels"][0] != tok.cls_token_id and feats[0]["labels"][-1] == tok.sep_token_id
     batch = {k: torch.tensor([f[k] for f in feats[:1]]) for k in ("input_ids", "attention_mask", "labels")}
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""``dialsum`` command line: sample, score, summarize, env, tiny-models, memory, tune."""
+"""``dialsum`` command line: sample, score, summarize, env, tiny-models, replica, memory, tune."""
 from __future__ import annotations
 
 import argparse
@@ -181,6 +181,27 @@ def cmd_tiny_models(a) -> int:
     return 0
 
 
+def cmd_replica(a) -> int:
+    """A random-weight replica of a real checkpoint (its architecture and tokenizer conventions)."""
+    from . import replica
+    from .data import DataError, clean_text, read_csv
+    from .io import atomic_dir
+
+    try:
+        texts = []
+        if a.kind != "kobart":  # KoBART's own tokenizer is used as released; the others are trained on TRAIN
+            train = read_csv(a.train, "train")
+            texts = [clean_text(t) for t in list(train["dialogue"]) + list(train["summary"])]
+        with atomic_dir(Path(a.out)) as tmp:
+            replica.build(a.kind, tmp, texts, a.layers, a.d_model, a.tokenizer, a.vocab_size, a.seed)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{a.kind} replica: {a.out}  (use: dvc exp run -S 'zoo.{a.kind}-replica={{...}}' with pretrained: {a.out}, "
+          f"or point an entry's pretrained at it)")
+    return 0
+
+
 def cmd_memory(a) -> int:
     from .memory import format_table, zoo_table
     from .params import load
@@ -285,6 +306,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("names", nargs="*", help="zoo entries (default: every from-scratch entry)")
     p.set_defaults(fn=cmd_tiny_models)
+
+    p = sub.add_parser("replica", help="a random-weight replica of KoBART / SOLAR-Instruct / Polyglot-ko: published "
+                                       "architecture, the checkpoint's tokenizer conventions (usable as pretrained:)")
+    p.add_argument("kind", choices=["kobart", "solar", "polyglot"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--layers", type=int, default=None, help="layers (per stack); default: the published depth")
+    p.add_argument("--d-model", type=int, default=None, help="hidden width; default: the published width")
+    p.add_argument("--tokenizer", default="../shared/fixtures/kobart-tokenizer", help="kobart: KoBART's tokenizer folder")
+    p.add_argument("--train", default="data/sample/train.csv", help="solar/polyglot: text their tokenizer is trained on")
+    p.add_argument("--vocab-size", type=int, default=4000, help="solar/polyglot: tokenizer size (the model keeps the "
+                                                                  "published embedding size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_replica)
 
     p = sub.add_parser("memory", help="computed GPU memory table (bf16/8-bit/4-bit weights, LoRA state) per zoo model")
     p.add_argument("--params", default="params.yaml")

@@ -9,36 +9,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .models import DEFAULT_PROMPT
+from .sequences import conventions, decode, source_ids
 
 log = logging.getLogger(__name__)
-
-
-def source_ids(tokenizer, dialogue: str, family: str, max_len: int, prompt: str | None = None) -> tuple[list[int], bool]:
-    """Token ids of the model input and whether the dialogue was truncated.
-
-    seq2seq: the dialogue itself. causal: the prompt around the dialogue; only the dialogue is cut, so
-    the instruction and the answer cue always survive.
-    """
-    if family == "seq2seq":
-        ids = tokenizer(dialogue, truncation=False)["input_ids"]
-        if len(ids) <= max_len:
-            return ids, False
-        # Keep the closing special token (</s>) after cutting.
-        return ids[: max_len - 1] + ids[-1:], True
-    template = prompt or DEFAULT_PROMPT
-    head, tail = template.split("{dialogue}")
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": template.format(dialogue="\0")}],
-                                             add_generation_prompt=True, tokenize=False)
-        head, tail = text.split("\0")
-        head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-    else:
-        head_ids = tokenizer(head)["input_ids"]  # with the tokenizer's bos
-    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
-    dia_ids = tokenizer(dialogue, add_special_tokens=False)["input_ids"]
-    budget = max(max_len - len(head_ids) - len(tail_ids), 1)
-    return head_ids + dia_ids[:budget] + tail_ids, len(dia_ids) > budget
 
 
 def generation_kwargs(gen: dict, max_target_len: int | None = None) -> dict:
@@ -52,14 +25,6 @@ def generation_kwargs(gen: dict, max_target_len: int | None = None) -> dict:
     if max_target_len:
         kw["max_new_tokens"] = min(kw["max_new_tokens"], max_target_len + 1)
     return kw
-
-
-def decode(tokenizer, ids) -> str:
-    """Decode keeping every added token (tags); drop only pad/bos/eos/unk."""
-    text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    for tok in {tokenizer.pad_token, tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token} - {None}:
-        text = text.replace(tok, "")
-    return " ".join(text.split())
 
 
 @functools.cache
@@ -104,7 +69,8 @@ def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, ma
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    encoded = [source_ids(tokenizer, d, family, max_source_len, prompt)[0] for d in dialogues]
+    conv = conventions(tokenizer, family, model.config)
+    encoded = [source_ids(tokenizer, d, conv, max_source_len, prompt)[0] for d in dialogues]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     kw = generation_kwargs(gen)
     pad = tokenizer.pad_token_id
@@ -139,7 +105,7 @@ def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, ma
             valid = torch.isfinite(trans) & (new[:, -trans.shape[1]:] != pad)
             lps = [(t[v].sum() / max(int(v.sum()), 1)).item() for t, v in zip(trans, valid)]
         for j, i in enumerate(batch):
-            out_text[i] = decode(tokenizer, new[j].tolist())
+            out_text[i] = decode(tokenizer, new[j].tolist(), conv)
             out_lp[i] = float(lps[j]) if math.isfinite(lps[j]) else -1e9
     model.train(was_training)
     return out_text, out_lp

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import torch
 
-from .data import PII_TAGS, SPEAKER_TAGS
+from .sequences import TAGS, prepare_tokenizer
 
 log = logging.getLogger(__name__)
 
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
-TAGS = SPEAKER_TAGS + PII_TAGS
-DEFAULT_PROMPT = "다음 대화를 요약하세요.\n### 대화:\n{dialogue}\n### 요약:\n"
 
 # LoRA targets per architecture; anything else falls back to peft's own table.
 LORA_TARGETS = {
@@ -79,18 +77,6 @@ def train_tokenizer(texts: list[str], vocab_size: int, family: str):
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
 
 
-def add_tags(tokenizer) -> int:
-    """Make every speaker/PII tag a single, non-special token; returns how many were new."""
-    from tokenizers import AddedToken
-
-    vocab = tokenizer.get_vocab()
-    new = [AddedToken(t, normalized=False, special=False) for t in TAGS if t not in vocab]
-    n = tokenizer.add_tokens(new) if new else 0
-    if tokenizer.pad_token is None:  # most causal LMs ship without one
-        tokenizer.pad_token = tokenizer.eos_token
-    return n
-
-
 def scratch_config(entry: dict, tokenizer):
     """A small config of the entry's architecture, sized by ``arch``."""
     from transformers import BartConfig, GPTNeoXConfig, LlamaConfig
@@ -127,7 +113,7 @@ def build_init(entry: dict, train_texts: list[str], out_dir: Path, seed: int) ->
     else:
         src = resolve_checkpoint(entry.get("tokenizer") or entry["pretrained"])
         tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=entry.get("trust_remote_code", False))
-    n = add_tags(tokenizer)
+    n = prepare_tokenizer(tokenizer)
     log.info("tokenizer: %d tokens (%d tags added)", len(tokenizer), n)
     tokenizer.save_pretrained(out_dir)
     if entry.get("pretrained") is None:
@@ -155,7 +141,7 @@ def build_warm_start(entry: dict, out_dir: Path, seed: int) -> None:
         tokenizer.bos_token = tokenizer.cls_token
     if tokenizer.eos_token is None:
         tokenizer.eos_token = tokenizer.sep_token
-    n = add_tags(tokenizer)
+    n = prepare_tokenizer(tokenizer)
     torch.manual_seed(seed)
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(
         enc, dec, tie_encoder_decoder=entry.get("tie_encoder_decoder", False), trust_remote_code=trust)

@@ -21,6 +21,7 @@ import torch
 from . import generation
 from .data import references
 from .metrics import Scorer
+from .sequences import build_features
 
 log = logging.getLogger(__name__)
 
@@ -32,32 +33,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def build_features(df: pd.DataFrame, tokenizer, entry: dict,
-                   decoder_start_token_id: int | None = None) -> tuple[list[dict], int]:
-    """Token ids per row and how many dialogues were truncated to ``max_source_len``.
-
-    causal rows are ``prompt + summary + eos`` with the prompt's labels set to -100, so the loss is on
-    the summary alone; the summary is never cut for the dialogue's sake. seq2seq labels drop a leading
-    token equal to ``decoder_start_token_id`` (BERT2BERT: [CLS] starts the decoder *and* every tokenized
-    summary); learning "[CLS] -> [CLS]" would make greedy search repeat [CLS] forever.
-    """
-    family, max_src, max_tgt = entry["family"], entry["max_source_len"], entry["max_target_len"]
-    feats, truncated = [], 0
-    for dialogue, summary in zip(df["dialogue"], df["summary"]):
-        src, cut = generation.source_ids(tokenizer, dialogue, family, max_src, entry.get("prompt"))
-        truncated += cut
-        if family == "seq2seq":
-            labels = tokenizer(text_target=summary, truncation=True, max_length=max_tgt)["input_ids"]
-            if decoder_start_token_id is not None and labels[:1] == [decoder_start_token_id]:
-                labels = labels[1:]
-            feats.append({"input_ids": src, "attention_mask": [1] * len(src), "labels": labels})
-        else:
-            tgt = tokenizer(summary, add_special_tokens=False)["input_ids"][: max_tgt] + [tokenizer.eos_token_id]
-            ids = src + tgt
-            feats.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(src) + tgt})
-    return feats, truncated
 
 
 def mixed_precision(choice: str) -> dict:
@@ -170,14 +145,13 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
     family = entry["family"]
     tokenizer.padding_side = "right"
 
-    start = getattr(model.config, "decoder_start_token_id", None) if family == "seq2seq" else None
-    feats, truncated = build_features(train_df, tokenizer, entry, start)
+    feats, truncated = build_features(train_df, tokenizer, entry, model.config)
     if truncated:
         log.info("%d of %d training dialogues truncated to max_source_len=%d", truncated, len(feats),
                  entry["max_source_len"])
     if tcfg.get("eval_rows"):  # cheaper in-training evaluations on big validation sets; predict scores all
         val_df = val_df.head(tcfg["eval_rows"]).reset_index(drop=True)
-    val_feats, _ = build_features(val_df, tokenizer, entry, start)
+    val_feats, _ = build_features(val_df, tokenizer, entry, model.config)
     train_ds = Dataset.from_list(feats)
     val_ds = Dataset.from_list(val_feats)
 
