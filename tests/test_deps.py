@@ -1,0 +1,197 @@
+"""deps = code: every dvc.yaml stage depends on exactly the src/dialsum modules its script imports
+(transitively, module-level and function-level imports alike), on its own script, and on
+src/dialsum/resources when one of those modules reads it.
+
+A missing module dep means stale results (DVC doesn't re-run the stage when that code changes); an extra one
+means needless re-runs. The closure is computed from the current sources on every run, so adding an import in
+src/ or stages/ without updating dvc.yaml fails here."""
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "src" / "dialsum"
+PKG_DEP = "src/dialsum"
+RESOURCES_DEP = f"{PKG_DEP}/resources"
+# a path component "resources" in a string literal: "resources", "resources/x.tsv", ".../resources/..."
+RESOURCES_RE = re.compile(r"(^|/)resources(/|$)")
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted name relative to the package ('' for __init__, 'a', 'sub.b') -> file."""
+    out = {}
+    for path in PKG.rglob("*.py"):
+        parts = list(path.relative_to(PKG).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _is_trivial(path: Path) -> bool:
+    """An __init__.py with nothing but (optionally) a docstring: importing the package runs no code of ours."""
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+
+
+def _package_of(name: str, modules: dict[str, Path]) -> str:
+    """The package a module lives in ('' for top-level modules), for resolving relative imports."""
+    path = modules[name]
+    return name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+
+def _imports(tree: ast.AST, current: str | None, modules: dict[str, Path]) -> set[str]:
+    """dialsum modules (dotted, relative to the package) imported anywhere in `tree`, functions included.
+    `current` is the module's own name inside dialsum (None for a stage script: no relative imports)."""
+    found: set[str] = set()
+
+    def add(dotted: str) -> None:
+        # importing dialsum.a.b imports dialsum, dialsum.a and dialsum.a.b
+        parts = dotted.split(".") if dotted else []
+        for i in range(len(parts) + 1):
+            name = ".".join(parts[:i])
+            if name in modules:
+                found.add(name)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "dialsum" or alias.name.startswith("dialsum."):
+                    add(alias.name[len("dialsum."):] if "." in alias.name else "")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from . import a / from .a import b / from ..x import y
+                if current is None:
+                    continue
+                package = _package_of(current, modules)
+                base = package.split(".") if package else []
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif node.module == "dialsum" or (node.module or "").startswith("dialsum."):
+                target = node.module[len("dialsum."):] if "." in node.module else ""
+            else:
+                continue
+            add(target)
+            for alias in node.names:  # from pkg import a, b: a and b may be submodules
+                sub = f"{target}.{alias.name}" if target else alias.name
+                if sub in modules:
+                    found.add(sub)
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str) and node.args[0].value.startswith("dialsum.")
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
+            add(node.args[0].value[len("dialsum."):])
+    return found
+
+
+def _reads_resources(tree: ast.AST) -> bool:
+    """A string literal (docstrings aside) naming the resources folder: Path(__file__).parent / "resources",
+    files("dialsum") / "resources", files("dialsum").joinpath("resources/x.tsv")."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    return any(isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+               and RESOURCES_RE.search(n.value) for n in ast.walk(tree))
+
+
+def closure(script: Path) -> tuple[set[str], bool]:
+    """(repo-relative paths of the src/dialsum files `script` runs, whether any of them reads resources)."""
+    modules = _modules()
+    trees: dict[str, ast.AST] = {}
+
+    def tree(name: str) -> ast.AST:
+        if name not in trees:
+            trees[name] = ast.parse(modules[name].read_text(encoding="utf-8"), filename=str(modules[name]))
+        return trees[name]
+
+    todo = list(_imports(ast.parse(script.read_text(encoding="utf-8")), None, modules))
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo.extend(_imports(tree(name), name, modules) - seen)
+    # an empty package __init__ runs nothing: it is not code the stage depends on
+    seen = {n for n in seen if not (modules[n].name == "__init__.py" and _is_trivial(modules[n]))}
+    files = {modules[n].relative_to(ROOT).as_posix() for n in seen}
+    return files, any(_reads_resources(tree(n)) for n in seen)
+
+
+def _stages() -> dict[str, dict]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+
+
+def _script(cmd: str) -> str | None:
+    """stages/X.py from `python stages/X.py ...` (any single command naming a stages/*.py script)."""
+    for word in shlex.split(cmd if isinstance(cmd, str) else " ".join(cmd)):
+        if re.fullmatch(r"stages/[\w.-]+\.py", word):
+            return word
+    return None
+
+
+def _norm(dep: str) -> str:
+    return dep.strip().rstrip("/").removeprefix("./")
+
+
+def test_every_script_has_a_stage():
+    scripts = {_script(s["cmd"]) for s in _stages().values()}
+    orphans = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "stages").glob("*.py"))
+    orphans = [s for s in orphans if s not in scripts]
+    assert not orphans, f"stage scripts no dvc.yaml stage runs: {orphans}"
+
+
+def test_closure_sees_function_level_and_relative_imports():
+    # the mechanics this test relies on, on modules whose imports are known not to be module-level
+    tune, _ = closure(ROOT / "stages" / "tune.py")
+    assert f"{PKG_DEP}/generation.py" in tune  # training.py: `from . import generation`
+    assert f"{PKG_DEP}/io.py" in tune  # tuning.py: `from .io import atomic_dir` inside a function
+
+
+def test_stage_deps_match_code():
+    problems = []
+    for stage, spec in _stages().items():
+        script = _script(spec["cmd"])
+        if script is None:
+            problems.append(f"{stage}: cmd {spec['cmd']!r} runs no stages/*.py script")
+            continue
+        deps = {_norm(d) for d in spec.get("deps", [])}
+        if script not in deps:
+            problems.append(f"{stage}: does not list its own script {script}")
+        needed, resources = closure(ROOT / script)
+        if PKG_DEP in deps:  # the whole package: covers every module and the resources
+            continue
+        listed = {d for d in deps if d.startswith(f"{PKG_DEP}/") and d.endswith(".py")}
+        for m in sorted(needed - listed):
+            problems.append(f"{stage}: missing dep {m} (imported by {script}'s closure; results go stale)")
+        for m in sorted(listed - needed):
+            problems.append(f"{stage}: extra dep {m} (not imported by {script}'s closure; needless re-runs)")
+        if resources and RESOURCES_DEP not in deps:
+            problems.append(f"{stage}: missing dep {RESOURCES_DEP} (read by a module in {script}'s closure)")
+        elif not resources and RESOURCES_DEP in deps:
+            problems.append(f"{stage}: extra dep {RESOURCES_DEP} (no module in {script}'s closure reads it)")
+    assert not problems, "dvc.yaml deps drifted from the code:\n  " + "\n  ".join(problems)
+
+
+def test_no_top_level_plot_inside_a_cached_output():
+    """`dvc exp run` (and `exp save`) resolve every top-level `plots:` path through DVC's cache once the stages
+    have run; a path inside a cached output whose .dir is not in the local cache (a fresh clone: plots/*.png
+    inside the `plots` stage's directory output) fails the experiment with `failed to load directory`.
+    Declare such files as `plots:` of the stage that writes them instead."""
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
+    cached = set()
+    for stage in spec["stages"].values():
+        for kind in ("outs", "plots", "metrics"):
+            for out in stage.get(kind, []):
+                path, props = (out, {}) if isinstance(out, str) else next(iter(out.items()))
+                if (props or {}).get("cache", kind != "metrics"):
+                    cached.add(_norm(path))
+    top = [p if isinstance(p, str) else next(iter(p)) for p in spec.get("plots", [])]
+    inside = sorted(f"{p} (in output {o})" for p in map(_norm, top) for o in cached if p.startswith(f"{o}/"))
+    assert not inside, f"top-level plots inside cached outputs: {inside}"
