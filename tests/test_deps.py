@@ -195,3 +195,25 @@ def test_no_top_level_plot_inside_a_cached_output():
     top = [p if isinstance(p, str) else next(iter(p)) for p in spec.get("plots", [])]
     inside = sorted(f"{p} (in output {o})" for p in map(_norm, top) for o in cached if p.startswith(f"{o}/"))
     assert not inside, f"top-level plots inside cached outputs: {inside}"
+
+
+def test_committed_lock_matches_committed_code(tmp_path):
+    """Committed results = committed code: in a fresh clone of HEAD, `dvc status` may list outputs missing from
+    the cache, never a changed dependency or parameter (commit the re-run dvc.lock and metrics/ with every
+    change to a stage's code or params)."""
+    import json
+    import subprocess
+    import sys
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    p = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=clone, capture_output=True, text=True,
+                       check=True)
+    stale = []
+    for stage, changes in json.loads(p.stdout or "{}").items():
+        for change in changes if isinstance(changes, list) else []:
+            if isinstance(change, dict):
+                stale += [f"{stage}: {dep}" for dep, what in (change.get("changed deps") or {}).items()
+                          if what != "deleted"]
+                stale += [f"{stage}: param {k}" for k in (change.get("changed params") or {})]
+    assert not stale, "dvc.lock is stale against HEAD's code/params (run dvc repro, commit dvc.lock): " + "; ".join(stale[:10])

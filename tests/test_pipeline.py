@@ -388,3 +388,38 @@ def test_no_secret_reaches_any_output(project):
             hits += [f"{f.relative_to(dst)}: {k}" for k, v in SECRETS.items() if v.encode() in data]
     assert hits == []
     assert any((dst / "logs").iterdir()) and (dst / "dvc.lock").exists()
+
+
+def test_replicas_run_through_the_pipeline_and_load_in_plain_transformers(project, monkeypatch):
+    """Issue 19: KoBART / SOLAR-Instruct / Polyglot-ko replicas (real tokenizer conventions, random weights) as
+    `pretrained:` entries: init -> train -> predict in the matrix, and the saved folders (full weights, a
+    LoRA adapter) load and generate with transformers / peft alone."""
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    dst, _ = project
+    kobart_tok = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kobart-tokenizer"
+    for kind in ("kobart", "solar", "polyglot"):
+        run([sys.executable, "-m", "dialsum.cli", "replica", kind, "--out", f"models/replicas/{kind}", "--layers", "1",
+             "--d-model", "64", "--tokenizer", str(kobart_tok)], dst)
+    names = ["kobart-replica", "solar-replica", "polyglot-replica"]
+    out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", f"models=[{','.join(names)}]", "-S", "cv.folds=[0]",
+               "-S", "training.epochs=1", "-S", "generation.max_new_tokens=12"], dst).stdout
+    assert {f"{s}@{m}" for m in names for s in ("init", "train")} | {f"predict@{m}-0" for m in names} <= stages_run(out)
+    ens = json.loads((dst / "metrics/ensemble.json").read_text())
+    assert sorted(ens["sources"]) == sorted(f"{m}/0" for m in names)
+    monkeypatch.chdir(dst)  # the adapter names its base by the zoo entry's relative path
+    dialogue = pd.read_csv(dst / "data/processed/dev.csv")["dialogue"][0]
+    for name, load in (("kobart-replica", AutoModelForSeq2SeqLM.from_pretrained),
+                       ("solar-replica", AutoPeftModelForCausalLM.from_pretrained),
+                       ("polyglot-replica", AutoModelForCausalLM.from_pretrained)):
+        folder = dst / f"models/{name}/0"
+        assert (folder / ("adapter_model.safetensors" if name == "solar-replica" else "model.safetensors")).exists()
+        model, tok = load(str(folder)).eval(), AutoTokenizer.from_pretrained(folder)
+        enc = tok(dialogue, return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(**enc, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        assert ids.shape[1] >= 4
+        dev = pd.read_csv(dst / f"predictions/{name}/0/dev.csv", keep_default_na=False)
+        assert len(dev) == len(pd.read_csv(dst / "data/processed/dev.csv"))
