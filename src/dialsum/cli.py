@@ -197,8 +197,8 @@ def cmd_replica(a) -> int:
     except (DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{a.kind} replica: {a.out}  (use: dvc exp run -S 'zoo.{a.kind}-replica={{...}}' with pretrained: {a.out}, "
-          f"or point an entry's pretrained at it)")
+    print(f"{a.kind} replica: {a.out}  (use it as a zoo entry's `pretrained: {a.out}`; params.yaml's "
+          f"{a.kind}-replica expects models/replicas/{a.kind})")
     return 0
 
 
