@@ -131,8 +131,9 @@ def find_resume(ckpt_dir: Path, signature: str, resume: str) -> str | None:
 
 def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: pd.DataFrame,
           init_dir: Path, out_dir: Path, ckpt_dir: Path, live_dir: Path | None = None,
-          signature: str = "", trial=None) -> dict:
-    """Train, keep the best model by eval ``rouge_sum``, save it to ``out_dir``; returns eval metrics."""
+          signature: str = "", callbacks=(), track: bool = True) -> dict:
+    """Train, keep the best model by eval ``rouge_sum``, save it to ``out_dir``; returns eval metrics.
+    ``callbacks``: extra Trainer callbacks (the tune stage's pruning); ``track``: a W&B run when enabled."""
     from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer
     from datasets import Dataset
 
@@ -164,7 +165,9 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
                                       label_pad_token_id=-100, pad_to_multiple_of=8)
     scorer = Scorer.from_params(params)
     refs = references(val_df)
-    gen_cfg = {"num_beams": tcfg["eval_num_beams"], "max_new_tokens": entry["max_target_len"]}
+    # the in-training evaluation is bounded by the same token budget as predict
+    gen_cfg = {"num_beams": tcfg["eval_num_beams"], "max_new_tokens": entry["max_target_len"],
+               "batch_tokens": (params.get("generation") or {}).get("batch_tokens")}
 
     class SummarizationTrainer(Seq2SeqTrainer):
         """Seq2SeqTrainer whose evaluation adds ROUGE of our own batched generation."""
@@ -183,17 +186,13 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
         s = scorer.score(SummarizationTrainer.last_predictions, refs)
         return {k: s[k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
 
-    callbacks = []
+    callbacks = list(callbacks)
     if tcfg["early_stopping_patience"] > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=tcfg["early_stopping_patience"]))
     if live_dir is not None and rank() == 0:
         from dvclive import Live
 
         callbacks.append(_dvclive_callback()(live=Live(str(live_dir), report=None, save_dvc_exp=False, dvcyaml=None)))
-    if trial is not None:
-        from .tuning import PruningCallback
-
-        callbacks.append(PruningCallback(trial))
 
     trainer = SummarizationTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
@@ -220,7 +219,7 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
     from .tracking import start_wandb
 
     run = (start_wandb(params, f"{model_name}-{fold}", (model_name, f"fold-{fold}"))
-           if trial is None and rank() == 0 else None)
+           if track and rank() == 0 else None)
     if trainer.args.world_size > 1:
         log.info("rank %d of %d processes (%s)", rank(), trainer.args.world_size, trainer.args.parallel_mode.value)
     try:

@@ -323,7 +323,7 @@ def run_study(params: dict, train_df: pd.DataFrame, val_df: pd.DataFrame, init_d
         try:
             out_dir = tdir / "model" if tunes_generation else None
             metrics = train(trial_params, model, t["fold"], train_df, val_df, init_dir, out_dir, tdir / "ckpt",
-                            None, f"trial-{trial.number}", trial=trial)
+                            None, f"trial-{trial.number}", callbacks=[PruningCallback(trial)], track=False)
             value = metrics["rouge_sum"]
             if tunes_generation:
                 m, tok, family = load_for_inference(out_dir, trial_params["zoo"][model])
