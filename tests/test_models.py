@@ -185,3 +185,55 @@ def test_beam_cache_skipping_cross_attention_reorder_changes_nothing(tmp_path):
     assert torch.equal(plain.sequences, ours.sequences)
     assert torch.allclose(plain.sequences_scores, ours.sequences_scores)
     assert generation.beam_cache(model, 1) == {}
+
+
+def test_token_batches_bound_the_cost_and_keep_every_input_once():
+    lengths = sorted([300, 280, 250, 120, 100, 90, 80, 40, 30, 20, 10, 5], reverse=True)
+    for budget in (None, 4000, 1200, 100):
+        batches = generation.token_batches(lengths, 6, budget, num_beams=2, max_new_tokens=16)
+        assert [i for b in batches for i in b] == list(range(len(lengths)))  # order kept, nothing lost
+        for b in batches:
+            assert len(b) <= 6
+            cost = len(b) * 2 * (max(lengths[i] for i in b) + 16)
+            assert budget is None or cost <= budget or len(b) == 1  # one over-long input goes alone
+    small = generation.token_batches(lengths, 64, 1200, num_beams=2, max_new_tokens=16)
+    assert len(small[0]) == 1 and len(small[-1]) > 1  # long inputs get small batches, short ones large
+
+
+def test_summaries_do_not_depend_on_the_batching(tmp_path):
+    """Issue 21: a token budget changes only how inputs are grouped, never a summary or its score."""
+    models.build_init(BART, TEXTS, tmp_path, seed=0)
+    model, tok, family = models.load_for_inference(tmp_path)
+    dialogues = [TEXTS[i % 2][: 12 + 7 * i] for i in range(9)]
+    runs = []
+    for budget in (None, 150):
+        gen = {"num_beams": 3, "max_new_tokens": 10, "min_new_tokens": 4, "batch_tokens": budget}
+        runs.append(generation.summarize(model, tok, family, dialogues, gen, 64, batch_size=8, progress=False))
+    assert runs[0][0] == runs[1][0]
+    assert all(abs(a - b) < 1e-4 for a, b in zip(runs[0][1], runs[1][1]))
+
+
+def test_gpu_out_of_memory_halves_the_batch_and_logs_once(tmp_path, monkeypatch, caplog):
+    """Issue 21: an OOM in generate never loses the run: the batch is split and retried, the same summaries."""
+    import torch
+
+    models.build_init(BART, TEXTS, tmp_path, seed=0)
+    model, tok, family = models.load_for_inference(tmp_path)
+    dialogues = [TEXTS[i % 2][: 15 + 5 * i] for i in range(7)]
+    gen = {"num_beams": 2, "max_new_tokens": 6}
+    want = generation.summarize(model, tok, family, dialogues, gen, 64, batch_size=8, progress=False)
+    real, sizes = generation._generate_batch, []
+
+    def small_memory(model, tokenizer, conv, seqs, kw, processor=None):
+        sizes.append(len(seqs))
+        if len(seqs) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, tokenizer, conv, seqs, kw, processor)
+
+    monkeypatch.setattr(generation, "_generate_batch", small_memory)
+    monkeypatch.setattr(generation, "_halved", False)
+    with caplog.at_level("WARNING", logger="dialsum.generation"):
+        got = generation.summarize(model, tok, family, dialogues, gen, 64, batch_size=8, progress=False)
+    assert got[0] == want[0]
+    assert sizes[0] == 7 and sum(n for n in sizes if n <= 2) == 7  # split until it fitted, each row once
+    assert sum("halving" in r.message for r in caplog.records) == 1

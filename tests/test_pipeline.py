@@ -423,3 +423,15 @@ def test_replicas_run_through_the_pipeline_and_load_in_plain_transformers(projec
         assert ids.shape[1] >= 4
         dev = pd.read_csv(dst / f"predictions/{name}/0/dev.csv", keep_default_na=False)
         assert len(dev) == len(pd.read_csv(dst / "data/processed/dev.csv"))
+
+
+def test_exp_run_tune_in_a_fresh_clone(tmp_path, root=Path(__file__).resolve().parents[1]):
+    """Issue 20: a clone that has neither run nor pulled the pipeline can run `dvc exp run tune` (it used to
+    fail while saving the experiment: `failed to load directory ('plots',)`, the committed lock's plots folder
+    not being in the clone's cache)."""
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path)
+    out = run([sys.executable, "-m", "dvc", "exp", "run", "tune", "-S", "tune.n_trials=1", "-S", "debug.subsample=40",
+               "-S", "training.epochs=1"], clone)
+    assert stages_run(out.stdout) == {"prepare", "tune"}
+    assert json.loads((clone / "metrics/tune.json").read_text())["n_trials"] == 1

@@ -106,8 +106,8 @@ def cmd_summarize(a) -> int:
     model, tok, family = models.load_for_inference(Path(a.model))
     tok.padding_side = "left"
     dialogues = [clean_text(d) for d in df["dialogue"]]
-    texts, _ = generation.summarize(model, tok, family, dialogues, gen, a.max_source_len, a.batch_size,
-                                    desc="summarize")
+    texts, _ = generation.summarize(model, tok, family, dialogues, gen, a.max_source_len,
+                                    a.batch_size or gen.get("batch_size", 32), desc="summarize")
     write_csv(a.output, pd.DataFrame({"fname": df["fname"], "summary": texts}))
     print(f"{len(texts)} summaries -> {a.output}")
     return 0
@@ -291,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--params", default="params.yaml",
                    help="generation settings (and, with --ensemble, the models, folds, TTA and strategy)")
     p.add_argument("--num-beams", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="most dialogues per generate call (default: generation.batch_size; generation.batch_tokens "
+                        "bounds the tokens)")
     p.add_argument("--max-source-len", type=int, default=512)
     p.set_defaults(fn=cmd_summarize)
 

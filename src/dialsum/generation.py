@@ -27,6 +27,25 @@ def generation_kwargs(gen: dict, max_target_len: int | None = None) -> dict:
     return kw
 
 
+def token_batches(lengths: list[int], max_count: int, max_tokens: int | None, num_beams: int = 1,
+                  max_new_tokens: int = 0) -> list[list[int]]:
+    """Consecutive index batches over ``lengths`` (sorted longest first) whose cost stays within
+    ``max_tokens``: dialogues x beams x (padded source + new tokens), the size of what generation holds per
+    layer (encoder states or prompt cache, beam caches, scores). Long inputs get small batches, short ones
+    large; never more than ``max_count`` dialogues; a single dialogue over the budget goes alone."""
+    batches: list[list[int]] = []
+    for i, n in enumerate(lengths):
+        if batches:
+            b = batches[-1]
+            width = max(lengths[b[0]], n)
+            if len(b) < max_count and (not max_tokens or (len(b) + 1) * num_beams * (width + max_new_tokens)
+                                       <= max_tokens):
+                b.append(i)
+                continue
+        batches.append([i])
+    return batches
+
+
 @functools.cache
 def _beam_cache_class():
     from transformers import EncoderDecoderCache
@@ -60,55 +79,87 @@ def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, ma
               progress: bool = True, processor=None) -> tuple[list[str], list[float]]:
     """Summaries and their mean token log-probability, in input order.
 
-    Inputs are sorted by length so each batch pads little, then put back in order. ``processor(inputs,
-    num_beams, width)``, when given, makes a logits processor per batch whose output scores are already
-    log-probabilities (model averaging).
+    Inputs are sorted by length and cut into :func:`token_batches` (at most ``batch_size`` dialogues and
+    ``gen["batch_tokens"]`` tokens each), then put back in order. ``processor(inputs, num_beams, width)``,
+    when given, makes a logits processor per batch whose output scores are already log-probabilities (model
+    averaging).
     """
     if not dialogues:
         return [], []
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     conv = conventions(tokenizer, family, model.config)
     encoded = [source_ids(tokenizer, d, conv, max_source_len, prompt)[0] for d in dialogues]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     kw = generation_kwargs(gen)
-    pad = tokenizer.pad_token_id
     out_text: list[str] = [""] * len(dialogues)
     out_lp: list[float] = [0.0] * len(dialogues)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = token_batches([len(encoded[i]) for i in order], batch_size, gen.get("batch_tokens"),
+                            kw["num_beams"], kw["max_new_tokens"])
+    batches = [[order[j] for j in b] for b in batches]
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        seqs = [encoded[i] for i in batch]
-        width = max(map(len, seqs))
-        # causal models continue the prompt, so pad on the left; encoders pad on the right
-        if family == "causal":
-            ids = [[pad] * (width - len(s)) + s for s in seqs]
-            mask = [[0] * (width - len(s)) + [1] * len(s) for s in seqs]
-        else:
-            ids = [s + [pad] * (width - len(s)) for s in seqs]
-            mask = [[1] * len(s) + [0] * (width - len(s)) for s in seqs]
-        inputs = dict(input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device))
-        extra = {}
-        if processor is not None:
-            from transformers import LogitsProcessorList
-
-            extra["logits_processor"] = LogitsProcessorList([processor(inputs, kw["num_beams"], width)])
-        extra.update(beam_cache(model, kw["num_beams"]))
-        res = model.generate(**inputs, **kw, **extra, return_dict_in_generate=True, output_scores=True,
-                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-        new = res.sequences[:, width:] if family == "causal" else res.sequences
-        if getattr(res, "sequences_scores", None) is not None:
-            lps = res.sequences_scores.tolist()
-        else:
-            # raw logits need a log-softmax; a processor's averaged log-probs are taken as they are
-            trans = model.compute_transition_scores(res.sequences, res.scores, normalize_logits=processor is None)
-            valid = torch.isfinite(trans) & (new[:, -trans.shape[1]:] != pad)
-            lps = [(t[v].sum() / max(int(v.sum()), 1)).item() for t, v in zip(trans, valid)]
+        texts, lps = _generate_halving(model, tokenizer, conv, [encoded[i] for i in batch], kw, processor)
         for j, i in enumerate(batch):
-            out_text[i] = decode(tokenizer, new[j].tolist(), conv)
-            out_lp[i] = float(lps[j]) if math.isfinite(lps[j]) else -1e9
+            out_text[i], out_lp[i] = texts[j], lps[j]
     model.train(was_training)
     return out_text, out_lp
+
+
+_halved = False
+
+
+def _generate_halving(model, tokenizer, conv, seqs: list[list[int]], kw: dict, processor=None):
+    """:func:`_generate_batch`, halving the batch and retrying on a GPU out-of-memory error (logged once per
+    process) instead of losing the run. Per-dialogue outputs do not depend on the split."""
+    global _halved
+    try:
+        return _generate_batch(model, tokenizer, conv, seqs, kw, processor)
+    except torch.OutOfMemoryError:
+        if len(seqs) == 1:
+            raise
+        if not _halved:
+            log.warning("out of memory generating %d dialogues at once: halving the batch and retrying "
+                        "(lower generation.batch_tokens to avoid the retries)", len(seqs))
+            _halved = True
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    half = len(seqs) // 2
+    a = _generate_halving(model, tokenizer, conv, seqs[:half], kw, processor)
+    b = _generate_halving(model, tokenizer, conv, seqs[half:], kw, processor)
+    return a[0] + b[0], a[1] + b[1]
+
+
+def _generate_batch(model, tokenizer, conv, seqs: list[list[int]], kw: dict, processor=None):
+    """One ``generate`` call: (texts, mean token log-probs). Everything it allocates (the beam search's
+    per-step scores, the KV caches the output holds) dies when it returns, before the next batch starts."""
+    pad, device = tokenizer.pad_token_id, next(model.parameters()).device
+    width = max(map(len, seqs))
+    # causal models continue the prompt, so pad on the left; encoders pad on the right
+    if conv.family == "causal":
+        ids = [[pad] * (width - len(s)) + s for s in seqs]
+        mask = [[0] * (width - len(s)) + [1] * len(s) for s in seqs]
+    else:
+        ids = [s + [pad] * (width - len(s)) for s in seqs]
+        mask = [[1] * len(s) + [0] * (width - len(s)) for s in seqs]
+    inputs = dict(input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device))
+    extra = {}
+    if processor is not None:
+        from transformers import LogitsProcessorList
+
+        extra["logits_processor"] = LogitsProcessorList([processor(inputs, kw["num_beams"], width)])
+    extra.update(beam_cache(model, kw["num_beams"]))
+    res = model.generate(**inputs, **kw, **extra, return_dict_in_generate=True, output_scores=True,
+                         pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    new = res.sequences[:, width:] if conv.family == "causal" else res.sequences
+    if getattr(res, "sequences_scores", None) is not None:
+        lps = res.sequences_scores.tolist()
+    else:
+        # raw logits need a log-softmax; a processor's averaged log-probs are taken as they are
+        trans = model.compute_transition_scores(res.sequences, res.scores, normalize_logits=processor is None)
+        valid = torch.isfinite(trans) & (new[:, -trans.shape[1]:] != pad)
+        lps = [(t[v].sum() / max(int(v.sum()), 1)).item() for t, v in zip(trans, valid)]
+    texts = [decode(tokenizer, row.tolist(), conv) for row in new]
+    return texts, [float(lp) if math.isfinite(lp) else -1e9 for lp in lps]
 
 
 class _AveragedLogProbs:

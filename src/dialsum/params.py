@@ -187,7 +187,7 @@ SPEC = {
         "num_beams": integer(1), "max_new_tokens": integer(1), "min_new_tokens": integer(0),
         "do_sample": boolean(), "temperature": number(0), "top_p": number(0, 1),
         "repetition_penalty": number(0), "no_repeat_ngram_size": integer(0), "length_penalty": number(),
-        "batch_size": integer(1),
+        "batch_size": integer(1), "batch_tokens": integer(1, null=True),
     }),
     "metrics": section({"tokenize": choice("morpheme", "whitespace", "default"),
                         "multi_ref": choice("max", "mean"), "remove_tokens": list_of(string())}),
