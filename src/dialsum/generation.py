@@ -97,10 +97,14 @@ def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, ma
     batches = token_batches([len(encoded[i]) for i in order], batch_size, gen.get("batch_tokens"),
                             kw["num_beams"], kw["max_new_tokens"])
     batches = [[order[j] for j in b] for b in batches]
+    fits = None  # after an out-of-memory error: the most dialogues that then fitted in one call
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        texts, lps = _generate_halving(model, tokenizer, conv, [encoded[i] for i in batch], kw, processor)
-        for j, i in enumerate(batch):
-            out_text[i], out_lp[i] = texts[j], lps[j]
+        for part in (batch[k:k + fits] for k in range(0, len(batch), fits)) if fits else [batch]:
+            texts, lps, fitted = _generate_halving(model, tokenizer, conv, [encoded[i] for i in part], kw, processor)
+            if fitted < len(part):
+                fits = fitted
+            for j, i in enumerate(part):
+                out_text[i], out_lp[i] = texts[j], lps[j]
     model.train(was_training)
     return out_text, out_lp
 
@@ -110,10 +114,11 @@ _halved = False
 
 def _generate_halving(model, tokenizer, conv, seqs: list[list[int]], kw: dict, processor=None):
     """:func:`_generate_batch`, halving the batch and retrying on a GPU out-of-memory error (logged once per
-    process) instead of losing the run. Per-dialogue outputs do not depend on the split."""
+    process) instead of losing the run; also returns the most dialogues that fitted in one call, so the
+    caller sizes later batches by it. Per-dialogue outputs do not depend on the split."""
     global _halved
     try:
-        return _generate_batch(model, tokenizer, conv, seqs, kw, processor)
+        return (*_generate_batch(model, tokenizer, conv, seqs, kw, processor), len(seqs))
     except torch.OutOfMemoryError:
         if len(seqs) == 1:
             raise
@@ -121,12 +126,12 @@ def _generate_halving(model, tokenizer, conv, seqs: list[list[int]], kw: dict, p
             log.warning("out of memory generating %d dialogues at once: halving the batch and retrying "
                         "(lower generation.batch_tokens to avoid the retries)", len(seqs))
             _halved = True
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    if torch.cuda.is_available():  # outside the handler: the traceback no longer holds the failed tensors
+        torch.cuda.empty_cache()
     half = len(seqs) // 2
     a = _generate_halving(model, tokenizer, conv, seqs[:half], kw, processor)
     b = _generate_halving(model, tokenizer, conv, seqs[half:], kw, processor)
-    return a[0] + b[0], a[1] + b[1]
+    return a[0] + b[0], a[1] + b[1], max(a[2], b[2])
 
 
 def _generate_batch(model, tokenizer, conv, seqs: list[list[int]], kw: dict, processor=None):
@@ -156,7 +161,9 @@ def _generate_batch(model, tokenizer, conv, seqs: list[list[int]], kw: dict, pro
     else:
         # raw logits need a log-softmax; a processor's averaged log-probs are taken as they are
         trans = model.compute_transition_scores(res.sequences, res.scores, normalize_logits=processor is None)
-        valid = torch.isfinite(trans) & (new[:, -trans.shape[1]:] != pad)
+        # up to and including the first EOS (whether or not the pad token is the EOS, as in most causal LMs)
+        is_eos = new[:, -trans.shape[1]:] == tokenizer.eos_token_id
+        valid = torch.isfinite(trans) & ((is_eos.long().cumsum(1) - is_eos.long()) == 0)
         lps = [(t[v].sum() / max(int(v.sum()), 1)).item() for t, v in zip(trans, valid)]
     texts = [decode(tokenizer, row.tolist(), conv) for row in new]
     return texts, [float(lp) if math.isfinite(lp) else -1e9 for lp in lps]

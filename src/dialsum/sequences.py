@@ -45,8 +45,13 @@ def conventions(tokenizer, family: str, config=None) -> Conventions:
     """The conventions of ``config``'s checkpoint (a transformers config, or None: the tokenizer decides)."""
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no eos_token: summaries could never end")
+    if isinstance(config, int):
+        raise TypeError("conventions/build_features take the model's config, not a decoder start id")
     if family == "seq2seq":
-        start = getattr(config, "decoder_start_token_id", None) if config is not None else None
+        start = None
+        if config is not None:  # as generate starts the decoder (models.sync_generation_ids' fallback: EOS)
+            start = getattr(config, "decoder_start_token_id", None)
+            start = tokenizer.eos_token_id if start is None else start
         return Conventions(family, tokenizer.bos_token_id, tokenizer.eos_token_id, start)
     bos = None
     if tokenizer.bos_token_id is not None:
@@ -97,7 +102,8 @@ def target_ids(tokenizer, summary: str, conv: Conventions, max_len: int) -> list
     ids = _ids(tokenizer, summary)
     if conv.family != "seq2seq":
         return ids[:max_len] + [conv.eos]
-    head = [conv.bos] if conv.bos is not None and conv.bos != conv.decoder_start else []
+    # never a label equal to the decoder start, and never EOS twice (a tokenizer whose bos is its eos)
+    head = [conv.bos] if conv.bos not in (None, conv.decoder_start, conv.eos) else []
     return head + ids[: max(max_len - len(head) - 1, 0)] + [conv.eos]
 
 
@@ -123,7 +129,8 @@ def decode(tokenizer, ids, conv: Conventions | None = None) -> str:
     """Generated ids as text: leading start tokens dropped, cut at the first EOS, every added token (tags)
     kept; any stray pad/bos/eos/unk text removed; whitespace collapsed."""
     ids = list(ids)
-    start = {tokenizer.bos_token_id, tokenizer.pad_token_id} - {None}
+    # BART's decoder starts with EOS; a causal model's leading EOS (an empty summary) is followed only by pads
+    start = {tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
     if conv is not None and conv.decoder_start is not None:
         start.add(conv.decoder_start)
     while ids and ids[0] in start:
