@@ -119,9 +119,9 @@ def layers(args) -> dict:
     from dialsum import memory, models, replica
 
     out = {}
-    for name, hub, build in (("solar", "upstage/SOLAR-10.7B-Instruct-v1.0", replica.solar_config),
-                             ("polyglot", "EleutherAI/polyglot-ko-12.8b", replica.polyglot_config)):
-        cfg = build(layers=1)
+    for name in ("solar", "polyglot"):
+        hub = replica.HUB[name]
+        cfg = replica.published_config(name, layers=1)
         cfg.vocab_size = 256
         work = Path(tempfile.mkdtemp(prefix=f"{name}-layer-"))
         torch.manual_seed(0)

@@ -11,22 +11,31 @@ import torch
 
 from .models import LORA_TARGETS, lora_targets, scratch_config
 
-# config.json of each hub checkpoint (only the keys that decide the parameter count).
+# config.json of each hub checkpoint: the keys that decide the parameter count, plus the published token ids
+# and positions, which `dialsum replica` builds its random-weight replicas from (sources: README, "Using real
+# checkpoints").
 REFERENCE_CONFIGS = {
     "gogamza/kobart-base-v2": dict(model_type="bart", vocab_size=30000, d_model=768, encoder_layers=6,
                                    decoder_layers=6, encoder_attention_heads=16, decoder_attention_heads=16,
-                                   encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1026),
+                                   encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1026,
+                                   activation_function="gelu", scale_embedding=False, tie_word_embeddings=True,
+                                   bos_token_id=1, eos_token_id=1, pad_token_id=3, decoder_start_token_id=1,
+                                   forced_eos_token_id=1),
     "upstage/SOLAR-10.7B-Instruct-v1.0": dict(model_type="llama", vocab_size=32000, hidden_size=4096,
                                               intermediate_size=14336, num_hidden_layers=48,
                                               num_attention_heads=32, num_key_value_heads=8,
-                                              tie_word_embeddings=False),
+                                              max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
+                                              tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                                              pad_token_id=2),
     # KoSOLAR's extended Korean vocabulary (48,000 tokens); otherwise SOLAR's architecture.
     "LDCC/LDCC-SOLAR-10.7B": dict(model_type="llama", vocab_size=48000, hidden_size=4096, intermediate_size=14336,
                                   num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=8,
                                   tie_word_embeddings=False),
     "EleutherAI/polyglot-ko-12.8b": dict(model_type="gpt_neox", vocab_size=30080, hidden_size=5120,
                                          intermediate_size=20480, num_hidden_layers=40, num_attention_heads=40,
-                                         rotary_pct=0.5, tie_word_embeddings=False),
+                                         max_position_embeddings=2048, rotary_pct=0.5, rotary_emb_base=10000,
+                                         use_parallel_residual=True, layer_norm_eps=1e-5, tie_word_embeddings=False,
+                                         bos_token_id=0, eos_token_id=2),
 }
 # Fine-tunes that keep their base model's architecture.
 REFERENCE_CONFIGS["nlpai-lab/kullm-polyglot-12.8b-v2"] = REFERENCE_CONFIGS["EleutherAI/polyglot-ko-12.8b"]

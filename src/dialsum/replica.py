@@ -41,6 +41,10 @@ SOLAR_CHAT_TEMPLATE = (
 POLYGLOT_SPECIAL = ["<|sep|>", "<|acc|>", "<|endoftext|>", "<|tel|>", "<|rrn|>"]  # <|endoftext|> = 2 (eos)
 
 
+HUB = {"kobart": "gogamza/kobart-base-v2", "solar": "upstage/SOLAR-10.7B-Instruct-v1.0",
+       "polyglot": "EleutherAI/polyglot-ko-12.8b"}
+
+
 def _heads(d_model: int, head_dim: int) -> int:
     heads = max(1, d_model // head_dim)
     while d_model % heads:
@@ -48,46 +52,37 @@ def _heads(d_model: int, head_dim: int) -> int:
     return heads
 
 
-def kobart_config(layers: int | None = None, d_model: int | None = None):
-    from transformers import BartConfig
+def published_config(kind: str, layers: int | None = None, d_model: int | None = None):
+    """The checkpoint's config (:data:`dialsum.memory.REFERENCE_CONFIGS`), optionally with fewer layers or a
+    narrower width; heads keep the published head width where they can, FFNs their published ratio."""
+    from transformers import AutoConfig
 
-    d = d_model or 768
-    n = layers or 6
-    heads = 16 if d == 768 else _heads(d, 48)
-    return BartConfig(vocab_size=30000, d_model=d, encoder_layers=n, decoder_layers=n, encoder_attention_heads=heads,
-                      decoder_attention_heads=heads, encoder_ffn_dim=4 * d, decoder_ffn_dim=4 * d,
-                      max_position_embeddings=1026, activation_function="gelu", scale_embedding=False,
-                      bos_token_id=1, eos_token_id=1, pad_token_id=3, decoder_start_token_id=1,
-                      forced_eos_token_id=1, tie_word_embeddings=True)
+    from .memory import REFERENCE_CONFIGS
 
-
-def solar_config(layers: int | None = None, d_model: int | None = None):
-    from transformers import LlamaConfig
-
-    d = d_model or 4096
-    heads = 32 if d == 4096 else _heads(d, 128)
-    kv = 8 if d == 4096 else max(1, heads // 4)
-    while heads % kv:
-        kv -= 1
-    ffn = 14336 if d == 4096 else 7 * d // 2
-    return LlamaConfig(vocab_size=32000, hidden_size=d, intermediate_size=ffn, num_hidden_layers=layers or 48,
-                       num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=4096,
-                       rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-                       bos_token_id=1, eos_token_id=2, pad_token_id=2)
-
-
-def polyglot_config(layers: int | None = None, d_model: int | None = None):
-    from transformers import GPTNeoXConfig
-
-    d = d_model or 5120
-    heads = 40 if d == 5120 else _heads(d, 128)
-    return GPTNeoXConfig(vocab_size=30080, hidden_size=d, intermediate_size=4 * d, num_hidden_layers=layers or 40,
-                         num_attention_heads=heads, max_position_embeddings=2048, rotary_pct=0.5,
-                         rotary_emb_base=10000, use_parallel_residual=True, layer_norm_eps=1e-5,
-                         tie_word_embeddings=False, bos_token_id=0, eos_token_id=2)
-
-
-CONFIGS = {"kobart": kobart_config, "solar": solar_config, "polyglot": polyglot_config}
+    cfg = dict(REFERENCE_CONFIGS[HUB[kind]])
+    if cfg["model_type"] == "bart":
+        d0, heads0 = cfg["d_model"], cfg["encoder_attention_heads"]
+        if layers:
+            cfg.update(encoder_layers=layers, decoder_layers=layers)
+        if d_model and d_model != d0:
+            heads = _heads(d_model, d0 // heads0)
+            ffn = cfg["encoder_ffn_dim"] * d_model // d0
+            cfg.update(d_model=d_model, encoder_attention_heads=heads, decoder_attention_heads=heads,
+                       encoder_ffn_dim=ffn, decoder_ffn_dim=ffn)
+    else:
+        d0, heads0 = cfg["hidden_size"], cfg["num_attention_heads"]
+        if layers:
+            cfg["num_hidden_layers"] = layers
+        if d_model and d_model != d0:
+            heads = _heads(d_model, d0 // heads0)
+            cfg.update(hidden_size=d_model, num_attention_heads=heads,
+                       intermediate_size=cfg["intermediate_size"] * d_model // d0)
+            if "num_key_value_heads" in cfg:  # grouped-query attention keeps its group size where it can
+                kv = max(1, heads * cfg["num_key_value_heads"] // heads0)
+                while heads % kv:
+                    kv -= 1
+                cfg["num_key_value_heads"] = kv
+    return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
 
 
 def _bpe_vocab(texts: list[str], vocab_size: int, pre_tokenizer, special: list[str], alphabet=()) -> tuple[dict, list]:
@@ -161,14 +156,10 @@ def build(kind: str, out: str | Path, texts: list[str], layers: int | None = Non
         tokenizer = solar_tokenizer(texts, vocab_size)
     else:
         tokenizer = polyglot_tokenizer(texts, vocab_size)
-    config = CONFIGS[kind](layers, d_model)
+    config = published_config(kind, layers, d_model)
     torch.manual_seed(seed)
     cls = AutoModelForSeq2SeqLM if kind == "kobart" else AutoModelForCausalLM
     model = cls.from_config(config)
-    gc = model.generation_config
-    gc.bos_token_id, gc.eos_token_id, gc.pad_token_id = config.bos_token_id, config.eos_token_id, config.pad_token_id
-    if kind == "kobart":
-        gc.decoder_start_token_id, gc.forced_eos_token_id = config.decoder_start_token_id, config.forced_eos_token_id
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
