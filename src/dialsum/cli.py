@@ -151,19 +151,26 @@ def cmd_env(a) -> int:
     return 0
 
 
+def _train_texts(path: str) -> list[str]:
+    """Cleaned dialogues and summaries of a train CSV: what a tokenizer built here is trained on."""
+    from .data import clean_text, read_csv
+
+    train = read_csv(path, "train")
+    return [clean_text(t) for t in list(train["dialogue"]) + list(train["summary"])]
+
+
 def cmd_tiny_models(a) -> int:
     """Offline stand-ins in HF format, loadable with ``from_pretrained(path)`` like a hub checkpoint."""
     from . import models
-    from .data import DataError, clean_text, read_csv
+    from .data import DataError
     from .params import ParamsError, load
 
     try:
         params = load(a.params)
-        train = read_csv(a.train, "train")
+        texts = _train_texts(a.train)
     except (ParamsError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    texts = [clean_text(t) for t in list(train["dialogue"]) + list(train["summary"])]
     scratch = {n: e for n, e in params["zoo"].items() if e.get("pretrained") is None and "arch" in e}
     names = a.names or list(scratch)
     unknown = [n for n in names if n not in scratch]
@@ -184,14 +191,13 @@ def cmd_tiny_models(a) -> int:
 def cmd_replica(a) -> int:
     """A random-weight replica of a real checkpoint (its architecture and tokenizer conventions)."""
     from . import replica
-    from .data import DataError, clean_text, read_csv
+    from .data import DataError
     from .io import atomic_dir
 
     try:
         texts = []
         if a.kind != "kobart":  # KoBART's own tokenizer is used as released; the others are trained on TRAIN
-            train = read_csv(a.train, "train")
-            texts = [clean_text(t) for t in list(train["dialogue"]) + list(train["summary"])]
+            texts = _train_texts(a.train)
         with atomic_dir(Path(a.out)) as tmp:
             replica.build(a.kind, tmp, texts, a.layers, a.d_model, a.tokenizer, a.vocab_size, a.seed)
     except (DataError, FileNotFoundError, ValueError) as e:
