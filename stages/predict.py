@@ -34,6 +34,8 @@ def main():
         digest.update(Path(f"predictions/{model_name}/{fold}/{split}.csv").read_bytes())
         log.info("%s: %d summaries (%d dialogues x views)", split, len(out), len(df))
         orig = out[out["view"] == "orig"]
+        if "candidate" in orig:  # a pool: the member's own summary is its first candidate
+            orig = orig[orig["candidate"] == 0]
         if split == "dev":
             scores = scorer.score(list(orig["summary"]), data.references(df))
         elif split == "oof" and len(df):

@@ -224,11 +224,11 @@ def test_gpu_out_of_memory_halves_the_batch_and_logs_once(tmp_path, monkeypatch,
     want = generation.summarize(model, tok, family, dialogues, gen, 64, batch_size=8, progress=False)
     real, sizes = generation._generate_batch, []
 
-    def small_memory(model, tokenizer, conv, seqs, kw, processor=None):
+    def small_memory(model, tokenizer, conv, seqs, kw, processor=None, keys=None):
         sizes.append(len(seqs))
         if len(seqs) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, tokenizer, conv, seqs, kw, processor)
+        return real(model, tokenizer, conv, seqs, kw, processor, keys)
 
     monkeypatch.setattr(generation, "_generate_batch", small_memory)
     monkeypatch.setattr(generation, "_halved", False)

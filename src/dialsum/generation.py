@@ -87,10 +87,7 @@ def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, ma
     if not dialogues:
         return [], []
     was_training = model.training
-    model.eval()
-    conv = conventions(tokenizer, family, model.config)
-    encoded = [source_ids(tokenizer, d, conv, max_source_len, prompt)[0] for d in dialogues]
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    conv, encoded, order = _encode_sorted(model, tokenizer, family, dialogues, max_source_len, prompt)
     kw = generation_kwargs(gen)
     out_text: list[str] = [""] * len(dialogues)
     out_lp: list[float] = [0.0] * len(dialogues)
@@ -100,7 +97,8 @@ def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, ma
     fits = None  # after an out-of-memory error: the most dialogues that then fitted in one call
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
         for part in (batch[k:k + fits] for k in range(0, len(batch), fits)) if fits else [batch]:
-            texts, lps, fitted = _generate_halving(model, tokenizer, conv, [encoded[i] for i in part], kw, processor)
+            texts, lps, _, fitted = _generate_halving(model, tokenizer, conv, [encoded[i] for i in part], kw,
+                                                      processor)
             if fitted < len(part):
                 fits = fitted
             for j, i in enumerate(part):
@@ -109,16 +107,27 @@ def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, ma
     return out_text, out_lp
 
 
+def _encode_sorted(model, tokenizer, family: str, dialogues: list[str], max_source_len: int, prompt):
+    """Puts ``model`` in eval mode; returns its conventions, each dialogue's source ids, and the indices
+    longest first (the order batches are cut in)."""
+    model.eval()
+    conv = conventions(tokenizer, family, model.config)
+    encoded = [source_ids(tokenizer, d, conv, max_source_len, prompt)[0] for d in dialogues]
+    return conv, encoded, sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+
+
 _halved = False
 
 
-def _generate_halving(model, tokenizer, conv, seqs: list[list[int]], kw: dict, processor=None):
+def _generate_halving(model, tokenizer, conv, seqs: list[list[int]], kw: dict, processor=None, keys=None):
     """:func:`_generate_batch`, halving the batch and retrying on a GPU out-of-memory error (logged once per
     process) instead of losing the run; also returns the most dialogues that fitted in one call, so the
-    caller sizes later batches by it. Per-dialogue outputs do not depend on the split."""
+    caller sizes later batches by it. Per-dialogue outputs do not depend on the split. ``keys`` (one per
+    input, e.g. its index) travel with the inputs to ``processor``."""
     global _halved
+    keys = list(range(len(seqs))) if keys is None else keys
     try:
-        return (*_generate_batch(model, tokenizer, conv, seqs, kw, processor), len(seqs))
+        return (*_generate_batch(model, tokenizer, conv, seqs, kw, processor, keys), len(seqs))
     except torch.OutOfMemoryError:
         if len(seqs) == 1:
             raise
@@ -129,14 +138,18 @@ def _generate_halving(model, tokenizer, conv, seqs: list[list[int]], kw: dict, p
     if torch.cuda.is_available():  # outside the handler: the traceback no longer holds the failed tensors
         torch.cuda.empty_cache()
     half = len(seqs) // 2
-    a = _generate_halving(model, tokenizer, conv, seqs[:half], kw, processor)
-    b = _generate_halving(model, tokenizer, conv, seqs[half:], kw, processor)
-    return a[0] + b[0], a[1] + b[1], max(a[2], b[2])
+    a = _generate_halving(model, tokenizer, conv, seqs[:half], kw, processor, keys[:half])
+    b = _generate_halving(model, tokenizer, conv, seqs[half:], kw, processor, keys[half:])
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2], max(a[3], b[3])
 
 
-def _generate_batch(model, tokenizer, conv, seqs: list[list[int]], kw: dict, processor=None):
-    """One ``generate`` call: (texts, mean token log-probs). Everything it allocates (the beam search's
-    per-step scores, the KV caches the output holds) dies when it returns, before the next batch starts."""
+def _generate_batch(model, tokenizer, conv, seqs: list[list[int]], kw: dict, processor=None, keys=None):
+    """One ``generate`` call: (texts, mean token log-probs, generated token counts), ``num_return_sequences``
+    rows per input (input-major). Everything it allocates (the beam search's per-step scores, the KV caches
+    the output holds) dies when it returns, before the next batch starts.
+
+    ``processor(inputs, num_beams, width, keys)`` makes a logits processor for this call; unless it has a
+    ``logprobs = False`` attribute its output scores are taken as log-probabilities (model averaging)."""
     pad, device = tokenizer.pad_token_id, next(model.parameters()).device
     width = max(map(len, seqs))
     # causal models continue the prompt, so pad on the left; encoders pad on the right
@@ -151,22 +164,157 @@ def _generate_batch(model, tokenizer, conv, seqs: list[list[int]], kw: dict, pro
     if processor is not None:
         from transformers import LogitsProcessorList
 
-        extra["logits_processor"] = LogitsProcessorList([processor(inputs, kw["num_beams"], width)])
+        proc = processor(inputs, kw["num_beams"], width, keys)
+        extra["logits_processor"] = LogitsProcessorList([proc])
     extra.update(beam_cache(model, kw["num_beams"]))
+    # sampled and diversity-penalised candidates are scored by the model's own distribution (before
+    # temperature, top-p or penalties), from the raw logits along each returned sequence's beam path
+    kw = dict(kw)
+    raw = kw.pop("raw_logprobs", False) or kw.get("do_sample", False) or \
+        getattr(extra.get("logits_processor", [None])[0], "penalizes", False)
     res = model.generate(**inputs, **kw, **extra, return_dict_in_generate=True, output_scores=True,
-                         pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+                         pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **({"output_logits": True} if raw else {}))
     new = res.sequences[:, width:] if conv.family == "causal" else res.sequences
-    if getattr(res, "sequences_scores", None) is not None:
+    if not raw and getattr(res, "sequences_scores", None) is not None:
         lps = res.sequences_scores.tolist()
     else:
         # raw logits need a log-softmax; a processor's averaged log-probs are taken as they are
-        trans = model.compute_transition_scores(res.sequences, res.scores, normalize_logits=processor is None)
+        normalize = processor is None or not getattr(proc, "logprobs", True) or raw
+        trans = model.compute_transition_scores(res.sequences, res.logits if raw else res.scores,
+                                                getattr(res, "beam_indices", None), normalize_logits=normalize)
         # up to and including the first EOS (whether or not the pad token is the EOS, as in most causal LMs)
         is_eos = new[:, -trans.shape[1]:] == tokenizer.eos_token_id
         valid = torch.isfinite(trans) & ((is_eos.long().cumsum(1) - is_eos.long()) == 0)
         lps = [(t[v].sum() / max(int(v.sum()), 1)).item() for t, v in zip(trans, valid)]
     texts = [decode(tokenizer, row.tolist(), conv) for row in new]
-    return texts, [float(lp) if math.isfinite(lp) else -1e9 for lp in lps]
+    return texts, [float(lp) if math.isfinite(lp) else -1e9 for lp in lps], _lengths(new, tokenizer, conv)
+
+
+def _lengths(new: torch.Tensor, tokenizer, conv) -> list[int]:
+    """Generated tokens per row up to and including the first EOS (a seq2seq decoder's start token and the
+    padding after EOS not counted)."""
+    rows = new[:, 1:] if conv.family == "seq2seq" else new
+    is_eos = rows == tokenizer.eos_token_id
+    upto = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # before or at the first EOS
+    return [int(x) for x in upto.sum(1).tolist()]
+
+
+CANDIDATE_METHODS = ("beam", "diverse", "sample")
+CANDIDATE_DEFAULTS = {"k": 1, "method": "beam", "diversity_penalty": 1.0, "group_beams": None,
+                      "temperature": 1.0, "top_p": 0.95, "epsilon": 0.0, "seed": 0}
+
+
+def candidate_settings(gen: dict) -> dict:
+    """``generation.candidates`` with its defaults filled in (k = 1: one summary per input, as before)."""
+    return {**CANDIDATE_DEFAULTS, **(gen.get("candidates") or {})}
+
+
+class _HammingDiversity:
+    """Diverse beam search (Vijayakumar et al., 2018) one group at a time. Group g at output position t
+    loses ``penalty`` x (how often groups 0..g-1 chose each token at position t) from its scores. Groups
+    never look at later groups, so decoding them one after another is the interleaved algorithm exactly;
+    it needs only transformers' plain beam search (its own group beam search now lives on the Hub).
+
+    ``history[key][g]`` is the list, per output position, of the tokens group g's beams chose for input
+    ``key``; the processor of group g writes its own list and reads those of the groups before it."""
+
+    logprobs = False  # greedy groups see raw logits; beam groups are rescored from raw logits anyway
+
+    def __init__(self, history: dict, keys, group: int, penalty: float, start: int, num_beams: int):
+        self.history, self.keys, self.group, self.penalty = history, list(keys), group, penalty
+        self.start, self.num_beams = start, num_beams
+        self.penalizes = group > 0 and penalty > 0
+        for key in self.keys:  # a retried call (GPU OOM halving) starts its record afresh
+            self.history.setdefault(key, {})[group] = []
+
+    def __call__(self, input_ids, scores):
+        t = input_ids.shape[1] - self.start  # tokens generated so far: this call chooses position t
+        if t > 0:
+            last = input_ids[:, -1].view(len(self.keys), -1)
+            for key, row in zip(self.keys, last):
+                self.history[key][self.group].append(row.clone())
+        if not self.penalizes:
+            return scores
+        vocab = scores.shape[-1]
+        counts = torch.zeros(len(self.keys), vocab, dtype=scores.dtype, device=scores.device)
+        for i, key in enumerate(self.keys):
+            chosen = [steps[t] for g, steps in self.history[key].items() if g < self.group and len(steps) > t]
+            if chosen:
+                counts[i] = torch.bincount(torch.cat(chosen), minlength=vocab)[:vocab].to(scores.dtype)
+        return scores - self.penalty * counts.repeat_interleave(scores.shape[0] // len(self.keys), dim=0)
+
+
+@torch.no_grad()
+def summarize_pool(model, tokenizer, family: str, dialogues: list[str], gen: dict, max_source_len: int,
+                   batch_size: int = 32, prompt: str | None = None, desc: str = "generate",
+                   progress: bool = True) -> list[list[tuple[str, float, int]]]:
+    """``generation.candidates.k`` candidates per dialogue, each ``(summary, mean token log-prob, tokens)``,
+    in input order; batching as :func:`summarize` (the budget counts every beam of a call).
+
+    - ``beam``: the k best hypotheses of one beam search of width max(num_beams, k); candidate 0 is what
+      k = 1 gives whenever k <= num_beams.
+    - ``diverse``: k groups of ``group_beams`` (default num_beams) beams with a Hamming diversity penalty;
+      group 0 is the plain beam search, so candidate 0 is what k = 1 gives.
+    - ``sample``: candidate 0 is the k = 1 output, then k - 1 samples (temperature, top-p, epsilon) seeded
+      per batch by ``candidates.seed``: the same params and data give the same pool.
+
+    Log-probs (k > 1): every candidate's mean token log-prob under the raw model (before length penalty,
+    temperature, top-p or diversity penalties), so candidates of every method compare."""
+    cand = candidate_settings(gen)
+    k, method = int(cand["k"]), cand["method"]
+    if method not in CANDIDATE_METHODS:
+        raise ValueError(f"generation.candidates.method = {method!r} (known: {', '.join(CANDIDATE_METHODS)})")
+    if not dialogues:
+        return []
+    was_training = model.training
+    conv, encoded, order = _encode_sorted(model, tokenizer, family, dialogues, max_source_len, prompt)
+    kw = generation_kwargs(gen)
+    nb = kw["num_beams"]
+    group_beams = int(cand["group_beams"] or nb)
+    beams = {"beam": max(nb, k), "diverse": group_beams, "sample": max(nb, k - 1)}[method]
+    batches = token_batches([len(encoded[i]) for i in order], batch_size, gen.get("batch_tokens"), beams,
+                            kw["max_new_tokens"])
+    pool: list[list[tuple[str, float, int]]] = [[] for _ in dialogues]
+
+    def run(batch, kw_call, per_input, processor=None):
+        # every candidate of a pool is scored alike: the raw model's mean token log-prob
+        texts, lps, lens, _ = _generate_halving(model, tokenizer, conv, [encoded[i] for i in batch],
+                                                {**kw_call, "raw_logprobs": k > 1}, processor, list(batch))
+        for j, i in enumerate(batch):
+            rows = range(j * per_input, (j + 1) * per_input)
+            pool[i] += [(texts[r], lps[r], lens[r]) for r in rows]
+        return lens
+
+    for number, batch in enumerate(tqdm([[order[j] for j in b] for b in batches], desc=desc,
+                                        disable=not progress, leave=False)):
+        if k == 1:
+            run(batch, kw, 1)
+        elif method == "beam":
+            run(batch, {**kw, "num_beams": max(nb, k), "num_return_sequences": k}, k)
+        elif method == "sample":
+            torch.manual_seed(int(cand["seed"]) * 1_000_003 + number)  # before candidate 0 (do_sample: true)
+            run(batch, kw, 1)
+            sampling = {**kw, "do_sample": True, "num_beams": 1, "num_return_sequences": k - 1,
+                        "temperature": cand["temperature"], "top_p": cand["top_p"]}
+            if cand["epsilon"]:
+                sampling["epsilon_cutoff"] = cand["epsilon"]
+            run(batch, sampling, k - 1)
+        else:
+            history: dict = {}
+            start = None if conv.family == "causal" else 1
+            for g in range(k):
+                def processor(inputs, num_beams, width, keys, g=g):
+                    return _HammingDiversity(history, keys, g, cand["diversity_penalty"],
+                                             width if start is None else start, num_beams)
+                lens = run(batch, {**kw, "num_beams": group_beams}, 1, processor)
+                # an input whose search ended keeps being extended while others in its batch run: what its
+                # beams "chose" after its own end is not part of its search and would make the pool depend on
+                # the batching. Alone, its last token (position n - 1) is never recorded either (no call
+                # follows it), so later groups see positions 0 .. n - 2 only, batched or not
+                for i, n in zip(batch, lens):
+                    history[i][g] = history[i][g][:max(n - 1, 0)]
+    model.train(was_training)
+    return pool
 
 
 class _AveragedLogProbs:
@@ -250,7 +398,7 @@ def summarize_averaged(members, weights, tokenizer, family: str, dialogues: list
     for m in members[1:]:
         m.eval()
 
-    def processor(inputs, num_beams, width):
+    def processor(inputs, num_beams, width, keys):
         return _AveragedLogProbs(members[1:], list(weights), family, inputs, num_beams, width)
 
     return summarize(members[0], tokenizer, family, dialogues, gen, max_source_len, batch_size, prompt, desc,
@@ -261,12 +409,19 @@ def summarize_views(model, tokenizer, family: str, fnames, dialogues, augmenter,
                     max_source_len: int, batch_size: int = 32, prompt: str | None = None,
                     desc: str = "generate") -> pd.DataFrame:
     """Summaries of every dialogue and of its TTA views [fname, view, summary, logprob], view summaries mapped
-    back to the original speakers. Views are seeded by ``key_prefix/fname``, so every model x fold
+    back to the original speakers; with ``generation.candidates.k`` > 1, k rows per view [fname, view,
+    candidate, summary, logprob, tokens] (see :func:`summarize_pool`). Views are seeded by ``key_prefix/fname``, so every model x fold
     summarises the very same augmented inputs."""
     rows = []
     for fname, dialogue in zip(fnames, dialogues):
         rows.append((fname, "orig", dialogue, None))
         rows += [(fname, v.name, v.dialogue, v.inverse) for v in augmenter.views(f"{key_prefix}/{fname}", dialogue)]
+    if candidate_settings(gen)["k"] > 1:
+        pool = summarize_pool(model, tokenizer, family, [r[2] for r in rows], gen, max_source_len, batch_size,
+                              prompt, desc=desc)
+        out = [(r[0], r[1], c, r[3](t) if r[3] else t, round(lp, 6), n)
+               for r, cands in zip(rows, pool) for c, (t, lp, n) in enumerate(cands)]
+        return pd.DataFrame(out, columns=["fname", "view", "candidate", "summary", "logprob", "tokens"])
     texts, lps = summarize(model, tokenizer, family, [r[2] for r in rows], gen, max_source_len, batch_size, prompt,
                            desc=desc)
     texts = [inv(t) if inv else t for t, (_, _, _, inv) in zip(texts, rows)]
