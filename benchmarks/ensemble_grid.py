@@ -4,7 +4,7 @@ predictions (after `dvc repro` / `dvc exp run` with `tta.strategies` set): no re
     python benchmarks/ensemble_grid.py            # in the workspace; params.yaml says models, folds, metrics
     python benchmarks/ensemble_grid.py --json grid.json
 
-It calls the same library functions as the ensemble stage (``strategy_scorer``, ``build_groups``,
+It calls the same library functions as the ensemble stage (``combine``, ``build_groups``,
 ``select``), once on the original view only and once on all views, and scores dev and test (test: every
 reference column, ``metrics.multi_ref``) against ``data/processed``. The best single source is picked on
 dev and reported on both splits; each strategy's difference to it comes with a paired bootstrap 95 %
@@ -23,7 +23,7 @@ import pandas as pd
 from dialsum import data, ensemble as E, params as P
 from dialsum.metrics import Scorer
 
-SELECTION = ("majority_vote", "rouge_weighted", "stacking", "blending")
+SELECTION = ("auto", "majority_vote", "rouge_weighted", "stacking", "blending")
 
 
 def only(df: pd.DataFrame, **eq) -> pd.DataFrame:
@@ -83,11 +83,11 @@ def main():
         pick = {s: cands[s][cands[s]["view"].str.split("-").str[0].isin({v.split("-")[0] for v in views})]
                 for s in ("oof", *SPLITS)}
         groups = {s: E.build_groups(pick[s], tok, order[s]) for s in SPLITS}
+        oof_groups = E.build_groups(pick["oof"], tok, list(dict.fromkeys(pick["oof"]["fname"])))
         for strategy in SELECTION:
             t0 = time.perf_counter()
-            score, info = E.strategy_scorer(strategy, cfg, models, pick["oof"], oof_refs, oof_scores, scorer,
-                                            params["seed"])
-            sel = {s: E.select(groups[s], score) for s in SPLITS}
+            sel, info = E.combine(strategy, cfg, models, groups, oof_groups, oof_refs, "oof", oof_scores, scorer,
+                                  params["seed"])
             chosen = sel["dev"]["source"].value_counts().to_dict()
             add(f"{strategy}, {label}", "ensemble", {s: rows_of(sel[s], s) for s in SPLITS},
                 {"candidates_per_dialogue": round(float(np.mean([len(g.cands) for g in groups["dev"]])), 2),

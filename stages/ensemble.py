@@ -34,13 +34,25 @@ def main():
     oof_scores = E.oof_rouge(scored)
     for src in sources:
         log.info("dev %s: rouge_sum %.4f (oof %s)", src, sources[src]["rouge_sum"], oof_scores.get(src))
+    # a near-constant member would win every vote among its own copies: kept out unless all are like it
+    collapsed = E.collapsed_sources(pd.concat([cands["dev"], cands["test"]]), cfg.get("collapse_ratio", 0.1))
+    for src, c in collapsed.items():
+        log.warning("%s collapsed: %d distinct summaries for %d dialogues; left out of the ensemble", src,
+                    c["distinct_summaries"], c["dialogues"])
+    if collapsed and len(collapsed) < len(sources):
+        cands = {s: c[~c["source"].isin(collapsed)] for s, c in cands.items()}
+    elif collapsed:
+        log.warning("every source collapsed: all are kept")
     views = sorted(set(cands["dev"]["view"]))
     order = {"dev": list(d["dev"]["fname"]), "test": list(d["test"]["fname"])}
+    dialogues = {s: dict(zip(d[s]["fname"], d[s]["dialogue"])) for s in ("train", "dev", "test")}
 
     # each model over its folds (original view, MBR): the "model" level of the report
     per_model = {}
     for m in params["models"]:
         mc = cands["dev"].query("model == @m and view == 'orig'")
+        if mc.empty:
+            continue
         sel = E.mbr_select(mc, tok, order["dev"])
         per_model[m] = pick(scorer.score(list(sel["summary"]), refs["dev"]))
 
@@ -59,22 +71,33 @@ def main():
             sources[f"{m}/avg"] = {k: a[k] for k in KEYS}
     else:
         pool = {s: cands[s] for s in ("dev", "test")}
+    groups = {s: E.build_groups(pool[s], tok, order[s], dialogues[s]) for s in ("dev", "test")}
+    fitted = strategy in ("auto", "stacking", "blending")
+    if not fitted:
+        fit_groups, fit_refs, fit_on = [], {}, "none"
+    elif not cands["oof"].empty:
+        oof_order = list(dict.fromkeys(cands["oof"]["fname"]))
+        fit_groups = E.build_groups(cands["oof"], tok, oof_order, dialogues["train"])
+        fit_refs, fit_on = refs["oof"], "oof"
+    else:  # fold `full` only: learn on dev, cross-fitted (labelled in the metrics)
+        fit_groups, fit_refs, fit_on = groups["dev"], dict(zip(order["dev"], refs["dev"])), "dev"
     try:
-        score, fitted = E.strategy_scorer(strategy, cfg, params["models"], cands["oof"], refs["oof"], oof_scores,
-                                          scorer, seed)
+        result, fitted_info = E.combine(strategy, cfg, params["models"], groups, fit_groups, fit_refs, fit_on,
+                                        oof_scores, scorer, seed)
     except ValueError as e:
         raise ParamsError(f"params.yaml: {e}") from None
-    info.update(fitted)
-    groups = {s: E.build_groups(pool[s], tok, order[s]) for s in ("dev", "test")}
-    result = {s: E.select(groups[s], score) for s in ("dev", "test")}
+    info.update(fitted_info)
     for s in ("dev", "test"):
         io.write_csv(f"predictions/ensemble/{s}.csv", result[s])
     ens = scorer.score(list(result["dev"]["summary"]), refs["dev"])
     best = max(sources, key=lambda s: sources[s]["rouge_sum"])
     chosen_views = result["dev"]["view"].value_counts().to_dict()
+    ranks = result["dev"]["candidate"].value_counts().to_dict()
     metrics = {**pick(ens), "strategy": strategy, "n_dev": ens["n"], "views": views,
                "candidates_per_dialogue": round(float(np.mean([len(g.cands) for g in groups["dev"]])), 2),
                "chosen_views": {k: int(v) for k, v in sorted(chosen_views.items())},
+               **({"chosen_candidates": {int(k): int(v) for k, v in sorted(ranks.items())}} if len(ranks) > 1 else {}),
+               "collapsed": collapsed,
                "sources": sources, "models": per_model, "oof": {k: round(v, 6) for k, v in oof_scores.items()},
                "best_single": best, "best_single_rouge_sum": sources[best]["rouge_sum"],
                "gain": round(ens["rouge_sum"] - sources[best]["rouge_sum"], 6), **info}

@@ -312,16 +312,19 @@ def test_ensemble_strategies_never_retrain(project):
     """Issue 5: switching ensemble.strategy re-runs only average@ (which generates only for averaging) and
     ensemble; stacking is fitted on out-of-fold rows."""
     dst, _ = project
-    for strategy in ("stacking", "weighted_avg"):
+    for strategy in ("stacking", "auto", "weighted_avg"):
         out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", f"ensemble.strategy={strategy}"], dst).stdout
         ran = stages_run(out)
-        assert ran and all(s in ("ensemble", "plots") or s.startswith("average@") for s in ran), ran
+        # auto is the default the fixture ran with: DVC may restore its ensemble from the run cache
+        assert (ran or strategy == "auto") and all(s in ("ensemble", "plots") or s.startswith("average@")
+                                                   for s in ran), ran
         ens = json.loads((dst / "metrics/ensemble.json").read_text())
         assert ens["strategy"] == strategy and {"gain", "best_single", "models", "sources"} <= set(ens)
-        if strategy == "stacking":  # fitted on exactly the out-of-fold rows of the folds that ran
+        if strategy == "stacking":  # fitted on exactly the out-of-fold rows of the folds that ran (and kept
+            # a source: a collapsed one is left out, issue 22)
             train = pd.read_csv(dst / "data/processed/train.csv")
-            p = yaml.safe_load((dst / "params.yaml").read_text())
-            assert ens["fitted_on"]["oof_dialogues"] == int(train["fold"].isin(p["cv"]["folds"]).sum())
+            kept = {int(s.split("/")[1]) for s in ens["sources"] if s not in ens["collapsed"]}
+            assert ens["fitted_on"]["oof_dialogues"] == int(train["fold"].isin(kept).sum()) > 0
         # `dialsum summarize --ensemble` on the dev dialogues makes the stage's very choices (issue 7): for
         # stacking, four sources generate and the stacker is re-fitted from the stored out-of-fold
         # predictions; for weighted_avg, each model's folds are averaged token by token in one beam search
@@ -349,6 +352,38 @@ def test_tta_views_reach_the_ensemble(project):
     bad = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "tta.strategies=[paraphrase]"], dst, check=False)
     (dst / "params.yaml").write_text(good)  # a failed experiment leaves its params in the workspace
     assert bad.returncode != 0 and "tta.paraphrase_model is not set" in bad.stderr + bad.stdout
+
+
+def test_candidate_pools_reach_the_ensemble_and_selection_never_regenerates(project):
+    """Issue 22: `-S generation.candidates.k=4` (each method) writes 4 candidates per member per view, the
+    ensemble chooses among them, and switching the selection strategy re-runs neither training nor predict."""
+    dst, _ = project
+    good = (dst / "params.yaml").read_text()
+    try:
+        _pools_in_the_pipeline(dst)
+    finally:
+        (dst / "params.yaml").write_text(good)  # later tests start from the one-candidate params
+
+
+def _pools_in_the_pipeline(dst):
+    common = ["-S", "models=[tiny-bart]", "-S", "tta.strategies=[]", "-S", "generation.candidates.k=4"]
+    for method in ("beam", "diverse", "sample"):
+        out = run([sys.executable, "-m", "dvc", "exp", "run", *common, "-S", f"generation.candidates.method={method}",
+                   "-S", "ensemble.strategy=auto"], dst).stdout
+        assert not any(s.startswith("train@") for s in stages_run(out))
+        for f in (0, 1):
+            dev = pd.read_csv(dst / f"predictions/tiny-bart/{f}/dev.csv", keep_default_na=False)
+            assert list(dev.columns) == ["fname", "view", "candidate", "summary", "logprob", "tokens"]
+            per_input = dev.groupby(["fname", "view"])["candidate"].apply(tuple)
+            assert len(per_input) == 40 and set(per_input) == {(0, 1, 2, 3)}
+        ens = json.loads((dst / "metrics/ensemble.json").read_text())
+        kept = 2 - len(ens["collapsed"]) if len(ens["collapsed"]) < 2 else 2  # all collapsed: all kept
+        assert ens["candidates_per_dialogue"] == 4 * kept, ens
+        assert ens["auto"]["chosen_on"] == "oof" and ens["auto"]["chosen"] in ens["auto"]["rouge_sum_by_option"]
+    out = run([sys.executable, "-m", "dvc", "exp", "run", *common, "-S", "generation.candidates.method=sample",
+               "-S", "ensemble.strategy=stacking"], dst).stdout
+    ran = stages_run(out)  # average@ only records that it does not average
+    assert "ensemble" in ran and all(s in ("ensemble", "plots") or s.startswith("average@") for s in ran), ran
 
 
 def test_tune_stage_resumes_its_study_through_dvc(project):

@@ -91,7 +91,9 @@ def cmd_summarize(a) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         write_csv(a.output, out[["fname", "summary", "source", "view"]])
-        print(f"{len(out)} summaries ({info['strategy']} over {len(info['sources'])} sources) -> {a.output}")
+        how = info["strategy"] + (f": {info['auto']['chosen']}" if "auto" in info else "")
+        left_out = f", {len(info['collapsed'])} collapsed left out" if info.get("collapsed") else ""
+        print(f"{len(out)} summaries ({how} over {len(info['sources'])} sources{left_out}) -> {a.output}")
         return 0
     if not a.model:
         print("error: give --model PATH (a trained folder) or --ensemble", file=sys.stderr)

@@ -1,16 +1,17 @@
 """Combining candidate summaries from models x folds x TTA views, one choice per dialogue.
 
-Every strategy scores the candidates of one dialogue and takes the best (ties: the first candidate in
-source order, so choices are deterministic):
+Every strategy scores the candidates of one dialogue (every source x view x pool candidate) and takes the
+best (ties: the higher model log-prob, then the first candidate in source order, so choices are
+deterministic). ``auto`` (the default) chooses among the others and each model alone by their cross-fitted
+out-of-fold score (:func:`combine`); collapsed sources are left out before (:func:`collapsed_sources`).
 
 - ``majority_vote``: MBR consensus, each candidate's mean ROUGE-1/2 F1 to all candidates.
 - ``rouge_weighted``: the same vote with each candidate's vote weighted by its source's out-of-fold ROUGE
   (or ``ensemble.weights``).
 - ``blending``: per-model vote weights fitted on the out-of-fold rows (seeded search over the simplex,
   maximising the ROUGE of the selection against the OOF references), then applied to dev/test.
-- ``stacking``: a gradient-boosted regressor trained on out-of-fold candidates predicts each candidate's
-  ROUGE from features that need no reference (model, its OOF ROUGE, length, length ratio, consensus,
-  mean log-prob, view type); the argmax is chosen.
+- ``stacking``: a reranker: a gradient-boosted regressor trained on out-of-fold candidates predicts each
+  candidate's ROUGE from features that need no reference (:func:`candidate_features`); the argmax is chosen.
 - ``averaging`` / ``weighted_avg`` average log-probabilities *during* generation (see
   :func:`dialsum.generation.summarize_averaged`); across models with other tokenizers their outputs are
   combined here by ``majority_vote`` / ``rouge_weighted``.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,7 +35,7 @@ import pandas as pd
 from .metrics import CachedTokenizer, ngram_counts
 
 log = logging.getLogger(__name__)
-STRATEGIES = ("averaging", "weighted_avg", "majority_vote", "rouge_weighted", "stacking", "blending")
+STRATEGIES = ("auto", "averaging", "weighted_avg", "majority_vote", "rouge_weighted", "stacking", "blending")
 VIEW_TYPES = ("orig", "reorder", "mask", "synonym", "paraphrase")
 
 
@@ -90,14 +92,18 @@ def consensus_scores(candidates: Sequence[str], tokenizer: CachedTokenizer) -> n
 
 @dataclass
 class Group:
-    """The candidates of one dialogue and their pairwise similarities."""
+    """The candidates of one dialogue (every source x view x pool candidate), their pairwise similarities
+    and the dialogue itself (for reference-free features; may be empty)."""
     fname: str
     cands: pd.DataFrame
     sim: np.ndarray
+    dialogue: str = ""
 
 
-def build_groups(cands: pd.DataFrame, tokenizer: CachedTokenizer, order: Sequence[str]) -> list[Group]:
-    """One :class:`Group` per fname in ``order`` from ``cands`` [fname, source, model, view, summary, ...]."""
+def build_groups(cands: pd.DataFrame, tokenizer: CachedTokenizer, order: Sequence[str],
+                 dialogues: dict | None = None) -> list[Group]:
+    """One :class:`Group` per fname in ``order`` from ``cands`` [fname, source, model, view, summary, ...];
+    ``dialogues`` (fname -> text) feeds the features that compare a summary with its dialogue."""
     tokenizer.tokenize_many(cands["summary"].unique())  # one batch: kiwipiepy is much faster that way
     groups = dict(tuple(cands.groupby("fname", sort=False)))
     out = []
@@ -106,19 +112,31 @@ def build_groups(cands: pd.DataFrame, tokenizer: CachedTokenizer, order: Sequenc
         if g is None:
             raise ValueError(f"no candidate summary for {fname}")
         g = g.reset_index(drop=True)
-        out.append(Group(fname, g, similarity_matrix(list(g["summary"]), tokenizer)))
+        out.append(Group(fname, g, similarity_matrix(list(g["summary"]), tokenizer),
+                         (dialogues or {}).get(fname, "")))
     return out
 
 
+def pick(g: Group, s: np.ndarray) -> int:
+    """The index of the best score; a tie goes to the higher model log-prob, then to the first candidate."""
+    s = np.round(np.asarray(s, dtype=float), 9)
+    top = np.flatnonzero(s == s.max())
+    if len(top) > 1 and "logprob" in g.cands:
+        lp = g.cands["logprob"].astype(float).to_numpy()[top]
+        top = top[lp == lp.max()]
+    return int(top[0])
+
+
 def select(groups: list[Group], score) -> pd.DataFrame:
-    """The argmax of ``score(group) -> array`` per group."""
+    """The :func:`pick` of ``score(group) -> array`` per group."""
     rows = []
     for g in groups:
         s = np.asarray(score(g), dtype=float)
-        best = int(np.argmax(s))
+        best = pick(g, s)
         c = g.cands.iloc[best]
         rows.append({"fname": g.fname, "summary": c["summary"], "source": c["source"],
-                     "view": c.get("view", "orig"), "score": round(float(s[best]), 6)})
+                     "view": c.get("view", "orig"), "candidate": int(c.get("candidate", 0)),
+                     "score": round(float(s[best]), 6)})
     return pd.DataFrame(rows)
 
 
@@ -136,18 +154,42 @@ def vote_weights(cands: pd.DataFrame, weights: dict) -> np.ndarray:
 
 # --- stacking ---------------------------------------------------------------------------------------------
 
+TAG = re.compile(r"#[A-Za-z]+\d*#")
+
+
 def candidate_features(g: Group, models: Sequence[str], model_score: dict, tokenizer: CachedTokenizer) -> np.ndarray:
-    """Reference-free features per candidate (the same columns on OOF, dev and test)."""
+    """Reference-free features per candidate (the same columns on OOF, dev and test): model, its OOF ROUGE,
+    length and its ratio to the pool median, MBR consensus, length-normalised log-prob and its rank in the
+    pool, rank in its own n-best, n-gram novelty against the dialogue, speaker tags the dialogue does not
+    have, repeated bigrams, view type."""
     c = g.cands
-    lengths = np.array([len(tokenizer.tokenize(t)) for t in c["summary"]], dtype=float)
+    toks = [tokenizer.tokenize(t) for t in c["summary"]]
+    lengths = np.array([len(t) for t in toks], dtype=float)
     median = float(np.median(lengths)) or 1.0
     consensus = weighted_consensus(g.sim, np.ones(len(c)))
     logprob = c["logprob"].astype(float).clip(lower=-50).to_numpy() if "logprob" in c else np.zeros(len(c))
+    lp_rank = (-logprob).argsort(kind="stable").argsort() / max(len(c) - 1, 1)
+    rank = c["candidate"].astype(float).to_numpy() if "candidate" in c else np.zeros(len(c))
     view_type = [str(v).split("-")[0] for v in c.get("view", pd.Series(["orig"] * len(c)))]
+    src1 = set(ngram_counts(tokenizer.tokenize(g.dialogue), 1)) if g.dialogue else set()
+    src2 = set(ngram_counts(tokenizer.tokenize(g.dialogue), 2)) if g.dialogue else set()
+    tags = set(TAG.findall(g.dialogue))
+
+    def novelty(t, n, seen):
+        grams = ngram_counts(t, n)
+        return sum(v for k, v in grams.items() if k not in seen) / max(sum(grams.values()), 1) if seen else 0.0
+
+    def repeated(t):
+        grams = ngram_counts(t, 2)
+        return sum(v - 1 for v in grams.values() if v > 1) / max(sum(grams.values()), 1)
+
     cols = [
         *[(c["model"] == m).astype(float).to_numpy() for m in models],
         np.array([model_score.get(m, 0.0) for m in c["model"]]),
-        lengths, lengths / median, consensus, logprob,
+        lengths, lengths / median, consensus, logprob, lp_rank, rank,
+        np.array([novelty(t, 1, src1) for t in toks]), np.array([novelty(t, 2, src2) for t in toks]),
+        np.array([len(set(TAG.findall(t)) - tags) if g.dialogue else 0 for t in c["summary"]], dtype=float),
+        np.array([repeated(t) for t in toks]),
         *[np.array([v == t for v in view_type], dtype=float) for t in VIEW_TYPES],
     ]
     return np.stack(cols, axis=1)
@@ -180,8 +222,7 @@ def fit_blend(groups: list[Group], targets: list[np.ndarray], models: Sequence[s
     idx = [np.array([models.index(m) for m in g.cands["model"]]) for g in groups]
     best_w, best = trials[0], -1.0
     for w in trials:
-        value = float(np.mean([t[int(np.argmax(weighted_consensus(g.sim, w[i])))]
-                               for g, t, i in zip(groups, targets, idx)]))
+        value = float(np.mean([t[pick(g, weighted_consensus(g.sim, w[i]))] for g, t, i in zip(groups, targets, idx)]))
         if value > best + 1e-12:
             best_w, best = w, value
     best_w = best_w / best_w.sum()
@@ -190,51 +231,153 @@ def fit_blend(groups: list[Group], targets: list[np.ndarray], models: Sequence[s
 
 # --- one entry point for the ensemble stage and `dialsum summarize --ensemble` ----------------------------
 
-def strategy_scorer(strategy: str, cfg: dict, models: Sequence[str], oof_cands: pd.DataFrame, oof_refs: dict,
-                    oof_scores: dict, scorer, seed: int) -> tuple:
-    """``(score(group) -> array, info)`` for ``strategy``: vote weights, or a stacker / blend fitted on the
-    out-of-fold candidates ``oof_cands`` and their references ``oof_refs`` (fname -> [ref, ...]) only.
+def collapsed_sources(cands: pd.DataFrame, ratio: float) -> dict:
+    """Sources whose own summaries (original view, candidate 0) are near-constant: fewer distinct texts than
+    ``ratio`` x their dialogues, or only one (``ratio`` 0: none). Reference-free, so it may look at dev and
+    test."""
+    orig = cands[(cands["view"] == "orig") & (cands.get("candidate", 0) == 0)]
+    out = {}
+    for src, g in orig.groupby("source", sort=True):
+        n, distinct = g["fname"].nunique(), g["summary"].nunique()
+        if ratio > 0 and distinct < max(2.0, ratio * n):
+            out[src] = {"distinct_summaries": int(distinct), "dialogues": int(n)}
+    return out
 
-    ``oof_scores`` maps each source (``model/fold``) to its OOF ``rouge_sum``. For ``averaging`` /
-    ``weighted_avg`` this scores the *across-model* step (the token-level averaging happened before).
-    """
-    tok = scorer.tokenizer
-    model_oof = {m: float(np.mean([v for s, v in oof_scores.items() if s.split("/")[0] == m]))
-                 for m in models if any(s.split("/")[0] == m for s in oof_scores)}
+
+def candidate_targets(groups: list[Group], refs: dict, scorer) -> list[np.ndarray]:
+    """Each candidate's mean ROUGE-1/2/L F1 against its dialogue's references (``refs``: fname -> [ref])."""
+    return [scorer.per_row(list(g.cands["summary"]), [refs[g.fname]] * len(g.cands))[:, :3].mean(axis=1)
+            for g in groups]
+
+
+def _is_single(g: Group, model: str) -> np.ndarray:
+    c = g.cands
+    cand = c["candidate"] if "candidate" in c else 0
+    return ((c["model"] == model) & (c["view"] == "orig") & (cand == 0)).to_numpy()
+
+
+def fit_strategy(strategy: str, cfg: dict, models: Sequence[str], groups: list[Group], targets: list[np.ndarray],
+                 source_scores: dict, tok: CachedTokenizer, seed: int) -> tuple:
+    """``(score(group) -> array, info)`` for ``strategy``, fitted (stacking, blending) on ``groups`` and their
+    candidates' ``targets`` only. ``source_scores`` maps sources (``model/fold``) to their OOF ``rouge_sum``.
+
+    ``single:<model>`` is that model alone: its original view's first candidate, from the fold with the best
+    OOF score where a dialogue has several."""
+    model_oof = {m: float(np.mean([v for s, v in source_scores.items() if s.split("/")[0] == m]))
+                 for m in models if any(s.split("/")[0] == m for s in source_scores)}
     weights = dict(cfg.get("weights") or {})
     info: dict = {}
+    if strategy.startswith("single:"):
+        m = strategy.split(":", 1)[1]
+        rank = {s: v for s, v in source_scores.items() if s.split("/")[0] == m}
+
+        def single(g):
+            mine = _is_single(g, m)
+            if not mine.any():  # the model has no candidate here (a collapsed fold left out): MBR instead
+                return weighted_consensus(g.sim, np.ones(len(g.cands)))
+            return mine * (2.0 + np.array([rank.get(s, 0.0) for s in g.cands["source"]]))
+        return single, info
     if strategy in ("majority_vote", "averaging"):
         return (lambda g: weighted_consensus(g.sim, np.ones(len(g.cands)))), info
     if strategy in ("rouge_weighted", "weighted_avg"):
-        weights = weights or ({**oof_scores, **model_oof} if strategy == "rouge_weighted" else model_oof)
+        weights = weights or ({**source_scores, **model_oof} if strategy == "rouge_weighted" else model_oof)
         if not weights:
             log.warning("%s: no out-of-fold scores (fold `full` only); votes are equal", strategy)
         info["weights"] = {k: round(float(v), 6) for k, v in weights.items()}
         return (lambda g: weighted_consensus(g.sim, vote_weights(g.cands, weights))), info
-    if oof_cands.empty:
-        raise ValueError(f"ensemble.strategy = {strategy} is fitted on out-of-fold predictions; "
-                         "cv.folds must list fold indices (fold `full` has none)")
-    oof_order = list(dict.fromkeys(oof_cands["fname"]))
-    oof_groups = build_groups(oof_cands, tok, oof_order)
-    # each OOF candidate's own ROUGE against its reference: the target; dev/test references never seen
-    targets = [scorer.per_row(list(g.cands["summary"]), [oof_refs[g.fname]] * len(g.cands))[:, :3].mean(axis=1)
-               for g in oof_groups]
-    info["fitted_on"] = {"oof_dialogues": len(oof_groups), "oof_candidates": int(sum(map(len, targets)))}
+    if strategy not in ("stacking", "blending"):
+        raise ValueError(f"unknown ensemble.strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+    if not groups:
+        raise ValueError(f"ensemble.strategy = {strategy} is fitted on scored candidates and there are none")
+    info["fitted_on"] = {"dialogues": len(groups), "candidates": int(sum(map(len, targets)))}
     if strategy == "stacking":
-        reg = fit_stacker(oof_groups, targets, models, model_oof, tok, seed)
+        reg = fit_stacker(groups, targets, models, model_oof, tok, seed)
         return (lambda g: reg.predict(candidate_features(g, models, model_oof, tok))), info
-    if strategy == "blending":
-        bw, oof_value = fit_blend(oof_groups, targets, list(models), cfg.get("blend_trials", 64), seed)
-        info.update(blend_weights=bw, blend_oof_rouge=round(oof_value, 6))
-        return (lambda g: weighted_consensus(g.sim, np.array([bw[m] for m in g.cands["model"]]))), info
-    raise ValueError(f"unknown ensemble.strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+    bw, value = fit_blend(groups, targets, list(models), cfg.get("blend_trials", 64), seed)
+    info.update(blend_weights=bw, blend_fit_rouge=round(value, 6))
+    return (lambda g: weighted_consensus(g.sim, np.array([bw.get(m, 0.0) for m in g.cands["model"]]))), info
+
+
+def crossfit(strategy: str, cfg: dict, models, groups: list[Group], targets: list[np.ndarray], source_scores: dict,
+             tok: CachedTokenizer, seed: int, folds: int) -> tuple[list[float], dict]:
+    """Scores ``strategy`` on ``groups`` without letting a fitted strategy see the dialogue it chooses for:
+    each of ``folds`` seeded parts of the dialogues is chosen for by a fit on the others. Returns the
+    per-group ``{id(group): score array}`` and the mean target of the choices (x 3: a rouge_sum)."""
+    fitted = strategy in ("stacking", "blending")
+    if fitted and len(groups) < 2:
+        raise ValueError(f"ensemble.strategy = {strategy} needs at least 2 scored dialogues to cross-fit on, "
+                         f"got {len(groups)}")
+    folds = min(folds, len(groups))
+    parts = np.random.default_rng(seed).permutation(len(groups)) % folds if fitted else np.zeros(len(groups), int)
+    scores, values = {}, []
+    for f in sorted(set(parts.tolist())):
+        held = [i for i in range(len(groups)) if parts[i] == f]
+        fit_on = [i for i in range(len(groups)) if parts[i] != f] if fitted else []
+        score, _ = fit_strategy(strategy, cfg, models, [groups[i] for i in fit_on], [targets[i] for i in fit_on],
+                                source_scores, tok, seed)
+        for i in held:
+            s = np.asarray(score(groups[i]), dtype=float)
+            scores[id(groups[i])] = s
+            values.append(float(targets[i][pick(groups[i], s)]))
+    return scores, 3 * float(np.mean(values)) if values else float("nan")
+
+
+def options(models: Sequence[str], groups: list[Group], weighted: bool) -> list[str]:
+    """What ``auto`` chooses among: each model alone first (so a tie goes to the simplest), then the
+    strategies that make sense for this pool (``weighted``: there are OOF scores or ``ensemble.weights``)."""
+    present = set().union(*(set(g.cands["model"]) for g in groups)) if groups else set()
+    opts = [f"single:{m}" for m in models if m in present] + ["majority_vote"]
+    opts += ["rouge_weighted"] if weighted else []
+    if len(groups) >= 2:  # the fitted ones need dialogues to learn from and others to be scored on
+        opts += ["stacking"] + (["blending"] if len(present) > 1 else [])
+    return opts
+
+
+def combine(strategy: str, cfg: dict, models: Sequence[str], pools: dict, fit_groups: list[Group],
+            fit_refs: dict, fit_on: str, source_scores: dict, scorer, seed: int) -> tuple[dict, dict]:
+    """The ensemble: one summary per dialogue for every split of ``pools`` ({split: [Group]}).
+
+    Fitted strategies (and ``auto``'s choice) learn from ``fit_groups`` with references ``fit_refs``:
+    the out-of-fold pools (``fit_on`` = "oof"), or, with fold `full` only, the dev pools (``fit_on`` =
+    "dev"): then the dev choices are cross-fitted (each dev dialogue chosen for by a fit on the others) and
+    the metrics say so, and test is chosen by a fit on all of dev. Returns ({split: selection}, info)."""
+    tok, folds = scorer.tokenizer, int(cfg.get("crossfit_folds", 5))
+    targets = candidate_targets(fit_groups, fit_refs, scorer) if fit_groups else []
+    info: dict = {}
+    if strategy == "auto":
+        if not fit_groups:
+            raise ValueError("ensemble.strategy = auto chooses on scored candidates and there are none")
+        table = {o: round(crossfit(o, cfg, models, fit_groups, targets, source_scores, tok, seed, folds)[1], 6)
+                 for o in options(models, fit_groups, bool(source_scores or cfg.get("weights")))}
+        chosen = max(table, key=lambda o: table[o])  # first best: a model alone wins ties
+        info["auto"] = {"chosen": chosen, "chosen_on": fit_on if fit_on == "oof" else
+                        "dev (no out-of-fold rows: cross-fitted on dev, so its dev score is optimistic)",
+                        "rouge_sum_by_option": table}
+        log.info("auto: %s (rouge_sum on %s: %s)", chosen, fit_on,
+                 ", ".join(f"{k} {v:.4f}" for k, v in table.items()))
+        strategy = chosen
+    score, fitted = fit_strategy(strategy, cfg, models, fit_groups, targets, source_scores, tok, seed)
+    if "fitted_on" in fitted:
+        fitted["fitted_on"] = {f"{fit_on}_{k}": v for k, v in fitted["fitted_on"].items()}
+    info.update(fitted)
+    out = {}
+    for split, groups in pools.items():
+        if split == fit_on and strategy in ("stacking", "blending"):
+            dev_scores, _ = crossfit(strategy, cfg, models, groups, candidate_targets(groups, fit_refs, scorer),
+                                     source_scores, tok, seed, folds)
+            out[split] = select(groups, lambda g: dev_scores[id(g)])
+            info["crossfitted_on"] = f"{split} ({folds} folds: each {split} dialogue chosen by a fit on the others)"
+        else:
+            out[split] = select(groups, score)
+    return out, info
 
 
 def read_candidates(path) -> pd.DataFrame:
     """One predictions CSV (fname, view, summary, logprob, ...); files without a ``view`` column are the
     original view. Summaries stay strings: an empty summary must not become NaN."""
     df = pd.read_csv(path, dtype={"summary": str, "view": str}, keep_default_na=False)
-    return df if "view" in df else df.assign(view="orig")
+    df = df if "view" in df else df.assign(view="orig")
+    return df if "candidate" in df else df.assign(candidate=0)
 
 
 def load_candidates(params: dict, splits: Sequence[str], root: Path = Path(".")) -> tuple[dict, dict]:
@@ -312,15 +455,27 @@ def summarize_new(params: dict, df: pd.DataFrame, root: Path = Path(".")) -> tup
             pool.append(out.assign(source=f"{m}/{f}", model=m))
             del model
     pool = pd.concat(pool, ignore_index=True)
-    oof_splits = ["oof"] if strategy in ("stacking", "blending") else []
-    stored, scored = load_candidates(params, oof_splits, root)
+    if "candidate" not in pool:
+        pool = pool.assign(candidate=0)
+    fitted = strategy in ("auto", "stacking", "blending")
+    stored, scored = load_candidates(params, ["oof", "dev", "test"], root)
     oof_scores = oof_rouge(scored)
-    oof_cands = stored["oof"] if oof_splits else pd.DataFrame(columns=["fname"])
-    oof_refs = {}
-    if strategy in ("stacking", "blending"):
-        train = data.load_processed(root / "data/processed")["train"]
-        oof_refs = dict(zip(train["fname"], data.references(train)))
-    score, info = strategy_scorer(strategy, cfg, params["models"], oof_cands, oof_refs, oof_scores, scorer,
-                                  params["seed"])
-    groups = build_groups(pool, scorer.tokenizer, fnames)
-    return select(groups, score), {"strategy": strategy, "sources": sorted(set(pool["source"])), **info}
+    collapsed = collapsed_sources(pd.concat([stored["dev"], stored["test"]]), cfg.get("collapse_ratio", 0.1))
+    if collapsed and len(collapsed) < len(scored):
+        pool = pool[~pool["source"].isin(collapsed)]
+        stored = {s: c[~c["source"].isin(collapsed)] for s, c in stored.items()}
+    fit_groups, fit_refs, fit_on = [], {}, "none"
+    if fitted:
+        # learn exactly what the ensemble stage learnt: the stored out-of-fold pools, else the dev pools
+        proc = data.load_processed(root / "data/processed")
+        split = "oof" if not stored["oof"].empty else "dev"
+        frame = proc["train"] if split == "oof" else proc["dev"]
+        fit_refs = dict(zip(frame["fname"], data.references(frame)))
+        fit_groups = build_groups(stored[split], scorer.tokenizer, list(dict.fromkeys(stored[split]["fname"])),
+                                  dict(zip(frame["fname"], frame["dialogue"])))
+        fit_on = split
+    groups = build_groups(pool, scorer.tokenizer, fnames, dict(zip(fnames, dialogues)))
+    out, info = combine(strategy, cfg, params["models"], {"input": groups}, fit_groups, fit_refs, fit_on,
+                        oof_scores, scorer, params["seed"])
+    return out["input"], {"strategy": strategy, "sources": sorted(set(pool["source"])), "collapsed": collapsed,
+                          **info}

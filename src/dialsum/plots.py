@@ -30,7 +30,8 @@ def source_bars(ensemble: dict, out: Path) -> None:
     """Dev ROUGE of every model/fold source and of the ensemble."""
     scores = {**ensemble["sources"], "ensemble": {m: ensemble[m] for m in ROUGE}}
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(scores) + 2), 4))
-    _bars(ax, list(scores), scores, f"dev ROUGE per source ({ensemble['strategy']})")
+    how = ensemble["strategy"] + (f": {ensemble['auto']['chosen']}" if "auto" in ensemble else "")
+    _bars(ax, list(scores), scores, f"dev ROUGE per source ({how})")
     fig.savefig(out, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
