@@ -1,0 +1,35 @@
+"""Do pools depend on how the dialogues are batched? Diverse-beam pools and plain beam output of one trained
+model for the first N dev dialogues, with the default `generation.batch_tokens` and a small budget.
+
+    python benchmarks/pool_batching.py --workspace /path/to/trained/workspace --model minilm2minilm --fold full
+"""
+import argparse
+from pathlib import Path
+
+import yaml
+
+from dialsum import data, generation, models
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--workspace", required=True)
+ap.add_argument("--model", default="minilm2minilm")
+ap.add_argument("--fold", default="full")
+ap.add_argument("--rows", type=int, default=24)
+ap.add_argument("--small-budget", type=int, default=3000)
+a = ap.parse_args()
+ws = Path(a.workspace)
+params = yaml.safe_load((ws / "params.yaml").read_text())
+entry, gen = params["zoo"][a.model], params["generation"]
+model, tok, family = models.load_for_inference(ws / f"models/{a.model}/{a.fold}", entry)
+tok.padding_side = "left"
+dialogues = list(data.load_processed(ws / "data/processed")["dev"].head(a.rows)["dialogue"])
+n = entry["max_source_len"]
+pool = {**gen, "candidates": {"k": 4, "method": "diverse", "group_beams": 2}}
+x = generation.summarize_pool(model, tok, family, dialogues, pool, n, 64, progress=False)
+y = generation.summarize_pool(model, tok, family, dialogues, {**pool, "batch_tokens": a.small_budget}, n, 64,
+                              progress=False)
+same = sum([c[0] for c in u] == [c[0] for c in v] for u, v in zip(x, y))
+print(f"diverse k=4: {same} of {len(x)} pools identical (batch_tokens {gen.get('batch_tokens')} vs {a.small_budget})")
+p = generation.summarize(model, tok, family, dialogues, gen, n, 64, progress=False)[0]
+q = generation.summarize(model, tok, family, dialogues, {**gen, "batch_tokens": a.small_budget}, n, 64, progress=False)[0]
+print(f"plain beam: {sum(u == v for u, v in zip(p, q))} of {len(p)} summaries identical")
