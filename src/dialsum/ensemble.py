@@ -344,11 +344,13 @@ def combine(strategy: str, cfg: dict, models: Sequence[str], pools: dict, fit_gr
     tok, folds = scorer.tokenizer, int(cfg.get("crossfit_folds", 5))
     targets = candidate_targets(fit_groups, fit_refs, scorer) if fit_groups else []
     info: dict = {}
+    runs: dict = {}  # option -> crossfit(...) on fit_groups, reused for the cross-fitted choices below
     if strategy == "auto":
         if not fit_groups:
             raise ValueError("ensemble.strategy = auto chooses on scored candidates and there are none")
-        table = {o: round(crossfit(o, cfg, models, fit_groups, targets, source_scores, tok, seed, folds)[1], 6)
-                 for o in options(models, fit_groups, bool(source_scores or cfg.get("weights")))}
+        for o in options(models, fit_groups, bool(source_scores or cfg.get("weights"))):
+            runs[o] = crossfit(o, cfg, models, fit_groups, targets, source_scores, tok, seed, folds)
+        table = {o: round(run[1], 6) for o, run in runs.items()}
         chosen = max(table, key=lambda o: table[o])  # first best: a model alone wins ties
         info["auto"] = {"chosen": chosen, "chosen_on": fit_on if fit_on == "oof" else
                         "dev (no out-of-fold rows: cross-fitted on dev, so its dev score is optimistic)",
@@ -363,8 +365,11 @@ def combine(strategy: str, cfg: dict, models: Sequence[str], pools: dict, fit_gr
     out = {}
     for split, groups in pools.items():
         if split == fit_on and strategy in ("stacking", "blending"):
-            dev_scores, _ = crossfit(strategy, cfg, models, groups, candidate_targets(groups, fit_refs, scorer),
-                                     source_scores, tok, seed, folds)
+            if groups is fit_groups and strategy in runs:  # auto cross-fitted exactly this already
+                dev_scores = runs[strategy][0]
+            else:
+                dev_targets = targets if groups is fit_groups else candidate_targets(groups, fit_refs, scorer)
+                dev_scores, _ = crossfit(strategy, cfg, models, groups, dev_targets, source_scores, tok, seed, folds)
             out[split] = select(groups, lambda g: dev_scores[id(g)])
             info["crossfitted_on"] = f"{split} ({folds} folds: each {split} dialogue chosen by a fit on the others)"
         else:
