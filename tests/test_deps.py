@@ -1,6 +1,7 @@
 """deps = code: every dvc.yaml stage depends on exactly the src/dialsum modules its script imports
 (transitively, module-level and function-level imports alike), on its own script, and on
-src/dialsum/resources when one of those modules reads it.
+src/dialsum/resources (data tables) or src/dialsum/templates (the report's HTML) when one of those modules
+reads it.
 
 A missing module dep means stale results (DVC doesn't re-run the stage when that code changes); an extra one
 means needless re-runs. The closure is computed from the current sources on every run, so adding an import in
@@ -17,9 +18,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "dialsum"
 PKG_DEP = "src/dialsum"
-RESOURCES_DEP = f"{PKG_DEP}/resources"
-# a path component "resources" in a string literal: "resources", "resources/x.tsv", ".../resources/..."
-RESOURCES_RE = re.compile(r"(^|/)resources(/|$)")
+DATA_DIRS = ("resources", "templates")  # package folders of non-Python files that modules read
+# a path component in a string literal: "resources", "resources/x.tsv", "./templates/..."
+DATA_RE = {d: re.compile(rf"(^|/){d}(/|$)") for d in DATA_DIRS}
 
 
 def _modules() -> dict[str, Path]:
@@ -87,8 +88,8 @@ def _imports(tree: ast.AST, current: str | None, modules: dict[str, Path]) -> se
     return found
 
 
-def _reads_resources(tree: ast.AST) -> bool:
-    """A string literal (docstrings aside) naming the resources folder: Path(__file__).parent / "resources",
+def _data_dirs(tree: ast.AST) -> set[str]:
+    """A string literal (docstrings aside) naming a DATA_DIRS folder: Path(__file__).parent / "resources",
     files("dialsum") / "resources", files("dialsum").joinpath("resources/x.tsv")."""
     docstrings = set()
     for node in ast.walk(tree):
@@ -96,12 +97,12 @@ def _reads_resources(tree: ast.AST) -> bool:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 docstrings.add(id(first.value))
-    return any(isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
-               and RESOURCES_RE.search(n.value) for n in ast.walk(tree))
+    return {d for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and id(n) not in docstrings for d, pattern in DATA_RE.items() if pattern.search(n.value)}
 
 
-def closure(script: Path) -> tuple[set[str], bool]:
-    """(repo-relative paths of the src/dialsum files `script` runs, whether any of them reads resources)."""
+def closure(script: Path) -> tuple[set[str], set[str]]:
+    """(repo-relative paths of the src/dialsum files `script` runs, the DATA_DIRS deps any of them reads)."""
     modules = _modules()
     trees: dict[str, ast.AST] = {}
 
@@ -121,7 +122,7 @@ def closure(script: Path) -> tuple[set[str], bool]:
     # an empty package __init__ runs nothing: it is not code the stage depends on
     seen = {n for n in seen if not (modules[n].name == "__init__.py" and _is_trivial(modules[n]))}
     files = {modules[n].relative_to(ROOT).as_posix() for n in seen}
-    return files, any(_reads_resources(tree(n)) for n in seen)
+    return files, {f"{PKG_DEP}/{d}" for n in seen for d in _data_dirs(tree(n))}
 
 
 def _stages() -> dict[str, dict]:
@@ -164,7 +165,7 @@ def test_stage_deps_match_code():
         deps = {_norm(d) for d in spec.get("deps", [])}
         if script not in deps:
             problems.append(f"{stage}: does not list its own script {script}")
-        needed, resources = closure(ROOT / script)
+        needed, data_dirs = closure(ROOT / script)
         if PKG_DEP in deps:  # the whole package: covers every module and the resources
             continue
         listed = {d for d in deps if d.startswith(f"{PKG_DEP}/") and d.endswith(".py")}
@@ -172,10 +173,10 @@ def test_stage_deps_match_code():
             problems.append(f"{stage}: missing dep {m} (imported by {script}'s closure; results go stale)")
         for m in sorted(listed - needed):
             problems.append(f"{stage}: extra dep {m} (not imported by {script}'s closure; needless re-runs)")
-        if resources and RESOURCES_DEP not in deps:
-            problems.append(f"{stage}: missing dep {RESOURCES_DEP} (read by a module in {script}'s closure)")
-        elif not resources and RESOURCES_DEP in deps:
-            problems.append(f"{stage}: extra dep {RESOURCES_DEP} (no module in {script}'s closure reads it)")
+        for d in sorted(data_dirs - deps):
+            problems.append(f"{stage}: missing dep {d} (read by a module in {script}'s closure)")
+        for d in sorted({f"{PKG_DEP}/{x}" for x in DATA_DIRS} & deps - data_dirs):
+            problems.append(f"{stage}: extra dep {d} (no module in {script}'s closure reads it)")
     assert not problems, "dvc.yaml deps drifted from the code:\n  " + "\n  ".join(problems)
 
 

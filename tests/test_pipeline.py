@@ -54,7 +54,7 @@ def project(tmp_path_factory, root=Path(__file__).resolve().parents[1]):
 def test_repro_builds_every_output(project):
     dst, out = project
     p = yaml.safe_load((dst / "params.yaml").read_text())
-    expected = {"prepare", "ensemble", "tune", "plots"} | {f"init@{m}" for m in p["models"]} | {f"average@{m}" for m in p["models"]}
+    expected = {"prepare", "ensemble", "tune", "plots", "report"} | {f"init@{m}" for m in p["models"]} | {f"average@{m}" for m in p["models"]}
     for m in p["models"]:
         for f in p["cv"]["folds"]:
             expected |= {f"train@{m}-{f}", f"predict@{m}-{f}"}
@@ -75,6 +75,9 @@ def test_repro_builds_every_output(project):
     assert list(sub.columns) == ["fname", "summary"] and list(sub["fname"]) == list(test["fname"])
     assert sub["summary"].notna().all()
     assert (dst / "logs/ensemble.log").exists()
+    page = (dst / "reports/index.html").read_text(encoding="utf-8")
+    dev = pd.read_csv(dst / "data/processed/dev.csv")
+    assert page.count("<tr data-fname=") == len(dev) and all(f'data-source="{s}"' in page for s in ens["sources"])
     for png in ("dev_rouge_by_source", "model_comparison", "learning_curves", "lengths"):
         assert (dst / f"plots/{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # timing figures (runtime, samples/s) change on every run: kept out of dvclive, hence out of dvc.lock
@@ -219,6 +222,33 @@ def test_exp_run_changes_metrics(project):
     assert "llama-fold0" in show and "rouge_sum" in show
     diff = run([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD", "--json"], dst).stdout
     assert json.loads(diff)  # the metrics differ from the committed baseline
+
+
+def test_report_compares_a_revision_with_an_experiment(project):
+    """Issue 23: `dialsum report --compare A B` with a git revision and a DVC experiment name (read through
+    DVC's API: the workspace stays as it is), and with `workspace`."""
+    dst, _ = project
+    if "llama-fold0" not in run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], dst).stdout:
+        test_exp_run_changes_metrics(project)
+    run("git add -A && git -c user.email=t@t -c user.name=t commit -qm report --allow-empty", dst)
+    before = run("git status --porcelain && md5sum submission.csv", dst).stdout
+    cli = [sys.executable, "-m", "dialsum.cli", "report", "--compare"]
+    out = run(cli + ["HEAD", "llama-fold0"], dst).stdout.strip().splitlines()[-1]
+    assert out == "reports/compare-HEAD-llama-fold0.html"
+    page = (dst / out).read_text(encoding="utf-8")
+    dev = pd.read_csv(dst / "data/processed/dev.csv")
+    assert page.count("<tr data-fname=") == len(dev)
+    # the page's B - A is the two runs' metrics difference (same dev, same scorer)
+    diff = json.loads(run([sys.executable, "-m", "dvc", "exp", "diff", "HEAD", "llama-fold0", "--json"], dst).stdout)
+    want = diff["metrics"]["metrics/ensemble.json"]["rouge_sum"]["diff"]
+    shown = float(page.split("Mean rouge_sum change B − A: <b>")[1].split("<")[0])
+    assert shown == pytest.approx(want, abs=2e-4)
+    assert "models" in page and "paired-bootstrap 95 % interval" in page
+    assert run("git status --porcelain && md5sum submission.csv", dst).stdout == before  # workspace untouched
+    same = (dst / run(cli + ["HEAD", "workspace"], dst).stdout.strip().splitlines()[-1]).read_text(encoding="utf-8")
+    assert "<b>+0.0000</b>" in same and "0 dialogues improved, 0 degraded" in same
+    bad = run(cli + ["HEAD", "no-such-exp"], dst, check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no-such-exp" in bad.stderr
 
 
 def test_team_shares_results_through_a_dvc_remote(project, tmp_path):

@@ -1,4 +1,4 @@
-"""``dialsum`` command line: sample, score, summarize, env, tiny-models, replica, memory, tune."""
+"""``dialsum`` command line: sample, score, summarize, env, tiny-models, replica, memory, tune, report."""
 from __future__ import annotations
 
 import argparse
@@ -210,6 +210,22 @@ def cmd_replica(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    from . import report
+    from .params import ParamsError, load
+
+    try:
+        if a.compare:
+            path = report.write_compare(a.compare[0], a.compare[1], Path(a.repo), Path(a.out) if a.out else None)
+        else:
+            path = report.write_index(load(Path(a.repo) / a.params), Path(a.out or "reports/index.html"), Path(a.repo))
+    except (report.ReportError, ParamsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
 def cmd_memory(a) -> int:
     from .memory import format_table, zoo_table
     from .params import load
@@ -329,6 +345,15 @@ def main(argv: list[str] | None = None) -> int:
                                                                   "published embedding size)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_replica)
+
+    p = sub.add_parser("report", help="HTML error analysis of the dev split (the report stage's page), or "
+                                       "--compare A B: two revisions or experiments dialogue by dialogue")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="git revisions, DVC experiment names or `workspace`; writes reports/compare-A-B.html")
+    p.add_argument("--out", default=None, help="the HTML file (default reports/index.html or reports/compare-A-B.html)")
+    p.add_argument("--repo", default=".", help="the dialsum project (a DVC repo)")
+    p.add_argument("--params", default="params.yaml", help="without --compare: the run's params (in --repo)")
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("memory", help="computed GPU memory table (bf16/8-bit/4-bit weights, LoRA state) per zoo model")
     p.add_argument("--params", default="params.yaml")

@@ -215,6 +215,8 @@ SPEC = {
                                            "tags": list_of(string()), "group": string(null=True),
                                            "mode": choice("auto", "online", "offline", "disabled")})}),
     "debug": section({"subsample": integer(0)}),
+    "report": section({"worst_n": integer(0), "role_swap_margin": number(0), "short_ratio": number(0),
+                       "long_ratio": number(0), "bootstrap": integer(100)}),
 }
 
 REQUIRED = ["seed", "data", "cv", "models", "zoo", "training", "generation", "metrics", "ensemble"]

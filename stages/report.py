@@ -1,0 +1,20 @@
+"""report: per-dialogue error analysis of the dev split -> reports/index.html (one self-contained page: scores,
+diagnostics, worst dialogues, a sortable and filterable table of every source's summary; README "Reports")."""
+import logging
+from pathlib import Path
+
+from dialsum import params as P, report
+from dialsum.tracking import run_stage, setup_logging
+
+log = logging.getLogger("report")
+
+
+def main():
+    params = P.load()
+    setup_logging("report", level=params.get("tracking", {}).get("log_level", "INFO"))
+    path = report.write_index(params, Path("reports/index.html"))
+    log.info("wrote %s (%.0f KB): open it in a browser", path, path.stat().st_size / 1024)
+
+
+if __name__ == "__main__":
+    run_stage("report", main)
