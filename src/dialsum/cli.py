@@ -218,7 +218,8 @@ def cmd_report(a) -> int:
         if a.compare:
             path = report.write_compare(a.compare[0], a.compare[1], Path(a.repo), Path(a.out) if a.out else None)
         else:
-            path = report.write_index(load(Path(a.repo) / a.params), Path(a.out or "reports/index.html"), Path(a.repo))
+            path = report.write_index(load(Path(a.repo) / a.params),
+                                      Path(a.out) if a.out else Path(a.repo) / "reports/index.html", Path(a.repo))
     except (report.ReportError, ParamsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "--compare A B: two revisions or experiments dialogue by dialogue")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="git revisions, DVC experiment names or `workspace`; writes reports/compare-A-B.html")
-    p.add_argument("--out", default=None, help="the HTML file (default reports/index.html or reports/compare-A-B.html)")
+    p.add_argument("--out", default=None, help="the HTML file (default: reports/index.html or reports/compare-A-B.html in --repo)")
     p.add_argument("--repo", default=".", help="the dialsum project (a DVC repo)")
     p.add_argument("--params", default="params.yaml", help="without --compare: the run's params (in --repo)")
     p.set_defaults(fn=cmd_report)

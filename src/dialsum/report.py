@@ -315,7 +315,9 @@ def build_index(params: dict, root: Path = Path("."), settings: Settings | None 
     if missing:
         raise ReportError(f"predictions/ensemble/dev.csv: no summary for {len(missing)} dev dialogues "
                           f"(first: {missing[0]}); re-run `dvc repro ensemble`")
-    sources = sorted(metrics.get("sources", {}))
+    # natural order: lead2 before lead10
+    sources = sorted(metrics.get("sources", {}), key=lambda s: [int(t) if t.isdigit() else t
+                                                               for t in re.split(r"(\d+)", s)])
     summaries = {ENSEMBLE: [ens.at[f, "summary"] for f in fnames]}
     tokens: dict[str, list[int] | None] = {}
     for src in sources:
