@@ -183,7 +183,7 @@ def test_second_repro_is_noop_and_generation_change_reruns_predict_only(project)
     p["generation"]["num_beams"] = 2
     (dst / "params.yaml").write_text(yaml.safe_dump(p, allow_unicode=True, sort_keys=False))
     ran = stages_run(run([sys.executable, "-m", "dvc", "repro"], dst).stdout)
-    assert ran and all(s.startswith(("predict@", "average@")) or s in ("ensemble", "plots") for s in ran), ran
+    assert ran and all(s.startswith(("predict@", "average@")) or s in ("ensemble", "plots", "report") for s in ran), ran
 
 
 def test_stage_list_has_every_item(project):
@@ -230,8 +230,8 @@ def test_report_compares_a_revision_with_an_experiment(project):
     dst, _ = project
     if "llama-fold0" not in run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], dst).stdout:
         test_exp_run_changes_metrics(project)
-    run("git add -A && git -c user.email=t@t -c user.name=t commit -qm report --allow-empty", dst)
-    before = run("git status --porcelain && md5sum submission.csv", dst).stdout
+    # the workspace holds the llama-fold0 experiment's results (dvc exp run leaves them there), HEAD the baseline
+    before = run("git status --porcelain && md5sum submission.csv params.yaml", dst).stdout
     cli = [sys.executable, "-m", "dialsum.cli", "report", "--compare"]
     out = run(cli + ["HEAD", "llama-fold0"], dst).stdout.strip().splitlines()[-1]
     assert out == "reports/compare-HEAD-llama-fold0.html"
@@ -244,8 +244,8 @@ def test_report_compares_a_revision_with_an_experiment(project):
     shown = float(page.split("Mean rouge_sum change B − A: <b>")[1].split("<")[0])
     assert shown == pytest.approx(want, abs=2e-4)
     assert "models" in page and "paired-bootstrap 95 % interval" in page
-    assert run("git status --porcelain && md5sum submission.csv", dst).stdout == before  # workspace untouched
-    same = (dst / run(cli + ["HEAD", "workspace"], dst).stdout.strip().splitlines()[-1]).read_text(encoding="utf-8")
+    assert run("git status --porcelain && md5sum submission.csv params.yaml", dst).stdout == before  # untouched
+    same = (dst / run(cli + ["llama-fold0", "workspace"], dst).stdout.strip().splitlines()[-1]).read_text(encoding="utf-8")
     assert "<b>+0.0000</b>" in same and "0 dialogues improved, 0 degraded" in same
     bad = run(cli + ["HEAD", "no-such-exp"], dst, check=False)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no-such-exp" in bad.stderr
@@ -346,7 +346,7 @@ def test_ensemble_strategies_never_retrain(project):
         out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", f"ensemble.strategy={strategy}"], dst).stdout
         ran = stages_run(out)
         # auto is the default the fixture ran with: DVC may restore its ensemble from the run cache
-        assert (ran or strategy == "auto") and all(s in ("ensemble", "plots") or s.startswith("average@")
+        assert (ran or strategy == "auto") and all(s in ("ensemble", "plots", "report") or s.startswith("average@")
                                                    for s in ran), ran
         ens = json.loads((dst / "metrics/ensemble.json").read_text())
         assert ens["strategy"] == strategy and {"gain", "best_single", "models", "sources"} <= set(ens)
@@ -413,7 +413,7 @@ def _pools_in_the_pipeline(dst):
     out = run([sys.executable, "-m", "dvc", "exp", "run", *common, "-S", "generation.candidates.method=sample",
                "-S", "ensemble.strategy=stacking"], dst).stdout
     ran = stages_run(out)  # average@ only records that it does not average
-    assert "ensemble" in ran and all(s in ("ensemble", "plots") or s.startswith("average@") for s in ran), ran
+    assert "ensemble" in ran and all(s in ("ensemble", "plots", "report") or s.startswith("average@") for s in ran), ran
 
 
 def test_tune_stage_resumes_its_study_through_dvc(project):
