@@ -224,7 +224,7 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
         log.info("rank %d of %d processes (%s)", rank(), trainer.args.world_size, trainer.args.parallel_mode.value)
     try:
         trainer.train(resume_from_checkpoint=resume_from)
-        metrics = trainer.evaluate()
+        metrics = _best_evaluation(trainer) or trainer.evaluate()
     except BaseException:
         if run is not None:
             run.finish(exit_code=1)  # a crashed run is marked failed, never left running
@@ -275,6 +275,20 @@ def _dvclive_callback():
             return super().on_log(args, state, control, model=model, logs=logs, **kwargs)
 
     return DeterministicDVCLiveCallback
+
+
+def _best_evaluation(trainer) -> dict | None:
+    """The evaluation that chose the kept checkpoint, from the Trainer's log (on resume: from the checkpoint's
+    trainer_state.json). The kept model is that checkpoint's weights, so evaluating it again would only repeat
+    the generation (one more pass over the validation set per run) and log a point at the last step that the
+    model there never scored. None when no evaluation chose it (no checkpoint was evaluated)."""
+    step = trainer.state.best_global_step
+    if not trainer.state.best_model_checkpoint or step is None:
+        return None
+    for entry in trainer.state.log_history:
+        if entry.get("step") == step and "eval_loss" in entry:
+            return entry
+    return None
 
 
 def _best_step(trainer) -> int:
