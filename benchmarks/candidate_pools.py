@@ -25,6 +25,7 @@ import yaml
 
 from dialsum import data, ensemble as E, generation, models
 from dialsum.metrics import Scorer
+from dialsum.report import paired_bootstrap
 
 # name -> (generation.candidates, the k prefixes scored): sampled pools are i.i.d. after candidate 0, so the
 # first k of a k = 16 pool *is* a k pool; beam and diverse pools are generated per k
@@ -37,12 +38,6 @@ POOLS = {
     "sample-16": ({"k": 16, "method": "sample", "top_p": 0.9, "temperature": 0.7}, [4, 8, 16]),
     "sample-16-t1": ({"k": 16, "method": "sample", "top_p": 0.95, "temperature": 1.0}, [16]),
 }
-
-
-def bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> list[float]:
-    idx = np.random.default_rng(seed).integers(0, len(diff), (n, len(diff)))
-    means = diff[idx].mean(axis=1)
-    return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
 
 
 def main():
@@ -132,7 +127,7 @@ def main():
                 per = scorer.per_row(chosen[s], [refs[s][fn] for fn in fns]).sum(axis=1)
                 row[s] = round(float(per.mean()), 4)
                 row[f"{s}_gain"] = round(float((per - per_dialogue[s]).mean()), 4)
-                row[f"{s}_ci"] = bootstrap(per - per_dialogue[s])
+                row[f"{s}_ci"] = list(paired_bootstrap(per - per_dialogue[s]))
             if "auto" in info:
                 row["auto_chose"] = info["auto"]["chosen"]
             results.append(row)
