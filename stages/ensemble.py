@@ -10,8 +10,8 @@ import pandas as pd
 
 from dialsum import data, ensemble as E, io, params as P
 from dialsum.metrics import Scorer
-from dialsum.params import ParamsError
-from dialsum.tracking import run_stage, setup_logging
+from dialsum.params import Ensemble, ParamsError, section
+from dialsum.tracking import log_level, run_stage, setup_logging
 
 log = logging.getLogger("ensemble")
 KEYS = ("rouge1", "rouge2", "rougeL", "rouge_sum", "bleu")
@@ -19,9 +19,9 @@ KEYS = ("rouge1", "rouge2", "rougeL", "rouge_sum", "bleu")
 
 def main():
     params = P.load()
-    setup_logging("ensemble", level=params.get("tracking", {}).get("log_level", "INFO"))
-    cfg, seed = params["ensemble"], params["seed"]
-    strategy = cfg["strategy"]
+    setup_logging("ensemble", level=log_level(params))
+    cfg, seed = section(Ensemble, params["ensemble"], "ensemble"), params["seed"]
+    strategy = cfg.strategy
     d = data.load_processed()
     scorer = Scorer.from_params(params)
     tok = scorer.tokenizer
@@ -35,7 +35,7 @@ def main():
     for src in sources:
         log.info("dev %s: rouge_sum %.4f (oof %s)", src, sources[src]["rouge_sum"], oof_scores.get(src))
     # a near-constant member would win every vote among its own copies: kept out unless all are like it
-    collapsed = E.collapsed_sources(pd.concat([cands["dev"], cands["test"]]), cfg.get("collapse_ratio", 0.1))
+    collapsed = E.collapsed_sources(pd.concat([cands["dev"], cands["test"]]), cfg.collapse_ratio)
     for src, c in collapsed.items():
         log.warning("%s collapsed: %d distinct summaries for %d dialogues; left out of the ensemble", src,
                     c["distinct_summaries"], c["dialogues"])

@@ -3,14 +3,14 @@ import logging
 from pathlib import Path
 
 from dialsum import data, io, params as P, plots
-from dialsum.tracking import run_stage, setup_logging
+from dialsum.tracking import log_level, run_stage, setup_logging
 
 log = logging.getLogger("plots")
 
 
 def main():
     params = P.load()
-    setup_logging("plots", level=params.get("tracking", {}).get("log_level", "INFO"))
+    setup_logging("plots", level=log_level(params))
     d = data.load_processed()
     with io.atomic_dir("plots") as tmp:
         live = [Path(f"dvclive/{m}-{f}") for m in params["models"] for f in params["cv"]["folds"]]

@@ -2,17 +2,17 @@
 import logging
 
 from dialsum import data, io, params as P, tta
-from dialsum.tracking import run_stage, setup_logging
+from dialsum.tracking import log_level, run_stage, setup_logging
 
 log = logging.getLogger("prepare")
 
 
 def main():
     params = P.load()
-    setup_logging("prepare", level=params.get("tracking", {}).get("log_level", "INFO"))
+    setup_logging("prepare", level=log_level(params))
     d, cv = params["data"], params["cv"]
     frames = {s: data.read_csv(d[s], s, d["on_invalid"]) for s in ("train", "dev", "test")}
-    n = params.get("debug", {}).get("subsample", 0)
+    n = P.section(P.Debug, params.get("debug"), "debug").subsample
     for split, df in frames.items():
         df = data.clean_frame(df, d["clean"])
         if n:

@@ -4,14 +4,14 @@ import logging
 from pathlib import Path
 
 from dialsum import params as P, report
-from dialsum.tracking import run_stage, setup_logging
+from dialsum.tracking import log_level, run_stage, setup_logging
 
 log = logging.getLogger("report")
 
 
 def main():
     params = P.load()
-    setup_logging("report", level=params.get("tracking", {}).get("log_level", "INFO"))
+    setup_logging("report", level=log_level(params))
     path = report.write_index(params, Path("reports/index.html"))
     log.info("wrote %s (%.0f KB): open it in a browser", path, path.stat().st_size / 1024)
 

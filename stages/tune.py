@@ -8,14 +8,14 @@ from pathlib import Path
 
 from dialsum import training, tuning
 from dialsum.params import load
-from dialsum.tracking import run_stage, setup_logging
+from dialsum.tracking import log_level, run_stage, setup_logging
 
 log = logging.getLogger("tune")
 
 
 def main():
     params = tuning.settings(load())
-    setup_logging("tune", None, params.get("tracking", {}).get("log_level", "INFO"))
+    setup_logging("tune", None, log_level(params))
     tuning.check_space(params)
     training.seed_everything(params["seed"])
     train_df, val_df = tuning.load_data(params)

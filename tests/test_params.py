@@ -95,3 +95,83 @@ def test_resume_skips_a_checkpoint_killed_mid_save(tmp_path):
     (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
     assert find_resume(tmp_path, "sig", "auto") == str(tmp_path / "checkpoint-4")
     assert find_resume(tmp_path, "other", "auto") is None  # another run's checkpoints are never resumed
+
+
+def test_schema_file_matches_the_typed_config(root, tmp_path):
+    """params.schema.json (what params.yaml's first line points editors at) is what `dialsum schema` writes
+    from the typed config, and names every key that params.yaml sets."""
+    import json
+
+    from dialsum.cli import main
+    from dialsum.params import schema
+
+    assert (root / "params.schema.json").read_text(encoding="utf-8") == schema()
+    assert main(["schema", "--out", str(tmp_path / "s.json")]) == 0
+    assert (tmp_path / "s.json").read_text(encoding="utf-8") == schema()
+    s = json.loads(schema())
+    assert s["additionalProperties"] is False
+
+    def props(node):
+        node = s["$defs"][node["$ref"].split("/")[-1]] if "$ref" in node else node
+        for alt in node.get("anyOf", []):
+            if "$ref" in alt or alt.get("type") == "object":
+                return props(alt)
+        if "additionalProperties" in node and isinstance(node["additionalProperties"], dict):
+            return props(node["additionalProperties"])
+        return node.get("properties", {})
+
+    def walk(value, node, key):
+        known = props(node)
+        for k, v in value.items():
+            assert k in known or not known, f"{key}.{k} is not in the schema"
+            if isinstance(v, dict) and k in known and k != "search_space":
+                walk(v, known[k], f"{key}.{k}")
+
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    for name, entry in raw["zoo"].items():
+        walk(entry, s["properties"]["zoo"], f"zoo.{name}")
+    walk({k: v for k, v in raw.items() if k != "zoo"}, s, "")
+    assert (root / "params.yaml").read_text().startswith("# yaml-language-server: $schema=params.schema.json")
+
+
+def test_defaults_live_in_the_typed_config():
+    """A key left out of params.yaml takes the typed config's default in every module that reads it."""
+    from dialsum import generation, report, tuning
+    from dialsum.metrics import Scorer
+    from dialsum.models import lora_settings
+    from dialsum.params import Generation, Lora, Metrics, Report, Tune, typed
+
+    minimal = {"models": ["m"], "zoo": {"m": {"family": "seq2seq", "pretrained": "x", "max_source_len": 64,
+                                               "max_target_len": 16}}}
+    p = typed(minimal)
+    assert p.generation == Generation() and p.tune == Tune() and p.report == Report()
+    kw = generation.generation_kwargs({})
+    assert (kw["num_beams"], kw["min_new_tokens"], kw["max_new_tokens"]) == (
+        Generation().num_beams, Generation().min_new_tokens, Generation().max_new_tokens)
+    assert generation.candidate_settings({}).k == 1
+    s = Scorer.from_params(minimal)
+    assert (s.tokenizer.mode, s.multi_ref, s.remove_tokens) == (Metrics().tokenize, Metrics().multi_ref,
+                                                                Metrics().remove_tokens)
+    assert report.settings_of(minimal) == Report()
+    filled = tuning.settings({**minimal, "tune": {"model": "m"}})["tune"]
+    assert filled == {**Tune().model_dump(), "model": "m"}
+    assert lora_settings({"lora": {"r": 4}}) == {**Lora().model_dump(), "r": 4}
+    with pytest.raises(ParamsError, match=r"generation\.num_beams"):
+        generation.generation_kwargs({"num_beams": 0})
+
+
+def test_numbers_keep_their_written_type(root):
+    """An integer written in params.yaml stays an integer (hashes of sections, e.g. the tune study's name,
+    are those of the file), and booleans or numeric strings are not numbers."""
+    from dialsum.params import typed
+
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    import json
+
+    dumped = typed(raw).model_dump(exclude_unset=True)
+    assert json.dumps(dumped, sort_keys=True) == json.dumps(raw, sort_keys=True)
+    for bad in (True, "1e-3"):
+        p = copy.deepcopy(raw)
+        p["training"]["learning_rate"] = bad
+        with pytest.raises(ParamsError, match="training.learning_rate"):
+            validate(p)

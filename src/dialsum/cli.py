@@ -70,7 +70,7 @@ def cmd_summarize(a) -> int:
     from . import generation, models
     from .data import DataError, clean_text, read_csv
     from .io import write_csv
-    from .params import load
+    from .params import Generation, load, section
 
     try:
         df = read_csv(a.input, "test")
@@ -102,14 +102,14 @@ def cmd_summarize(a) -> int:
         print(f"error: {a.model}: no such model folder", file=sys.stderr)
         return 2
     params = load(a.params) if Path(a.params).exists() else {}
-    gen = dict(params.get("generation", {}))
+    gen = section(Generation, params.get("generation"), "generation")
     if a.num_beams:
-        gen["num_beams"] = a.num_beams
+        gen = gen.model_copy(update={"num_beams": a.num_beams})
     model, tok, family = models.load_for_inference(Path(a.model))
     tok.padding_side = "left"
     dialogues = [clean_text(d) for d in df["dialogue"]]
     texts, _ = generation.summarize(model, tok, family, dialogues, gen, a.max_source_len,
-                                    a.batch_size or gen.get("batch_size", 32), desc="summarize")
+                                    a.batch_size or gen.batch_size, desc="summarize")
     write_csv(a.output, pd.DataFrame({"fname": df["fname"], "summary": texts}))
     print(f"{len(texts)} summaries -> {a.output}")
     return 0
@@ -242,13 +242,13 @@ def cmd_tune_worker(a) -> int:
     from . import training, tuning
     from .data import DataError
     from .params import ParamsError, load
-    from .tracking import setup_logging
+    from .tracking import log_level, setup_logging
 
     try:
         params = tuning.settings(load(a.params))
         if a.storage:
             params["tune"]["storage"] = a.storage
-        setup_logging("tune", f"worker-{os.getpid()}", params.get("tracking", {}).get("log_level", "INFO"))
+        setup_logging("tune", f"worker-{os.getpid()}", log_level(params))
         tuning.check_space(params)
         training.seed_everything(params["seed"])
         train_df, val_df = tuning.load_data(params)
@@ -286,7 +286,21 @@ def cmd_tune_apply(a) -> int:
     return 0 if a.print_only else subprocess.call(cmd)
 
 
+def cmd_schema(a) -> int:
+    from .io import write_text
+    from .params import schema
+
+    if a.out:
+        write_text(a.out, schema())
+        print(f"params.yaml schema -> {a.out}")
+    else:
+        sys.stdout.write(schema())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .params import TOKENIZE_MODES, Metrics
+
     ap = argparse.ArgumentParser(prog="dialsum", description="Dialogue summarization pipeline helpers.")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -301,9 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("score", help="ROUGE-1/2/L + BLEU of PRED.csv against REF.csv; last line is JSON")
     p.add_argument("pred")
     p.add_argument("ref")
-    p.add_argument("--tokenize", choices=["morpheme", "whitespace", "default"], default="morpheme")
-    p.add_argument("--multi-ref", choices=["max", "mean"], default="max")
-    p.add_argument("--remove-tokens", nargs="*", default=["<s>", "</s>", "<pad>", "<unk>", "<usr>", "<sys>"])
+    metrics = Metrics()  # params.yaml's `metrics` defaults
+    p.add_argument("--tokenize", choices=TOKENIZE_MODES, default=metrics.tokenize)
+    p.add_argument("--multi-ref", choices=["max", "mean"], default=metrics.multi_ref)
+    p.add_argument("--remove-tokens", nargs="*", default=metrics.remove_tokens)
     p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("summarize", help="summaries for new dialogues with a trained model folder or the ensemble")
@@ -321,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
                         "bounds the tokens)")
     p.add_argument("--max-source-len", type=int, default=512)
     p.set_defaults(fn=cmd_summarize)
+
+    p = sub.add_parser("schema", help="params.yaml's JSON schema: every key, its type, bounds and default (editors "
+                                       "complete and check params.yaml with it: see its first line)")
+    p.add_argument("--out", default=None, help="write it to this file (params.schema.json) instead of printing it")
+    p.set_defaults(fn=cmd_schema)
 
     p = sub.add_parser("env", help="torch / CUDA / GPU / bf16 / bitsandbytes / versions report")
     p.set_defaults(fn=cmd_env)

@@ -183,3 +183,33 @@ def load_processed(folder: str | Path = "data/processed") -> dict[str, pd.DataFr
                         else pd.DataFrame(columns=["fname", "orig_fname", "fold", "view", "dialogue", "summary"]))
     out["augmented"]["fold"] = out["augmented"]["fold"].astype(int)
     return out
+
+
+# ------------------------------------------------- Korean particles (the sample generator, TTA role swaps)
+# Numbers read as Sino-Korean: does the syllable end in a consonant (받침)?
+_DIGIT_FINAL = {"0": True, "1": True, "2": False, "3": True, "4": False, "5": False, "6": True,
+                "7": True, "8": True, "9": False}
+
+
+def has_final_consonant(word: str) -> bool:
+    """True when the last sound of ``word`` takes 은/이/을 rather than 는/가/를."""
+    w = word.rstrip("#").rstrip()
+    if not w:
+        return False
+    ch = w[-1]
+    if "가" <= ch <= "힣":
+        return (ord(ch) - 0xAC00) % 28 != 0
+    if ch in _DIGIT_FINAL:
+        return _DIGIT_FINAL[ch]
+    return False
+
+
+def josa(word: str, pair: str) -> str:
+    """``josa('민수', '은/는') -> '민수는'``; works for ``#Person1#`` tags too."""
+    with_final, without = pair.split("/")
+    if pair == "으로/로":  # a final ㄹ takes 로 like a vowel does (서울로, #Person1#로 = 일로)
+        w = word.rstrip("#")
+        rieul = ("가" <= w[-1:] <= "힣" and (ord(w[-1]) - 0xAC00) % 28 == 8) or w[-1:] in ("1", "7", "8")
+        use = has_final_consonant(word) and not rieul
+        return word + (with_final if use else without)
+    return word + (with_final if has_final_consonant(word) else without)

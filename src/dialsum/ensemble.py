@@ -33,9 +33,10 @@ import numpy as np
 import pandas as pd
 
 from .metrics import CachedTokenizer, ngram_counts
+from .params import ENSEMBLE_STRATEGIES, Ensemble, section
 
 log = logging.getLogger(__name__)
-STRATEGIES = ("auto", "averaging", "weighted_avg", "majority_vote", "rouge_weighted", "stacking", "blending")
+STRATEGIES = ENSEMBLE_STRATEGIES
 VIEW_TYPES = ("orig", "reorder", "mask", "synonym", "paraphrase")
 
 
@@ -265,7 +266,8 @@ def fit_strategy(strategy: str, cfg: dict, models: Sequence[str], groups: list[G
     OOF score where a dialogue has several."""
     model_oof = {m: float(np.mean([v for s, v in source_scores.items() if s.split("/")[0] == m]))
                  for m in models if any(s.split("/")[0] == m for s in source_scores)}
-    weights = dict(cfg.get("weights") or {})
+    cfg = section(Ensemble, cfg, "ensemble")
+    weights = dict(cfg.weights or {})
     info: dict = {}
     if strategy.startswith("single:"):
         m = strategy.split(":", 1)[1]
@@ -293,7 +295,7 @@ def fit_strategy(strategy: str, cfg: dict, models: Sequence[str], groups: list[G
     if strategy == "stacking":
         reg = fit_stacker(groups, targets, models, model_oof, tok, seed)
         return (lambda g: reg.predict(candidate_features(g, models, model_oof, tok))), info
-    bw, value = fit_blend(groups, targets, list(models), cfg.get("blend_trials", 64), seed)
+    bw, value = fit_blend(groups, targets, list(models), cfg.blend_trials, seed)
     info.update(blend_weights=bw, blend_fit_rouge=round(value, 6))
     return (lambda g: weighted_consensus(g.sim, np.array([bw.get(m, 0.0) for m in g.cands["model"]]))), info
 
@@ -341,14 +343,15 @@ def combine(strategy: str, cfg: dict, models: Sequence[str], pools: dict, fit_gr
     the out-of-fold pools (``fit_on`` = "oof"), or, with fold `full` only, the dev pools (``fit_on`` =
     "dev"): then the dev choices are cross-fitted (each dev dialogue chosen for by a fit on the others) and
     the metrics say so, and test is chosen by a fit on all of dev. Returns ({split: selection}, info)."""
-    tok, folds = scorer.tokenizer, int(cfg.get("crossfit_folds", 5))
+    cfg = section(Ensemble, cfg, "ensemble")
+    tok, folds = scorer.tokenizer, cfg.crossfit_folds
     targets = candidate_targets(fit_groups, fit_refs, scorer) if fit_groups else []
     info: dict = {}
     runs: dict = {}  # option -> crossfit(...) on fit_groups, reused for the cross-fitted choices below
     if strategy == "auto":
         if not fit_groups:
             raise ValueError("ensemble.strategy = auto chooses on scored candidates and there are none")
-        for o in options(models, fit_groups, bool(source_scores or cfg.get("weights"))):
+        for o in options(models, fit_groups, bool(source_scores or cfg.weights)):
             runs[o] = crossfit(o, cfg, models, fit_groups, targets, source_scores, tok, seed, folds)
         table = {o: round(run[1], 6) for o, run in runs.items()}
         chosen = max(table, key=lambda o: table[o])  # first best: a model alone wins ties
@@ -410,7 +413,7 @@ def fold_weights(params: dict, model: str, folds: list, root: Path = Path(".")) 
     (from predict's metrics)."""
     if params["ensemble"]["strategy"] == "averaging":
         return [1.0] * len(folds)
-    given = params["ensemble"].get("weights") or {}
+    given = section(Ensemble, params["ensemble"], "ensemble").weights or {}
     out = []
     for f in folds:
         if f"{model}/{f}" in given:
@@ -429,7 +432,8 @@ def summarize_new(params: dict, df: pd.DataFrame, root: Path = Path(".")) -> tup
     from . import data, generation, models, tta
     from .metrics import Scorer
 
-    cfg, strategy, gen = params["ensemble"], params["ensemble"]["strategy"], params["generation"]
+    cfg, gen = section(Ensemble, params["ensemble"], "ensemble"), params["generation"]
+    strategy = cfg.strategy
     folds = list(params["cv"]["folds"])
     scorer = Scorer.from_params(params)
     augmenter = tta.Augmenter.from_params(params["tta"], params["seed"])
@@ -465,7 +469,7 @@ def summarize_new(params: dict, df: pd.DataFrame, root: Path = Path(".")) -> tup
     fitted = strategy in ("auto", "stacking", "blending")
     stored, scored = load_candidates(params, ["oof", "dev", "test"], root)
     oof_scores = oof_rouge(scored)
-    collapsed = collapsed_sources(pd.concat([stored["dev"], stored["test"]]), cfg.get("collapse_ratio", 0.1))
+    collapsed = collapsed_sources(pd.concat([stored["dev"], stored["test"]]), cfg.collapse_ratio)
     if collapsed and len(collapsed) < len(scored):
         pool = pool[~pool["source"].isin(collapsed)]
         stored = {s: c[~c["source"].isin(collapsed)] for s, c in stored.items()}

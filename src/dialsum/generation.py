@@ -9,19 +9,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .params import Candidates, Generation, section
 from .sequences import conventions, decode, source_ids
 
 log = logging.getLogger(__name__)
 
 
-def generation_kwargs(gen: dict, max_target_len: int | None = None) -> dict:
-    kw = dict(num_beams=gen.get("num_beams", 1), max_new_tokens=gen.get("max_new_tokens", 64),
-              min_new_tokens=gen.get("min_new_tokens", 0), do_sample=gen.get("do_sample", False),
-              repetition_penalty=gen.get("repetition_penalty", 1.0),
-              no_repeat_ngram_size=gen.get("no_repeat_ngram_size", 0),
-              length_penalty=gen.get("length_penalty", 1.0))
-    if kw["do_sample"]:
-        kw.update(temperature=gen.get("temperature", 1.0), top_p=gen.get("top_p", 1.0))
+def generation_kwargs(gen: dict | Generation, max_target_len: int | None = None) -> dict:
+    """``model.generate`` keyword arguments from ``generation`` (a mapping or the typed section)."""
+    g = section(Generation, gen, "generation")
+    kw = dict(num_beams=g.num_beams, max_new_tokens=g.max_new_tokens, min_new_tokens=g.min_new_tokens,
+              do_sample=g.do_sample, repetition_penalty=g.repetition_penalty,
+              no_repeat_ngram_size=g.no_repeat_ngram_size, length_penalty=g.length_penalty)
+    if g.do_sample:
+        kw.update(temperature=g.temperature, top_p=g.top_p)
     if max_target_len:
         kw["max_new_tokens"] = min(kw["max_new_tokens"], max_target_len + 1)
     return kw
@@ -91,8 +92,8 @@ def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, ma
     kw = generation_kwargs(gen)
     out_text: list[str] = [""] * len(dialogues)
     out_lp: list[float] = [0.0] * len(dialogues)
-    batches = token_batches([len(encoded[i]) for i in order], batch_size, gen.get("batch_tokens"),
-                            kw["num_beams"], kw["max_new_tokens"])
+    batches = token_batches([len(encoded[i]) for i in order], batch_size,
+                            section(Generation, gen, "generation").batch_tokens, kw["num_beams"], kw["max_new_tokens"])
     batches = [[order[j] for j in b] for b in batches]
     fits = None  # after an out-of-memory error: the most dialogues that then fitted in one call
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
@@ -199,14 +200,9 @@ def _lengths(new: torch.Tensor, tokenizer, conv) -> list[int]:
     return [int(x) for x in upto.sum(1).tolist()]
 
 
-CANDIDATE_METHODS = ("beam", "diverse", "sample")
-CANDIDATE_DEFAULTS = {"k": 1, "method": "beam", "diversity_penalty": 1.0, "group_beams": None,
-                      "temperature": 1.0, "top_p": 0.95, "epsilon": 0.0, "seed": 0}
-
-
-def candidate_settings(gen: dict) -> dict:
-    """``generation.candidates`` with its defaults filled in (k = 1: one summary per input, as before)."""
-    return {**CANDIDATE_DEFAULTS, **(gen.get("candidates") or {})}
+def candidate_settings(gen: dict | Generation) -> Candidates:
+    """``generation.candidates`` with its defaults (k = 1: one summary per input, as without pools)."""
+    return section(Generation, gen, "generation").candidates
 
 
 class _HammingDiversity:
@@ -261,18 +257,17 @@ def summarize_pool(model, tokenizer, family: str, dialogues: list[str], gen: dic
     Log-probs (k > 1): every candidate's mean token log-prob under the raw model (before length penalty,
     temperature, top-p or diversity penalties), so candidates of every method compare."""
     cand = candidate_settings(gen)
-    k, method = int(cand["k"]), cand["method"]
-    if method not in CANDIDATE_METHODS:
-        raise ValueError(f"generation.candidates.method = {method!r} (known: {', '.join(CANDIDATE_METHODS)})")
+    k, method = cand.k, cand.method
     if not dialogues:
         return []
     was_training = model.training
     conv, encoded, order = _encode_sorted(model, tokenizer, family, dialogues, max_source_len, prompt)
     kw = generation_kwargs(gen)
     nb = kw["num_beams"]
-    group_beams = int(cand["group_beams"] or nb)
+    group_beams = int(cand.group_beams or nb)
     beams = {"beam": max(nb, k), "diverse": group_beams, "sample": max(nb, k - 1)}[method]
-    batches = token_batches([len(encoded[i]) for i in order], batch_size, gen.get("batch_tokens"), beams,
+    batches = token_batches([len(encoded[i]) for i in order], batch_size,
+                            section(Generation, gen, "generation").batch_tokens, beams,
                             kw["max_new_tokens"])
     pool: list[list[tuple[str, float, int]]] = [[] for _ in dialogues]
 
@@ -292,19 +287,19 @@ def summarize_pool(model, tokenizer, family: str, dialogues: list[str], gen: dic
         elif method == "beam":
             run(batch, {**kw, "num_beams": max(nb, k), "num_return_sequences": k}, k)
         elif method == "sample":
-            torch.manual_seed(int(cand["seed"]) * 1_000_003 + number)  # before candidate 0 (do_sample: true)
+            torch.manual_seed(int(cand.seed) * 1_000_003 + number)  # before candidate 0 (do_sample: true)
             run(batch, kw, 1)
             sampling = {**kw, "do_sample": True, "num_beams": 1, "num_return_sequences": k - 1,
-                        "temperature": cand["temperature"], "top_p": cand["top_p"]}
-            if cand["epsilon"]:
-                sampling["epsilon_cutoff"] = cand["epsilon"]
+                        "temperature": cand.temperature, "top_p": cand.top_p}
+            if cand.epsilon:
+                sampling["epsilon_cutoff"] = cand.epsilon
             run(batch, sampling, k - 1)
         else:
             history: dict = {}
             start = None if conv.family == "causal" else 1
             for g in range(k):
                 def processor(inputs, num_beams, width, keys, g=g):
-                    return _HammingDiversity(history, keys, g, cand["diversity_penalty"],
+                    return _HammingDiversity(history, keys, g, cand.diversity_penalty,
                                              width if start is None else start, num_beams)
                 lens = run(batch, {**kw, "num_beams": group_beams}, 1, processor)
                 # an input whose search ended keeps being extended while others in its batch run: what its
@@ -416,7 +411,7 @@ def summarize_views(model, tokenizer, family: str, fnames, dialogues, augmenter,
     for fname, dialogue in zip(fnames, dialogues):
         rows.append((fname, "orig", dialogue, None))
         rows += [(fname, v.name, v.dialogue, v.inverse) for v in augmenter.views(f"{key_prefix}/{fname}", dialogue)]
-    if candidate_settings(gen)["k"] > 1:
+    if candidate_settings(gen).k > 1:
         pool = summarize_pool(model, tokenizer, family, [r[2] for r in rows], gen, max_source_len, batch_size,
                               prompt, desc=desc)
         out = [(r[0], r[1], c, r[3](t) if r[3] else t, round(lp, 6), n)

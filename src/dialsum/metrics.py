@@ -27,9 +27,9 @@ import numpy as np
 from rouge_score import rouge_scorer
 
 from .data import TAG_RE
+from .params import TOKENIZE_MODES, Metrics, section
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-TOKENIZE_MODES = ("morpheme", "whitespace", "default")
 # rouge-score keeps runs of [a-z0-9] after lowercasing; we add Hangul syllables and jamo.
 _DEFAULT_RE = re.compile(r"[a-z0-9\uac00-\ud7a3\u3131-\u318e]+")
 
@@ -117,8 +117,8 @@ class Scorer:
 
     @classmethod
     def from_params(cls, params: dict) -> "Scorer":
-        m = params.get("metrics", {})
-        return cls(m.get("tokenize", "morpheme"), m.get("multi_ref", "max"), m.get("remove_tokens", ()))
+        m = section(Metrics, params.get("metrics"), "metrics")
+        return cls(m.tokenize, m.multi_ref, m.remove_tokens)
 
     def per_row(self, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> np.ndarray:
         """Array (n, 3) of per-dialogue F1 for rouge1, rouge2, rougeL."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .params import Lora, ZooEntry, section
 from .sequences import TAGS, prepare_tokenizer
 
 log = logging.getLogger(__name__)
@@ -106,17 +107,18 @@ def build_init(entry: dict, train_texts: list[str], out_dir: Path, seed: int) ->
     """Write ``out_dir``: tokenizer (+ random weights for a from-scratch entry)."""
     from transformers import AutoTokenizer
 
-    if entry.get("encoder"):
+    z = section(ZooEntry, entry, "zoo entry")
+    if z.encoder:
         return build_warm_start(entry, out_dir, seed)
-    if entry.get("pretrained") is None:
-        tokenizer = train_tokenizer(train_texts, entry.get("vocab_size", 2000), entry["family"])
+    if z.pretrained is None:
+        tokenizer = train_tokenizer(train_texts, z.vocab_size, z.family)
     else:
-        src = resolve_checkpoint(entry.get("tokenizer") or entry["pretrained"])
-        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=entry.get("trust_remote_code", False))
+        src = resolve_checkpoint(z.tokenizer or z.pretrained)
+        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=z.trust_remote_code)
     n = prepare_tokenizer(tokenizer)
     log.info("tokenizer: %d tokens (%d tags added)", len(tokenizer), n)
     tokenizer.save_pretrained(out_dir)
-    if entry.get("pretrained") is None:
+    if z.pretrained is None:
         torch.manual_seed(seed)
         model = auto_classes(entry["family"]).from_config(scratch_config(entry, tokenizer))
         log.info("random init %s: %.2f M parameters", model.config.model_type,
@@ -131,10 +133,11 @@ def build_warm_start(entry: dict, out_dir: Path, seed: int) -> None:
     and ensembling treat it like any other seq2seq checkpoint."""
     from transformers import AutoTokenizer, EncoderDecoderModel
 
-    trust = entry.get("trust_remote_code", False)
-    enc = resolve_checkpoint(entry["encoder"])
-    dec = resolve_checkpoint(entry.get("decoder") or entry["encoder"])
-    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(entry.get("tokenizer")) or enc,
+    z = section(ZooEntry, entry, "zoo entry")
+    trust = z.trust_remote_code
+    enc = resolve_checkpoint(z.encoder)
+    dec = resolve_checkpoint(z.decoder or z.encoder)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(z.tokenizer) or enc,
                                               trust_remote_code=trust)
     # BERT-style vocabularies have [CLS]/[SEP] but no bos/eos; generate() and our decoding need both.
     if tokenizer.bos_token is None:
@@ -144,7 +147,7 @@ def build_warm_start(entry: dict, out_dir: Path, seed: int) -> None:
     n = prepare_tokenizer(tokenizer)
     torch.manual_seed(seed)
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(
-        enc, dec, tie_encoder_decoder=entry.get("tie_encoder_decoder", False), trust_remote_code=trust)
+        enc, dec, tie_encoder_decoder=z.tie_encoder_decoder, trust_remote_code=trust)
     if n:
         # EncoderDecoderModel refuses to resize itself; each half owns its embedding matrix
         model.encoder.resize_token_embeddings(len(tokenizer))
@@ -205,10 +208,11 @@ def load_for_training(entry: dict, init_dir: Path, seed: int):
     """(model, tokenizer) ready for the Trainer: weights, resized embeddings, optional k-bit + LoRA."""
     from transformers import AutoTokenizer
 
+    z = section(ZooEntry, entry, "zoo entry")
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
-    source = resolve_checkpoint(entry.get("pretrained")) or init_dir
+    source = resolve_checkpoint(z.pretrained) or init_dir
     qconf = quantization_config(entry)
-    kwargs = dict(trust_remote_code=entry.get("trust_remote_code", False))
+    kwargs = dict(trust_remote_code=z.trust_remote_code)
     if qconf is not None:
         kwargs.update(quantization_config=qconf, dtype=compute_dtype())
         if torch.cuda.is_available():
@@ -225,10 +229,10 @@ def load_for_training(entry: dict, init_dir: Path, seed: int):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=entry.get("gradient_checkpointing", False))
-    elif entry.get("gradient_checkpointing"):
+            model, use_gradient_checkpointing=z.gradient_checkpointing)
+    elif z.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    if entry.get("freeze_encoder"):
+    if z.freeze_encoder:
         freeze_encoder_layers(model)
     lora = lora_settings(entry)
     if lora:
@@ -255,14 +259,14 @@ def freeze_encoder_layers(model) -> int:
     return frozen
 
 
-DEFAULT_LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "auto"}
+DEFAULT_LORA = Lora().model_dump()  # dialsum.params.Lora's defaults
 
 
 def lora_settings(entry: dict) -> dict | None:
     """The entry's LoRA block; quantized weights cannot be trained directly, so 8/4-bit without a block
     gets :data:`DEFAULT_LORA` (QLoRA) and a warning rather than an error."""
     if entry.get("lora"):
-        return {**DEFAULT_LORA, **entry["lora"]}
+        return section(Lora, entry["lora"], "lora").model_dump()
     if entry.get("quantization", "none") != "none":
         log.warning("quantization=%s without a lora block: training LoRA adapters with %s",
                     entry["quantization"], DEFAULT_LORA)
@@ -293,8 +297,9 @@ def lora_targets(model_type: str, targets="auto"):
 def apply_lora(model, lora: dict, family: str, new_token_ids: list[int] | None = None):
     from peft import LoraConfig, TaskType, get_peft_model
 
-    cfg = LoraConfig(r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16), lora_dropout=lora.get("dropout", 0.05),
-                     target_modules=lora_targets(model.config.model_type, lora.get("target_modules", "auto")),
+    lora = section(Lora, lora, "lora")
+    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=lora_targets(model.config.model_type, lora.target_modules),
                      bias="none", trainable_token_indices=new_token_ids or None,
                      task_type=TaskType.SEQ_2_SEQ_LM if family == "seq2seq" else TaskType.CAUSAL_LM)
     model = get_peft_model(model, cfg)

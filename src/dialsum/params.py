@@ -1,268 +1,414 @@
-"""Load and validate ``params.yaml``: every stage calls :func:`load` first.
+"""``params.yaml`` as typed models: every key dialsum understands, its type, bounds and default, once.
 
-The schema below is the single list of keys dialsum understands. A typo (``trainig.epochs``), a wrong type
-(``epochs: "five"``), a fold index past ``cv.n_splits`` or a model missing from ``zoo`` stops the stage
-with one line that names the key, before any work is done.
+Every stage calls :func:`load` first. A typo (``trainig.epochs``), a wrong type (``epochs: "five"``), a fold
+index past ``cv.n_splits`` or a model missing from ``zoo`` stops the stage with one line that names the key,
+before any work is done. A key left out takes the default written here (``dialsum schema`` lists them all;
+params.yaml points editors at that schema, ``params.schema.json``, for completion and checking).
 """
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
 import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema,
+                      WrapValidator, model_validator)
 
 
 class ParamsError(ValueError):
     """A problem with params.yaml; its message is one line naming the key."""
 
 
-Check = Callable[[str, Any], None]
+S = TypeVar("S", bound="Section")
 
 
-def _type_name(v: Any) -> str:
-    return "null" if v is None else type(v).__name__
+# ------------------------------------------------------------------------------------------------- value types
+def _non_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must be a non-empty string")
+    return v
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _num(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and not isinstance(v, bool)
+def _fold(v: Any) -> int | str:
+    if v == "full" or (_is_int(v) and v >= 0):
+        return v
+    raise ValueError(f"must be a fold index >= 0 or 'full', got {v!r}")
 
 
-def integer(lo: int | None = None, hi: int | None = None, null: bool = False, also: tuple = ()) -> Check:
-    def check(key: str, v: Any) -> None:
-        if (v is None and null) or v in also:
-            return
-        if not _is_int(v):
-            raise ParamsError(f"params.yaml: {key} must be an integer, got {_type_name(v)} {v!r}")
-        if lo is not None and v < lo:
-            raise ParamsError(f"params.yaml: {key} must be >= {lo}, got {v}")
-        if hi is not None and v > hi:
-            raise ParamsError(f"params.yaml: {key} must be <= {hi}, got {v}")
-    return check
+def _batch_size(v: Any) -> int | str:
+    if v == "auto" or (_is_int(v) and v >= 1):
+        return v
+    raise ValueError(f"must be an integer >= 1 or 'auto', got {v!r}")
 
 
-def number(lo: float | None = None, hi: float | None = None, null: bool = False) -> Check:
-    def check(key: str, v: Any) -> None:
-        if v is None and null:
-            return
-        if not _num(v):
-            raise ParamsError(f"params.yaml: {key} must be a number, got {_type_name(v)} {v!r}")
-        if lo is not None and v < lo:
-            raise ParamsError(f"params.yaml: {key} must be >= {lo}, got {v}")
-        if hi is not None and v > hi:
-            raise ParamsError(f"params.yaml: {key} must be <= {hi}, got {v}")
-    return check
+def _keep_int(v: Any, handler) -> Any:
+    out = handler(v)
+    return v if _is_int(v) else out  # 12 stays 12: hashes and dumps of the params are those of the file
 
 
-def boolean() -> Check:
-    def check(key: str, v: Any) -> None:
-        if not isinstance(v, bool):
-            raise ParamsError(f"params.yaml: {key} must be true or false, got {_type_name(v)} {v!r}")
-    return check
+Num = Annotated[float, WrapValidator(_keep_int)]
+Text = Annotated[str, AfterValidator(_non_blank)]
+Fold = Annotated[Union[int, str], PlainValidator(_fold),
+                 WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"const": "full"}]})]
+BatchSize = Annotated[Union[int, str], PlainValidator(_batch_size),
+                      WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]})]
+# the choices below are dialsum's lists of what exists: the modules doing the work import them from here
+AUGMENTATIONS = ("reorder", "mask", "synonym", "paraphrase")  # dialsum.tta
+TOKENIZE_MODES = ("morpheme", "whitespace", "default")          # dialsum.metrics
+ENSEMBLE_STRATEGIES = ("auto", "averaging", "weighted_avg", "majority_vote", "rouge_weighted", "stacking",
+                       "blending")                              # dialsum.ensemble
+SAMPLERS = ("tpe", "gp", "random", "cmaes")                     # dialsum.tuning
+PRUNERS = ("median", "percentile", "hyperband", "none")
+Strategy = Literal[AUGMENTATIONS]
 
 
-def string(null: bool = False) -> Check:
-    def check(key: str, v: Any) -> None:
-        if v is None and null:
-            return
-        if not isinstance(v, str) or not v.strip():
-            raise ParamsError(f"params.yaml: {key} must be a non-empty string, got {_type_name(v)} {v!r}")
-    return check
+class Section(BaseModel):
+    """A params.yaml mapping: unknown keys are errors, values are checked, missing keys take defaults."""
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: no "5" for 5, no true for 1
 
 
-def choice(*options: Any, null: bool = False) -> Check:
-    def check(key: str, v: Any) -> None:
-        if v is None and null:
-            return
-        if v not in options:
-            raise ParamsError(f"params.yaml: {key} must be one of {', '.join(map(str, options))}; got {v!r}")
-    return check
+# ------------------------------------------------------------------------------------------------------ sections
+class Clean(Section):
+    normalize_speakers: bool = True  # "# Person 1 #", "#person1#", "Person1:" -> "#Person1#:"
+    remove_noise: bool = True        # literal "\n", <br>, repeated spaces/punctuation, control characters
 
 
-def list_of(item: Check, null: bool = False) -> Check:
-    def check(key: str, v: Any) -> None:
-        if v is None and null:
-            return
-        if not isinstance(v, list):
-            raise ParamsError(f"params.yaml: {key} must be a list, got {_type_name(v)} {v!r}")
-        for i, x in enumerate(v):
-            item(f"{key}[{i}]", x)
-    return check
+class Augmentation(Section):
+    strategies: list[Strategy] = []
+    factor: int = Field(0, ge=0)
+    synonym_path: Optional[Text] = None
+    paraphrase_model: Optional[Text] = None
 
 
-def anything() -> Check:
-    return lambda key, v: None
+class Data(Section):
+    train: Text = "data/sample/train.csv"
+    dev: Text = "data/sample/dev.csv"
+    test: Text = "data/sample/test.csv"
+    on_invalid: Literal["error", "drop"] = "error"
+    clean: Clean = Clean()
+    augmentation: Augmentation = Augmentation()
 
 
-def section(spec: dict, null: bool = False) -> Check:
-    """A mapping whose keys must all be in ``spec`` (missing keys take the code's defaults)."""
-    def check(key: str, v: Any) -> None:
-        if v is None and null:
-            return
-        if not isinstance(v, dict):
-            raise ParamsError(f"params.yaml: {key} must be a mapping, got {_type_name(v)} {v!r}")
-        for k, sub in v.items():
-            if k not in spec:
-                known = ", ".join(sorted(spec))
-                raise ParamsError(f"params.yaml: unknown key {key}.{k} (known: {known})")
-            spec[k](f"{key}.{k}", sub)
-    return check
+class CV(Section):
+    n_splits: int = Field(5, ge=2)
+    folds: list[Fold] = [0, 1]
+    seed: int = Field(42, ge=0)
 
 
-def section_of_mappings() -> Check:
-    """A mapping of free-form names (e.g. dotted param keys) to mappings; contents checked by the user."""
-    def check(key: str, v: Any) -> None:
-        if not isinstance(v, dict):
-            raise ParamsError(f"params.yaml: {key} must be a mapping, got {_type_name(v)} {v!r}")
-        for k, sub in v.items():
-            if not isinstance(sub, dict):
-                raise ParamsError(f"params.yaml: {key}.{k} must be a mapping, got {_type_name(sub)} {sub!r}")
-    return check
+class Lora(Section):
+    r: int = Field(8, ge=1)
+    alpha: Num = Field(16, ge=0)
+    dropout: Num = Field(0.05, ge=0, le=1)
+    target_modules: Any = "auto"   # auto | a module name | a list of names
+    merge: bool = False            # merge the adapter into the saved model
 
 
-def fold_value() -> Check:
-    def check(key: str, v: Any) -> None:
-        if v == "full":
-            return
-        if not _is_int(v) or v < 0:
-            raise ParamsError(f"params.yaml: {key} must be a fold index >= 0 or 'full', got {v!r}")
-    return check
+class Arch(Section):
+    type: Literal["bart", "llama", "gpt_neox"]
+    d_model: int = Field(ge=8)
+    layers: int = Field(ge=1)
+    heads: int = Field(ge=1)
+    ffn: int = Field(ge=8)
 
 
-LORA = section({"r": integer(1), "alpha": number(0), "dropout": number(0, 1),
-                "target_modules": anything(), "merge": boolean()}, null=True)
-ARCH = section({"type": choice("bart", "llama", "gpt_neox"), "d_model": integer(8), "layers": integer(1),
-                "heads": integer(1), "ffn": integer(8)})
-TRAINING = {
-    "epochs": number(0), "batch_size": integer(1, also=("auto",)), "eval_batch_size": integer(1),
-    "learning_rate": number(0, null=True), "weight_decay": number(0), "warmup_ratio": number(0, 1),
-    "lr_scheduler": choice("linear", "cosine", "constant", "constant_with_warmup", "polynomial"),
-    "gradient_accumulation_steps": integer(1), "label_smoothing": number(0, 1),
-    "max_grad_norm": number(0), "eval_every_epochs": number(0.001), "eval_rows": integer(0), "early_stopping_patience": integer(0),
-    "save_total_limit": integer(1), "eval_num_beams": integer(1),
-    "mixed_precision": choice("auto", "no", "fp16", "bf16"), "resume": string(),
-    "launcher": choice("python", "accelerate"), "best_by": choice("rouge_sum", "loss"), "num_processes": integer(1),
-    "accelerate_config": string(null=True),
-}
-# a zoo entry may override `training` keys for its own runs (an LLM: 1 epoch; a small seq2seq: 20)
-ZOO_ENTRY = section({
-    "training": section(TRAINING, null=True),
-    "family": choice("seq2seq", "causal"),
-    "pretrained": string(null=True),
-    "tokenizer": string(null=True),
-    "encoder": string(null=True),
-    "decoder": string(null=True),
-    "tie_encoder_decoder": boolean(),
-    "freeze_encoder": boolean(),
-    "arch": ARCH,
-    "vocab_size": integer(256),
-    "max_source_len": integer(8),
-    "max_target_len": integer(4),
-    "learning_rate": number(0),
-    "lora": LORA,
-    "quantization": choice("none", "8bit", "4bit"),
-    "gradient_checkpointing": boolean(),
-    "trust_remote_code": boolean(),
-    "prompt": string(null=True),
-})
-
-SPEC = {
-    "seed": integer(0),
-    "data": section({
-        "train": string(), "dev": string(), "test": string(),
-        "on_invalid": choice("error", "drop"),
-        "clean": section({"normalize_speakers": boolean(), "remove_noise": boolean()}),
-        "augmentation": section({"strategies": list_of(choice("reorder", "mask", "synonym", "paraphrase")),
-                                 "factor": integer(0), "synonym_path": string(null=True),
-                                 "paraphrase_model": string(null=True)}),
-    }),
-    "cv": section({"n_splits": integer(2), "folds": list_of(fold_value()), "seed": integer(0)}),
-    "models": list_of(string()),
-    "zoo": anything(),  # checked entry by entry below
-    "training": section(TRAINING),
-    "generation": section({
-        "num_beams": integer(1), "max_new_tokens": integer(1), "min_new_tokens": integer(0),
-        "do_sample": boolean(), "temperature": number(0), "top_p": number(0, 1),
-        "repetition_penalty": number(0), "no_repeat_ngram_size": integer(0), "length_penalty": number(),
-        "batch_size": integer(1), "batch_tokens": integer(1, null=True),
-        "candidates": section({"k": integer(1, 64), "method": choice("beam", "diverse", "sample"),
-                               "diversity_penalty": number(0), "group_beams": integer(1, null=True),
-                               "temperature": number(0.01), "top_p": number(0.01, 1), "epsilon": number(0, 0.5),
-                               "seed": integer(0)}),
-    }),
-    "metrics": section({"tokenize": choice("morpheme", "whitespace", "default"),
-                        "multi_ref": choice("max", "mean"), "remove_tokens": list_of(string())}),
-    "tta": section({"strategies": list_of(choice("reorder", "mask", "synonym", "paraphrase")),
-                    "num_aug": integer(0), "synonym_path": string(null=True),
-                    "paraphrase_model": string(null=True)}),
-    "ensemble": section({"strategy": choice("auto", "averaging", "weighted_avg", "majority_vote", "rouge_weighted",
-                                            "stacking", "blending"),
-                         "weights": anything(), "blend_trials": integer(1), "collapse_ratio": number(0, 1),
-                         "crossfit_folds": integer(2)}),
-    "tune": section({
-        "model": string(), "fold": fold_value(), "n_trials": integer(1), "timeout": number(0, null=True),
-        "sampler": choice("tpe", "gp", "random", "cmaes"), "pruner": choice("median", "percentile", "hyperband", "none"),
-        "n_jobs": integer(-1), "seed": integer(0), "storage": string(null=True), "study_name": string(null=True),
-        "search_space": section_of_mappings(), "n_startup_trials": integer(0), "n_warmup_steps": integer(0),
-        "train_rows": integer(0), "val_rows": integer(0), "epochs": number(0, null=True),
-        "enqueue": list_of(anything()),
-    }),
-    "tracking": section({"log_level": choice("DEBUG", "INFO", "WARNING", "ERROR"),
-                         "wandb": section({"enabled": boolean(), "project": string(), "entity": string(null=True),
-                                           "tags": list_of(string()), "group": string(null=True),
-                                           "mode": choice("auto", "online", "offline", "disabled")})}),
-    "debug": section({"subsample": integer(0)}),
-    "report": section({"worst_n": integer(0), "role_swap_margin": number(0), "short_ratio": number(0),
-                       "long_ratio": number(0), "bootstrap": integer(100)}),
-}
-
-REQUIRED = ["seed", "data", "cv", "models", "zoo", "training", "generation", "metrics", "ensemble"]
+class Training(Section):
+    epochs: Num = Field(12, ge=0)
+    batch_size: BatchSize = 16
+    eval_batch_size: int = Field(64, ge=1)
+    learning_rate: Optional[Annotated[float, Field(ge=0), WrapValidator(_keep_int)]] = None  # null = the zoo entry's learning_rate
+    weight_decay: Num = Field(0.01, ge=0)
+    warmup_ratio: Num = Field(0.05, ge=0, le=1)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"] = "linear"
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    label_smoothing: Num = Field(0.0, ge=0, le=1)
+    max_grad_norm: Num = Field(1.0, ge=0)
+    eval_every_epochs: Num = Field(4, ge=0.001)
+    best_by: Literal["rouge_sum", "loss"] = "rouge_sum"
+    eval_rows: int = Field(0, ge=0)
+    early_stopping_patience: int = Field(0, ge=0)
+    save_total_limit: int = Field(2, ge=1)
+    eval_num_beams: int = Field(1, ge=1)
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    resume: Text = "auto"          # auto | never | <checkpoint path>
+    launcher: Literal["python", "accelerate"] = "python"
+    num_processes: int = Field(1, ge=1)
+    accelerate_config: Optional[Text] = None
 
 
-def validate(params: dict) -> dict:
+class ZooEntry(Section):
+    family: Literal["seq2seq", "causal"]
+    max_source_len: int = Field(ge=8)
+    max_target_len: int = Field(ge=4)
+    pretrained: Optional[Text] = None   # hub id or local path; null = `encoder` or `arch`
+    tokenizer: Optional[Text] = None    # null = the checkpoint's own
+    encoder: Optional[Text] = None      # a warm-started encoder-decoder: hub id, path or package:<module>
+    decoder: Optional[Text] = None      # null = same as encoder
+    tie_encoder_decoder: bool = False
+    freeze_encoder: bool = False
+    arch: Optional[Arch] = None         # from scratch (random init, tokenizer trained on the train split)
+    vocab_size: int = Field(2000, ge=256)
+    learning_rate: Num = Field(5e-5, ge=0)
+    lora: Optional[Lora] = None
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    prompt: Optional[Text] = None
+    # an entry may override `training` keys for its own runs (an LLM: 1 epoch; a small seq2seq: 20)
+    training: Optional[Training] = None
+
+    @model_validator(mode="after")
+    def _source(self):
+        if self.pretrained is None and self.arch is None and not self.encoder:
+            raise ValueError("needs `pretrained` (hub id or path), `encoder` (a warm-started encoder-decoder) "
+                             "or `arch` (from scratch)")
+        if self.encoder and self.family != "seq2seq":
+            raise ValueError("encoder: needs family: seq2seq")
+        if self.freeze_encoder and self.family != "seq2seq":
+            raise ValueError("freeze_encoder: needs family: seq2seq (a decoder-only model has no encoder)")
+        if self.encoder and self.pretrained:
+            raise ValueError("set either `pretrained` or `encoder`, not both")
+        return self
+
+
+class Candidates(Section):
+    k: int = Field(1, ge=1, le=64)      # candidates per input; 1 = one summary
+    method: Literal["beam", "diverse", "sample"] = "beam"
+    diversity_penalty: Num = Field(1.0, ge=0)
+    group_beams: Optional[Annotated[int, Field(ge=1)]] = None
+    temperature: Num = Field(1.0, ge=0.01)
+    top_p: Num = Field(0.95, ge=0.01, le=1)
+    epsilon: Num = Field(0.0, ge=0, le=0.5)
+    seed: int = Field(0, ge=0)
+
+
+class Generation(Section):
+    num_beams: int = Field(1, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    min_new_tokens: int = Field(0, ge=0)
+    do_sample: bool = False
+    temperature: Num = Field(1.0, ge=0)
+    top_p: Num = Field(1.0, ge=0, le=1)
+    repetition_penalty: Num = Field(1.0, ge=0)
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    length_penalty: Num = 1.0
+    batch_size: int = Field(64, ge=1)             # at most this many dialogues per generate call
+    batch_tokens: Optional[Annotated[int, Field(ge=1)]] = 32768  # and at most this many beams x padded tokens (null = off)
+    candidates: Candidates = Candidates()
+
+
+class Metrics(Section):
+    tokenize: Literal[TOKENIZE_MODES] = "morpheme"
+    multi_ref: Literal["max", "mean"] = "max"
+    remove_tokens: list[Text] = ["<s>", "</s>", "<pad>", "<unk>", "<usr>", "<sys>"]  # deleted before scoring
+
+
+class TTA(Section):
+    strategies: list[Strategy] = []
+    num_aug: int = Field(1, ge=0)
+    synonym_path: Optional[Text] = None
+    paraphrase_model: Optional[Text] = None
+
+
+class Ensemble(Section):
+    strategy: Literal[ENSEMBLE_STRATEGIES] = "auto"
+    weights: Optional[dict[str, Num]] = None  # {source or model: weight}; null = from OOF ROUGE
+    blend_trials: int = Field(64, ge=1)
+    collapse_ratio: Num = Field(0.1, ge=0, le=1)
+    crossfit_folds: int = Field(5, ge=2)
+
+
+class Tune(Section):
+    model: Optional[Text] = None     # the zoo entry to tune (required to tune)
+    fold: Fold = 0
+    n_trials: int = Field(10, ge=1)
+    timeout: Optional[Annotated[float, Field(ge=0), WrapValidator(_keep_int)]] = None
+    sampler: Literal[SAMPLERS] = "tpe"
+    pruner: Literal[PRUNERS] = "median"
+    n_startup_trials: int = Field(2, ge=0)
+    n_warmup_steps: int = Field(1, ge=0)
+    n_jobs: int = Field(1, ge=-1)
+    seed: int = Field(42, ge=0)
+    storage: Optional[Text] = None
+    study_name: Optional[Text] = None
+    train_rows: int = Field(0, ge=0)
+    val_rows: int = Field(0, ge=0)
+    epochs: Optional[Annotated[float, Field(ge=0), WrapValidator(_keep_int)]] = None
+    enqueue: list[Any] = []
+    search_space: dict[str, dict[str, Any]] = {}  # key path -> {type, low, high, log, step | choices}
+
+
+class Wandb(Section):
+    enabled: bool = False
+    project: Text = "dialsum"
+    entity: Optional[Text] = None
+    tags: list[Text] = []
+    group: Optional[Text] = None
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+
+
+class Tracking(Section):
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    wandb: Wandb = Wandb()
+
+
+class Debug(Section):
+    subsample: int = Field(0, ge=0)
+
+
+class Report(Section):
+    worst_n: int = Field(20, ge=0)
+    role_swap_margin: Num = Field(0.1, ge=0)
+    short_ratio: Num = Field(0.5, ge=0)
+    long_ratio: Num = Field(2.0, ge=0)
+    bootstrap: int = Field(2000, ge=100)
+
+
+class Params(Section):
+    """The whole of params.yaml."""
+    model_config = ConfigDict(extra="forbid", strict=True, title="dialsum params.yaml")
+
+    seed: int = Field(42, ge=0)
+    data: Data = Data()
+    cv: CV = CV()
+    models: list[Text] = Field(min_length=1)
+    zoo: dict[str, ZooEntry]
+    training: Training = Training()
+    generation: Generation = Generation()
+    metrics: Metrics = Metrics()
+    tta: TTA = TTA()
+    ensemble: Ensemble = Ensemble()
+    tune: Tune = Tune()
+    tracking: Tracking = Tracking()
+    debug: Debug = Debug()
+    report: Report = Report()
+
+    @model_validator(mode="after")
+    def _cross(self):
+        for i, name in enumerate(self.models):
+            if name not in self.zoo:
+                raise ValueError(f"models[{i}]: = {name!r} is not in zoo (known: {', '.join(self.zoo)})")
+        if not self.cv.folds:
+            raise ValueError("cv.folds: must list at least one fold")
+        for i, f in enumerate(self.cv.folds):
+            if f != "full" and f >= self.cv.n_splits:
+                raise ValueError(f"cv.folds[{i}]: = {f} is out of range for cv.n_splits = {self.cv.n_splits}")
+        return self
+
+
+# -------------------------------------------------------------------------------------------------- errors
+_SUBKEY = re.compile(r"^([A-Za-z_][\w.\-]*(?:\[\d+\])?): (.*)$", re.S)
+
+
+def _key(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_in(ann: Any) -> Any:
+    """The section class an annotation holds (``Optional[Lora]`` -> Lora), or ``("dict", cls)`` for
+    ``dict[str, ZooEntry]``, or None."""
+    for arg in (getattr(ann, "__args__", None) or ()) if getattr(ann, "__origin__", None) is not dict else ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    if getattr(ann, "__origin__", None) is dict:
+        inner = _model_in(ann.__args__[1])
+        return ("dict", inner) if inner is not None else None
+    return None
+
+
+def _known(loc: tuple) -> list[str]:
+    """The keys allowed where ``loc`` points (for "unknown key" errors)."""
+    node: Any = Params
+    for part in loc[:-1]:
+        if isinstance(node, tuple):  # a free-form name (zoo.<model>)
+            node = node[1]
+        elif node is not None and not isinstance(part, int):
+            field = node.model_fields.get(part)
+            node = _model_in(field.annotation) if field else None
+    return sorted(node.model_fields) if isinstance(node, type) else []
+
+
+_TYPES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+          "string_type": "a string", "dict_type": "a mapping", "model_type": "a mapping", "list_type": "a list"}
+_BOUNDS = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">", "less_than": "<",
+           "too_short": "at least", "too_long": "at most"}
+
+
+def _one_line(e: ValidationError, prefix: tuple = ()) -> str:
+    """The first problem as ``params.yaml: <key> <what is wrong>, got <value>`` (the form the hand-written
+    checks had, so messages and docs did not change)."""
+    err = e.errors(include_url=False)[0]
+    loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("int", "str", "float"))))
+    kind, got = err["type"], _show(err.get("input"))
+    if kind == "extra_forbidden":
+        known = _known(loc)
+        return f"params.yaml: unknown key {_key(loc)}" + (f" (known: {', '.join(known)})" if known else "")
+    if kind == "missing":
+        return f"params.yaml: {_key(loc)} is required"
+    if kind == "value_error":
+        msg = str(err["ctx"]["error"])
+        sub = _SUBKEY.match(msg)
+        if sub:  # "freeze_encoder: needs ..." raised by the section holding that key
+            loc = (sub.group(1),) if sub.group(1).startswith(("cv.", "models[")) else loc + (sub.group(1),)
+            msg = sub.group(2)
+    elif kind in _TYPES:
+        msg = f"must be {_TYPES[kind]}, got {type(err.get('input')).__name__} {got}"
+    elif kind in _BOUNDS:
+        bound = next(iter(err["ctx"].values()))
+        if kind in ("too_short", "too_long"):
+            msg = f"must have {_BOUNDS[kind]} {err['ctx'].get('min_length', err['ctx'].get('max_length'))} item(s)"
+        else:
+            msg = f"must be {_BOUNDS[kind]} {bound:g}, got {got}"
+    elif kind == "literal_error":
+        msg = f"must be one of {err['ctx']['expected'].replace(' or ', ', ')}; got {got}"
+    else:
+        msg = f"{err['msg'][:1].lower()}{err['msg'][1:]}, got {got}"
+    where = _key(loc)
+    return f"params.yaml: {where} {msg}" if where else f"params.yaml: {msg}"
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ----------------------------------------------------------------------------------------------------- API
+def validate(params: Any) -> dict:
     """Raise :class:`ParamsError` on the first problem; return ``params`` unchanged otherwise."""
+    typed(params)
+    return params
+
+
+def typed(params: Any) -> Params:
+    """``params`` (a mapping as read from params.yaml) as :class:`Params`, or a one-line :class:`ParamsError`."""
     if not isinstance(params, dict):
         raise ParamsError("params.yaml: the file must hold a mapping of sections")
-    for key in REQUIRED:
-        if key not in params:
-            raise ParamsError(f"params.yaml: missing section {key}")
-    for k, v in params.items():
-        if k not in SPEC:
-            raise ParamsError(f"params.yaml: unknown key {k} (known: {', '.join(sorted(SPEC))})")
-        SPEC[k](k, v)
-    zoo = params["zoo"]
-    if not isinstance(zoo, dict):
-        raise ParamsError("params.yaml: zoo must be a mapping of model names to settings")
-    for name, entry in zoo.items():
-        ZOO_ENTRY(f"zoo.{name}", entry)
-        for req in ("family", "max_source_len", "max_target_len"):
-            if req not in entry:
-                raise ParamsError(f"params.yaml: zoo.{name}.{req} is required")
-        if entry.get("pretrained") is None and "arch" not in entry and not entry.get("encoder"):
-            raise ParamsError(f"params.yaml: zoo.{name} needs `pretrained` (hub id or path), `encoder` "
-                              "(a warm-started encoder-decoder) or `arch` (from scratch)")
-        if entry.get("encoder") and entry.get("family") != "seq2seq":
-            raise ParamsError(f"params.yaml: zoo.{name}.encoder needs family: seq2seq")
-        if entry.get("freeze_encoder") and entry.get("family") != "seq2seq":
-            raise ParamsError(f"params.yaml: zoo.{name}.freeze_encoder needs family: seq2seq (a decoder-only "
-                              "model has no encoder)")
-        if entry.get("encoder") and entry.get("pretrained"):
-            raise ParamsError(f"params.yaml: zoo.{name}: set either `pretrained` or `encoder`, not both")
-    if not params["models"]:
-        raise ParamsError("params.yaml: models must name at least one zoo entry")
-    for i, name in enumerate(params["models"]):
-        if name not in zoo:
-            raise ParamsError(f"params.yaml: models[{i}] = {name!r} is not in zoo (known: {', '.join(zoo)})")
-    n = params["cv"]["n_splits"]
-    for i, f in enumerate(params["cv"]["folds"]):
-        if f != "full" and f >= n:
-            raise ParamsError(f"params.yaml: cv.folds[{i}] = {f} is out of range for cv.n_splits = {n}")
-    if not params["cv"]["folds"]:
-        raise ParamsError("params.yaml: cv.folds must list at least one fold")
-    return params
+    try:
+        return Params.model_validate(params)
+    except ValidationError as e:
+        raise ParamsError(_one_line(e)) from None
+
+
+def section(cls: type[S], value: Any, key: str) -> S:
+    """A params section given as a mapping (or None: all defaults) as its typed model ``cls``; an instance
+    passes through. ``key`` (``generation``) names it in errors."""
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls.model_validate(value or {})
+    except ValidationError as e:
+        raise ParamsError(_one_line(e, tuple(key.split(".")))) from None
 
 
 def load(path: str | Path = "params.yaml") -> dict:
@@ -277,6 +423,11 @@ def load(path: str | Path = "params.yaml") -> dict:
         where = f" line {mark.line + 1}" if mark else ""
         raise ParamsError(f"{path}:{where} is not valid YAML") from None
     return validate(params)
+
+
+def schema() -> str:
+    """params.yaml's JSON schema (what ``dialsum schema`` prints and ``params.schema.json`` holds)."""
+    return json.dumps(Params.model_json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 def parse_fold(text: str) -> int | str:

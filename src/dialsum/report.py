@@ -34,7 +34,7 @@ import io as _io
 import json
 import logging
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -45,6 +45,8 @@ from tqdm.auto import tqdm
 from . import io
 from .data import DataError, references
 from .metrics import Scorer
+from .params import Report as Settings
+from .params import section
 from .tta import permute_speakers
 
 log = logging.getLogger(__name__)
@@ -69,19 +71,9 @@ class ReportError(DataError):
     print it without a traceback, as for bad data)."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """``params.yaml`` → ``report`` (every key optional; these are the defaults)."""
-    worst_n: int = 20               # dialogues in "worst", and in "most improved / degraded" of a comparison
-    role_swap_margin: float = 0.1   # rouge_sum gain of the swapped summary that flags a role swap
-    short_ratio: float = 0.5        # summary words / reference words below this: too_short
-    long_ratio: float = 2.0         # ... above this: too_long
-    bootstrap: int = 2000           # paired-bootstrap resamples (seed 0) in a comparison
-
-    @classmethod
-    def from_params(cls, params: dict) -> "Settings":
-        given = params.get("report") or {}
-        return cls(**{f.name: given[f.name] for f in fields(cls) if f.name in given})
+def settings_of(params: dict) -> Settings:
+    """``params.yaml`` → ``report`` with its defaults (``dialsum.params.Report``)."""
+    return section(Settings, params.get("report"), "report")
 
 
 def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -301,7 +293,7 @@ def _environment():
 # ------------------------------------------------------------------------------------------------ report
 def build_index(params: dict, root: Path = Path("."), settings: Settings | None = None) -> dict:
     """Everything ``reports/index.html`` shows, as plain data (the tests read it too)."""
-    settings = settings or Settings.from_params(params)
+    settings = settings or settings_of(params)
     root = Path(root)
     dev = _read(root / "data/processed/dev.csv")
     metrics_path = root / "metrics/ensemble.json"
@@ -497,6 +489,6 @@ def compare_path(a: str, b: str, folder: Path = Path("reports")) -> Path:
 def write_compare(a: str, b: str, root: Path = Path("."), out: Path | None = None,
                   settings: Settings | None = None) -> Path:
     ra, rb = load_run(root, a), load_run(root, b)
-    data = build_compare(ra, rb, settings or Settings.from_params(rb.params))
+    data = build_compare(ra, rb, settings or settings_of(rb.params))
     html = _environment().get_template("report_compare.html.j2").render(**data)
     return io.write_text(out or root / compare_path(a, b), html)

@@ -13,41 +13,14 @@ import random
 import re
 from pathlib import Path
 
+from .data import josa
+
 NAMES = ["김민수", "이지은", "박서준", "최유나", "정하늘", "강도윤", "윤서연", "임지호", "한예린", "오준혁",
          "서민지", "신동현", "권나래", "황태민", "송지아", "문성호"]
 DAYS = ["월요일", "화요일", "수요일", "목요일", "금요일", "토요일", "내일", "모레", "다음 주 월요일"]
 TIMES = ["오전 9시", "오전 10시", "오전 11시", "오후 1시", "오후 2시", "오후 3시", "오후 4시", "오후 6시",
          "저녁 7시"]
 FILLERS = ["음, 잠시만요.", "아, 그렇군요.", "네, 알겠습니다.", "글쎄요, 생각해 볼게요.", "어, 정말요?", "그럼요."]
-
-# Numbers read as Sino-Korean: does the syllable end in a consonant (받침)?
-_DIGIT_FINAL = {"0": True, "1": True, "2": False, "3": True, "4": False, "5": False, "6": True,
-                "7": True, "8": True, "9": False}
-
-
-def has_final_consonant(word: str) -> bool:
-    """True when the last sound of ``word`` takes 은/이/을 rather than 는/가/를."""
-    w = word.rstrip("#").rstrip()
-    if not w:
-        return False
-    ch = w[-1]
-    if "가" <= ch <= "힣":
-        return (ord(ch) - 0xAC00) % 28 != 0
-    if ch in _DIGIT_FINAL:
-        return _DIGIT_FINAL[ch]
-    return False
-
-
-def josa(word: str, pair: str) -> str:
-    """``josa('민수', '은/는') -> '민수는'``; works for ``#Person1#`` tags too."""
-    with_final, without = pair.split("/")
-    if pair == "으로/로":  # a final ㄹ takes 로 like a vowel does (서울로, #Person1#로 = 일로)
-        w = word.rstrip("#")
-        rieul = ("가" <= w[-1:] <= "힣" and (ord(w[-1]) - 0xAC00) % 28 == 8) or w[-1:] in ("1", "7", "8")
-        use = has_final_consonant(word) and not rieul
-        return word + (with_final if use else without)
-    return word + (with_final if has_final_consonant(word) else without)
-
 
 def _hospital(r: random.Random, p: list[str]) -> tuple[list[tuple[int, str]], str]:
     name, hosp = r.choice(NAMES), r.choice(["서울내과", "한빛병원", "튼튼정형외과", "밝은안과", "미소치과"])

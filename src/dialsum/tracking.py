@@ -60,9 +60,15 @@ def matrix_item(stage: str, with_fold: bool = True):
     params = load()
     fold = parse_fold(a.fold) if with_fold else None
     item = f"{a.model}-{fold}" if with_fold else a.model
-    setup_logging(stage, item, params.get("tracking", {}).get("log_level", "INFO"))
+    setup_logging(stage, item, log_level(params))
     zoo_entry(params, a.model)
     return params, a.model, fold
+
+
+def log_level(params: dict) -> str:
+    from .params import Tracking, section
+
+    return section(Tracking, params.get("tracking"), "tracking").log_level
 
 
 def _wandb_reachable(timeout: float = 1.5) -> bool:
@@ -81,19 +87,21 @@ def start_wandb(params: dict, name: str, extra_tags: tuple = ()):
     ``wandb sync wandb/offline-run-*``). The HF WandbCallback then logs into this run."""
     import os
 
-    cfg = (params.get("tracking") or {}).get("wandb") or {}
-    if not cfg.get("enabled"):
+    from .params import Tracking, section
+
+    cfg = section(Tracking, params.get("tracking"), "tracking").wandb
+    if not cfg.enabled:
         return None
-    mode = cfg.get("mode", "auto")
+    mode = cfg.mode
     if mode == "auto":
         mode = "online" if os.environ.get("WANDB_API_KEY") and _wandb_reachable() else "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ["WANDB_LOG_MODEL"] = "false"  # models are DVC's business
     import wandb
 
-    group = cfg.get("group") or os.environ.get("DVC_EXP_NAME") or "dvc-repro"
-    run = wandb.init(project=cfg.get("project", "dialsum"), entity=cfg.get("entity"), name=name, group=group,
-                     tags=[*cfg.get("tags", []), *extra_tags], mode=mode, dir=".", reinit="finish_previous",
+    group = cfg.group or os.environ.get("DVC_EXP_NAME") or "dvc-repro"
+    run = wandb.init(project=cfg.project, entity=cfg.entity, name=name, group=group,
+                     tags=[*cfg.tags, *extra_tags], mode=mode, dir=".", reinit="finish_previous",
                      config={k: v for k, v in params.items() if k != "tune"})
     logging.getLogger(__name__).info("W&B run %s (%s, group %s)", name, mode, group)
     return run

@@ -21,6 +21,7 @@ import torch
 from . import generation
 from .data import references
 from .metrics import Scorer
+from .params import Generation, Tracking, Training, ZooEntry, section
 from .sequences import build_features
 
 log = logging.getLogger(__name__)
@@ -52,30 +53,31 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def launch_command(tcfg: dict, script_args: list[str]) -> list[str] | None:
+def launch_command(tcfg: dict | Training, script_args: list[str]) -> list[str] | None:
     """The ``accelerate launch`` command line that re-runs the train stage in ``training.num_processes``
     processes (DDP: NCCL on GPUs, gloo on CPU; FSDP/DeepSpeed through ``training.accelerate_config``), or
     None when this process trains itself (``launcher: python``, or already a launched worker)."""
-    if tcfg.get("launcher", "python") != "accelerate" or "LOCAL_RANK" in os.environ:
+    tcfg = section(Training, tcfg, "training")
+    if tcfg.launcher != "accelerate" or "LOCAL_RANK" in os.environ:
         return None
     import socket
     import sys
 
-    n = int(tcfg.get("num_processes", 1))
+    n = int(tcfg.num_processes)
     with socket.socket() as sock:  # a free rendezvous port, so parallel stages never collide
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    precision = next(iter(mixed_precision(tcfg["mixed_precision"])), "no")
+    precision = next(iter(mixed_precision(tcfg.mixed_precision)), "no")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
            "--mixed_precision", precision, "--dynamo_backend", "no", "--main_process_port", str(port)]
-    if tcfg.get("accelerate_config"):
-        cmd += ["--config_file", str(tcfg["accelerate_config"])]
+    if tcfg.accelerate_config:
+        cmd += ["--config_file", str(tcfg.accelerate_config)]
     elif n > 1:
         cmd.append("--multi_gpu")  # accelerate's torchrun launcher; on a CPU-only box it runs gloo DDP
     return cmd + script_args
 
 
-def relaunch(tcfg: dict, script_args: list[str]) -> bool:
+def relaunch(tcfg: dict | Training, script_args: list[str]) -> bool:
     """Run ``script_args`` under :func:`launch_command` and wait; False when this process should train.
     A failed worker fails the stage with the workers' exit code."""
     import subprocess
@@ -83,7 +85,7 @@ def relaunch(tcfg: dict, script_args: list[str]) -> bool:
     cmd = launch_command(tcfg, script_args)
     if cmd is None:
         return False
-    log.info("launching %d processes: %s", tcfg.get("num_processes", 1), " ".join(cmd))
+    log.info("launching %d processes: %s", section(Training, tcfg, "training").num_processes, " ".join(cmd))
     rc = subprocess.run(cmd).returncode
     if rc:
         raise SystemExit(f"error: accelerate launch exited with {rc} (see logs/ of each rank)")
@@ -140,7 +142,7 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
     from .models import load_for_training, save_trained
     from .io import atomic_dir
 
-    tcfg, entry = params["training"], params["zoo"][model_name]
+    tcfg, entry = section(Training, params["training"], "training"), params["zoo"][model_name]
     seed_everything(params["seed"])
     model, tokenizer = load_for_training(entry, init_dir, params["seed"])
     family = entry["family"]
@@ -150,24 +152,24 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
     if truncated:
         log.info("%d of %d training dialogues truncated to max_source_len=%d", truncated, len(feats),
                  entry["max_source_len"])
-    if tcfg.get("eval_rows"):  # cheaper in-training evaluations on big validation sets; predict scores all
-        val_df = val_df.head(tcfg["eval_rows"]).reset_index(drop=True)
+    if tcfg.eval_rows:  # cheaper in-training evaluations on big validation sets; predict scores all
+        val_df = val_df.head(tcfg.eval_rows).reset_index(drop=True)
     val_feats, _ = build_features(val_df, tokenizer, entry, model.config)
     train_ds = Dataset.from_list(feats)
     val_ds = Dataset.from_list(val_feats)
 
-    bs = tcfg["batch_size"]
-    steps_per_epoch = math.ceil(len(feats) / ((bs if bs != "auto" else 64) * tcfg["gradient_accumulation_steps"]))
-    eval_steps = max(1, round(steps_per_epoch * tcfg["eval_every_epochs"]))  # fractions for long epochs
-    lr = tcfg.get("learning_rate") or entry.get("learning_rate", 5e-5)
+    bs = tcfg.batch_size
+    steps_per_epoch = math.ceil(len(feats) / ((bs if bs != "auto" else 64) * tcfg.gradient_accumulation_steps))
+    eval_steps = max(1, round(steps_per_epoch * tcfg.eval_every_epochs))  # fractions for long epochs
+    lr = tcfg.learning_rate or section(ZooEntry, entry, f"zoo.{model_name}").learning_rate
     args = _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model if family == "seq2seq" else None,
                                       label_pad_token_id=-100, pad_to_multiple_of=8)
     scorer = Scorer.from_params(params)
     refs = references(val_df)
     # the in-training evaluation is bounded by the same token budget as predict
-    gen_cfg = {"num_beams": tcfg["eval_num_beams"], "max_new_tokens": entry["max_target_len"],
-               "batch_tokens": (params.get("generation") or {}).get("batch_tokens")}
+    gen_cfg = Generation(num_beams=tcfg.eval_num_beams, max_new_tokens=entry["max_target_len"],
+                         batch_tokens=section(Generation, params.get("generation"), "generation").batch_tokens)
 
     class SummarizationTrainer(Seq2SeqTrainer):
         """Seq2SeqTrainer whose evaluation adds ROUGE of our own batched generation."""
@@ -176,7 +178,7 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **kw):
             tokenizer.padding_side = "left"
             preds, _ = generation.summarize(self.model, tokenizer, family, list(val_df["dialogue"]), gen_cfg,
-                                            entry["max_source_len"], tcfg["eval_batch_size"],
+                                            entry["max_source_len"], tcfg.eval_batch_size,
                                             entry.get("prompt"), desc="eval generate")
             tokenizer.padding_side = "right"
             SummarizationTrainer.last_predictions = preds
@@ -187,8 +189,8 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
         return {k: s[k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
 
     callbacks = list(callbacks)
-    if tcfg["early_stopping_patience"] > 0:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=tcfg["early_stopping_patience"]))
+    if tcfg.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=tcfg.early_stopping_patience))
     if live_dir is not None and rank() == 0:
         from dvclive import Live
 
@@ -201,9 +203,9 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
         preprocess_logits_for_metrics=lambda logits, labels: labels[:, :1],
     )
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = find_resume(ckpt_dir, signature, tcfg["resume"])
+    resume_from = find_resume(ckpt_dir, signature, tcfg.resume)
     _barrier()  # every rank decided before rank 0 touches the folder
-    if rank() == 0 and resume_from is None and tcfg["resume"] == "auto" and any(ckpt_dir.glob("checkpoint-*")):
+    if rank() == 0 and resume_from is None and tcfg.resume == "auto" and any(ckpt_dir.glob("checkpoint-*")):
         # Checkpoints of another configuration: move them aside rather than delete a user's work.
         old = ckpt_dir / "signature"
         stale = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{old.read_text().strip() if old.exists() else 'unknown'}")
@@ -299,32 +301,32 @@ def _best_step(trainer) -> int:
 def _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr):
     from transformers import Seq2SeqTrainingArguments
 
-    tcfg = params["training"]
-    bs = tcfg["batch_size"]
-    best_by = tcfg.get("best_by", "rouge_sum")
+    tcfg = section(Training, params["training"], "training")
+    bs = tcfg.batch_size
+    best_by = tcfg.best_by
     return Seq2SeqTrainingArguments(
         output_dir=str(ckpt_dir),
-        num_train_epochs=tcfg["epochs"],
+        num_train_epochs=tcfg.epochs,
         per_device_train_batch_size=bs if bs != "auto" else 64,
         auto_find_batch_size=bs == "auto",
-        per_device_eval_batch_size=tcfg["eval_batch_size"],
+        per_device_eval_batch_size=tcfg.eval_batch_size,
         learning_rate=lr,
-        weight_decay=tcfg["weight_decay"],
-        warmup_steps=int(tcfg["warmup_ratio"] * steps_per_epoch * tcfg["epochs"]),
-        lr_scheduler_type=tcfg["lr_scheduler"],
-        gradient_accumulation_steps=tcfg["gradient_accumulation_steps"],
-        label_smoothing_factor=tcfg["label_smoothing"],
-        max_grad_norm=tcfg["max_grad_norm"],
+        weight_decay=tcfg.weight_decay,
+        warmup_steps=int(tcfg.warmup_ratio * steps_per_epoch * tcfg.epochs),
+        lr_scheduler_type=tcfg.lr_scheduler,
+        gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
+        label_smoothing_factor=tcfg.label_smoothing,
+        max_grad_norm=tcfg.max_grad_norm,
         eval_strategy="steps", eval_steps=eval_steps,
         save_strategy="steps", save_steps=eval_steps,
-        save_total_limit=tcfg["save_total_limit"],
+        save_total_limit=tcfg.save_total_limit,
         load_best_model_at_end=True, metric_for_best_model=best_by,
         greater_is_better=best_by != "loss",
         logging_steps=max(1, min(10, steps_per_epoch)),
         train_sampling_strategy="group_by_length",
         seed=params["seed"], data_seed=params["seed"],
-        report_to=["wandb"] if ((params.get("tracking") or {}).get("wandb") or {}).get("enabled") else [],
+        report_to=["wandb"] if section(Tracking, params.get("tracking"), "tracking").wandb.enabled else [],
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
-        **mixed_precision(tcfg["mixed_precision"]),
+        **mixed_precision(tcfg.mixed_precision),
     )

@@ -28,10 +28,10 @@ from typing import Callable
 
 import pandas as pd
 
-from .data import TAG_RE
-from .sample import josa
+from .data import TAG_RE, josa
+from .params import AUGMENTATIONS, TTA, Augmentation, section
 
-STRATEGIES = ("reorder", "mask", "synonym", "paraphrase")
+STRATEGIES = AUGMENTATIONS
 PERSON_RE = re.compile(r"#Person(\d+)#")
 # particle pairs (after a final consonant / after a vowel); longest first so 이랑 wins over 이
 _PARTICLES = [("이랑", "랑"), ("으로", "로"), ("은", "는"), ("이", "가"), ("을", "를"), ("과", "와"), ("아", "야")]
@@ -190,9 +190,10 @@ class Augmenter:
         self.mask_fraction, self.synonym_fraction = mask_fraction, synonym_fraction
 
     @classmethod
-    def from_params(cls, cfg: dict, seed: int) -> "Augmenter":
-        return cls(cfg.get("strategies", []), cfg.get("num_aug", cfg.get("factor", 1)), seed,
-                   cfg.get("synonym_path"), cfg.get("paraphrase_model"))
+    def from_params(cls, cfg: dict | TTA, seed: int) -> "Augmenter":
+        """From the ``tta`` section."""
+        t = section(TTA, cfg, "tta")
+        return cls(t.strategies, t.num_aug, seed, t.synonym_path, t.paraphrase_model)
 
     def transform(self, strategy: str, dialogue: str, rng: random.Random) -> View:
         if strategy == "reorder":
@@ -228,10 +229,10 @@ def augment_rows(train: pd.DataFrame, cfg: dict, seed: int) -> pd.DataFrame:
     summary carried over (speaker tags permuted along for ``reorder``). Each copy keeps its original's
     ``fold`` so that no fold ever trains on a copy of its own validation rows."""
     cols = ["fname", "orig_fname", "fold", "view", "dialogue", "summary"]
-    strategies, factor = cfg.get("strategies", []), cfg.get("factor", 0)
-    if not strategies or not factor:
+    a = section(Augmentation, cfg, "data.augmentation")
+    if not a.strategies or not a.factor:
         return pd.DataFrame(columns=cols)
-    aug = Augmenter(strategies, factor, seed, cfg.get("synonym_path"), cfg.get("paraphrase_model"))
+    aug = Augmenter(a.strategies, a.factor, seed, a.synonym_path, a.paraphrase_model)
     rows = []
     for fname, dialogue, summary, fold in zip(train["fname"], train["dialogue"], train["summary"], train["fold"]):
         for v in aug.views(f"train/{fname}", dialogue):

@@ -19,16 +19,11 @@ import optuna
 import pandas as pd
 from transformers import TrainerCallback
 
-from .params import ParamsError, for_model, validate
+from .params import PRUNERS, SAMPLERS, ParamsError, Tune, for_model, section, validate
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///tuning/study.db"
-DEFAULTS = {"fold": 0, "n_trials": 10, "timeout": None, "sampler": "tpe", "pruner": "median", "n_jobs": 1,
-            "seed": 42, "storage": None, "study_name": None, "search_space": {}, "n_startup_trials": 2,
-            "n_warmup_steps": 1, "train_rows": 0, "val_rows": 0, "epochs": None, "enqueue": []}
-SAMPLERS = ("tpe", "gp", "random", "cmaes")
-PRUNERS = ("median", "percentile", "hyperband", "none")
 
 
 class PruningCallback(TrainerCallback):
@@ -149,7 +144,7 @@ def settings(params: dict) -> dict:
     """params with every ``tune`` key filled in (the model has no default: it must be named)."""
     if "tune" not in params or "model" not in (params["tune"] or {}):
         raise ParamsError("params.yaml: tune.model is required to tune (a zoo name)")
-    out = {**params, "tune": {**DEFAULTS, **params["tune"]}}
+    out = {**params, "tune": section(Tune, params["tune"], "tune").model_dump()}
     # an unknown tune.model is reported by check() with its key; only a known one has training overrides
     return for_model(out, out["tune"]["model"]) if out["tune"]["model"] in params.get("zoo", {}) else out
 
