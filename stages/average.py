@@ -15,7 +15,7 @@ log = logging.getLogger("average")
 def main():
     params, model_name, _ = matrix_item("average", with_fold=False)
     out_dir = Path(f"predictions/{model_name}/avg")
-    strategy = params["ensemble"]["strategy"]
+    strategy = params.ensemble.strategy
     if strategy not in ("averaging", "weighted_avg"):
         with io.atomic_dir(out_dir) as tmp:
             (tmp / "NOT_COMPUTED").write_text(f"ensemble.strategy = {strategy} does not use model averaging\n")
@@ -27,9 +27,9 @@ def main():
     from dialsum import data, ensemble as E, generation, models, training
     from dialsum.metrics import Scorer
 
-    entry = params["zoo"][model_name]
-    folds = list(params["cv"]["folds"])
-    training.seed_everything(params["seed"])
+    entry = params.zoo[model_name]
+    folds = list(params.cv.folds)
+    training.seed_everything(params.seed)
     members, tok, family = [], None, None
     for f in folds:
         m, t, family = models.load_for_inference(f"models/{model_name}/{f}", entry)
@@ -42,14 +42,14 @@ def main():
     weights = E.fold_weights(params, model_name, folds)
     log.info("averaging %d fold models of %s, weights %s", len(members), model_name, weights)
     d = data.load_processed()
-    gen = params["generation"]
+    gen = params.generation
     digest = hashlib.sha256()
     with io.atomic_dir(out_dir) as tmp:
         for split in ("dev", "test"):
             df = d[split]
             texts, lps = generation.summarize_averaged(members, weights, tok, family, list(df["dialogue"]), gen,
-                                                       entry["max_source_len"], gen["batch_size"],
-                                                       entry.get("prompt"), desc=f"{split} averaged")
+                                                       entry.max_source_len, gen.batch_size,
+                                                       entry.prompt, desc=f"{split} averaged")
             out = pd.DataFrame({"fname": df["fname"], "view": "orig", "summary": texts,
                                 "logprob": [round(x, 6) for x in lps]})
             io.write_csv(tmp / f"{split}.csv", out)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from dialsum import data, ensemble as E, io, params as P
 from dialsum.metrics import Scorer
-from dialsum.params import Ensemble, ParamsError, section
+from dialsum.params import ParamsError
 from dialsum.tracking import log_level, run_stage, setup_logging
 
 log = logging.getLogger("ensemble")
@@ -20,7 +20,7 @@ KEYS = ("rouge1", "rouge2", "rougeL", "rouge_sum", "bleu")
 def main():
     params = P.load()
     setup_logging("ensemble", level=log_level(params))
-    cfg, seed = section(Ensemble, params["ensemble"], "ensemble"), params["seed"]
+    cfg, seed = params.ensemble, params.seed
     strategy = cfg.strategy
     d = data.load_processed()
     scorer = Scorer.from_params(params)
@@ -49,7 +49,7 @@ def main():
 
     # each model over its folds (original view, MBR): the "model" level of the report
     per_model = {}
-    for m in params["models"]:
+    for m in params.models:
         mc = cands["dev"].query("model == @m and view == 'orig'")
         if mc.empty:
             continue
@@ -61,12 +61,12 @@ def main():
         # token-level averaging happened in average@<model> (folds share a tokenizer); models differ in
         # tokenizer, so across models it falls back to candidate selection
         pool = {s: pd.concat([E.read_candidates(f"predictions/{m}/avg/{s}.csv").assign(source=f"{m}/avg", model=m)
-                              for m in params["models"]]) for s in ("dev", "test")}
+                              for m in params.models]) for s in ("dev", "test")}
         across = "majority_vote" if strategy == "averaging" else "rouge_weighted"
         info["averaging"] = {"token_level": {m: json.loads(Path(f"metrics/average/{m}.json").read_text())
-                                             for m in params["models"]},
-                             "across_models": across + (" (tokenizers differ)" if len(params["models"]) > 1 else "")}
-        for m in params["models"]:
+                                             for m in params.models},
+                             "across_models": across + (" (tokenizers differ)" if len(params.models) > 1 else "")}
+        for m in params.models:
             a = info["averaging"]["token_level"][m]
             sources[f"{m}/avg"] = {k: a[k] for k in KEYS}
     else:
@@ -82,7 +82,7 @@ def main():
     else:  # fold `full` only: learn on dev, cross-fitted (labelled in the metrics)
         fit_groups, fit_refs, fit_on = groups["dev"], dict(zip(order["dev"], refs["dev"])), "dev"
     try:
-        result, fitted_info = E.combine(strategy, cfg, params["models"], groups, fit_groups, fit_refs, fit_on,
+        result, fitted_info = E.combine(strategy, cfg, params.models, groups, fit_groups, fit_refs, fit_on,
                                         oof_scores, scorer, seed)
     except ValueError as e:
         raise ParamsError(f"params.yaml: {e}") from None

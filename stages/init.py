@@ -6,11 +6,11 @@ from dialsum.tracking import matrix_item, run_stage
 
 def main():
     params, model, _ = matrix_item("init", with_fold=False)
-    entry = params["zoo"][model]
+    entry = params.zoo[model]
     train = data.load_processed()["train"]
     texts = list(train["dialogue"]) + list(train["summary"])
     with io.atomic_dir(f"models/{model}/init") as tmp:
-        models.build_init(entry, texts, tmp, params["seed"])
+        models.build_init(entry, texts, tmp, params.seed)
 
 
 if __name__ == "__main__":

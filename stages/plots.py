@@ -13,7 +13,7 @@ def main():
     setup_logging("plots", level=log_level(params))
     d = data.load_processed()
     with io.atomic_dir("plots") as tmp:
-        live = [Path(f"dvclive/{m}-{f}") for m in params["models"] for f in params["cv"]["folds"]]
+        live = [Path(f"dvclive/{m}-{f}") for m in params.models for f in params.cv.folds]
         paths = plots.write_all(tmp, Path("metrics/ensemble.json"), live,
                                 {s: d[s] for s in ("train", "dev", "test")})
     log.info("wrote %s", ", ".join(f"plots/{p.name}" for p in paths))

@@ -15,21 +15,21 @@ log = logging.getLogger("predict")
 
 def main():
     params, model_name, fold = matrix_item("predict")
-    entry = params["zoo"][model_name]
-    training.seed_everything(params["seed"])
-    augmenter = tta.Augmenter.from_params(params["tta"], params["seed"])  # fails fast on a bad paraphraser
+    entry = params.zoo[model_name]
+    training.seed_everything(params.seed)
+    augmenter = tta.Augmenter.from_params(params.tta, params.seed)  # fails fast on a bad paraphraser
     model, tok, family = models.load_for_inference(f"models/{model_name}/{fold}", entry)
     tok.padding_side = "left"
     d = data.load_processed()
     splits = {"oof": d["train"][d["train"]["fold"] == fold] if fold != "full" else d["train"].iloc[:0],
               "dev": d["dev"], "test": d["test"]}
-    gen = params["generation"]
+    gen = params.generation
     scorer = Scorer.from_params(params)
     digest = hashlib.sha256()
     oof = None
     for split, df in splits.items():
         out = generation.summarize_views(model, tok, family, df["fname"], df["dialogue"], augmenter, split, gen,
-                                         entry["max_source_len"], gen["batch_size"], entry.get("prompt"), desc=split)
+                                         entry.max_source_len, gen.batch_size, entry.prompt, desc=split)
         io.write_csv(f"predictions/{model_name}/{fold}/{split}.csv", out)
         digest.update(Path(f"predictions/{model_name}/{fold}/{split}.csv").read_bytes())
         log.info("%s: %d summaries (%d dialogues x views)", split, len(out), len(df))

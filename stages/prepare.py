@@ -10,21 +10,21 @@ log = logging.getLogger("prepare")
 def main():
     params = P.load()
     setup_logging("prepare", level=log_level(params))
-    d, cv = params["data"], params["cv"]
-    frames = {s: data.read_csv(d[s], s, d["on_invalid"]) for s in ("train", "dev", "test")}
-    n = P.section(P.Debug, params.get("debug"), "debug").subsample
+    d, cv = params.data, params.cv
+    frames = {s: data.read_csv(getattr(d, s), s, d.on_invalid) for s in ("train", "dev", "test")}
+    n = params.debug.subsample
     for split, df in frames.items():
-        df = data.clean_frame(df, d["clean"])
+        df = data.clean_frame(df, d.clean)
         if n:
             df = df.head(n).reset_index(drop=True)
         frames[split] = df
-        log.info("%s: %d rows from %s", split, len(df), d[split])
-    frames["train"]["fold"] = data.assign_folds(frames["train"], cv["n_splits"], cv["seed"])
+        log.info("%s: %d rows from %s", split, len(df), getattr(d, split))
+    frames["train"]["fold"] = data.assign_folds(frames["train"], cv.n_splits, cv.seed)
     # Augmented training copies go to their own file: dev, test and out-of-fold rows are never augmented.
-    frames["augmented"] = tta.augment_rows(frames["train"], d["augmentation"], params["seed"])
+    frames["augmented"] = tta.augment_rows(frames["train"], d.augmentation, params.seed)
     if len(frames["augmented"]):
         log.info("augmented: %d training copies (%s x %d)", len(frames["augmented"]),
-                 ", ".join(d["augmentation"]["strategies"]), d["augmentation"]["factor"])
+                 ", ".join(d.augmentation.strategies), d.augmentation.factor)
     for split, df in frames.items():
         io.write_csv(f"data/processed/{split}.csv", df)
 

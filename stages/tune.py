@@ -17,7 +17,7 @@ def main():
     params = tuning.settings(load())
     setup_logging("tune", None, log_level(params))
     tuning.check_space(params)
-    training.seed_everything(params["seed"])
+    training.seed_everything(params.seed)
     train_df, val_df = tuning.load_data(params)
     init = tuning.build_init(params, Path("tuning/init"))
     study = tuning.run_study(params, train_df, val_df, init, Path("tuning/trials"))

@@ -4,6 +4,7 @@ import pandas as pd
 
 from dialsum.ensemble import mbr_select
 from dialsum.metrics import CachedTokenizer
+from conftest import stand_in_params
 
 
 def test_mbr_picks_the_consensus_candidate():
@@ -124,7 +125,7 @@ def test_fast_similarity_equals_rouge_score_arithmetic():
 
 def test_load_candidates_reads_every_source_and_keeps_empty_summaries(tmp_path):
     # what the predict stage leaves behind for 2 models x 2 folds; one file predates the view column
-    params = {"models": ["a", "b"], "cv": {"folds": [0, 1]}}
+    params = stand_in_params(["a", "b"], folds=[0, 1])
     for m in ("a", "b"):
         for f in (0, 1):
             d = tmp_path / f"predictions/{m}/{f}"

@@ -1,5 +1,4 @@
 """LoRA / QLoRA on the offline stand-ins, for real: bitsandbytes 4-bit runs on this CPU."""
-import copy
 import json
 
 import pandas as pd
@@ -111,7 +110,7 @@ def overfit(tmp_path_factory):
     from dialsum.training import train
 
     tmp = tmp_path_factory.mktemp("overfit")
-    params = copy.deepcopy(load(ROOT / "params.yaml"))
+    params = load(ROOT / "params.yaml").model_dump(exclude_unset=True)  # as written: a dict to edit
     params["metrics"]["tokenize"] = "whitespace"
     items = ["사과", "우유", "빵", "커피", "책", "가방", "우산", "시계"]
     pre = pd.DataFrame({"fname": [f"p{i}" for i in range(32)],

@@ -13,9 +13,9 @@ def params(root):
 
 def test_repo_params_are_valid(root):
     p = load(root / "params.yaml")
-    assert len(p["models"]) * len(p["cv"]["folds"]) >= 4
-    assert any(p["zoo"][m]["family"] == "seq2seq" for m in p["models"])
-    assert any(p["zoo"][m]["family"] == "causal" for m in p["models"])
+    assert len(p.models) * len(p.cv.folds) >= 4
+    assert any(p.zoo[m].family == "seq2seq" for m in p.models)
+    assert any(p.zoo[m].family == "causal" for m in p.models)
 
 
 @pytest.mark.parametrize("edit, needle", [
@@ -47,12 +47,12 @@ def test_zoo_training_overrides_only_its_model(params):
 
     params["zoo"]["tiny-bart"]["training"] = {"epochs": 20, "batch_size": 8}
     validate(params)
-    bart, llama = for_model(params, "tiny-bart")["training"], for_model(params, "tiny-llama")["training"]
-    assert (bart["epochs"], bart["batch_size"]) == (20, 8)
-    assert bart["eval_every_epochs"] == params["training"]["eval_every_epochs"]  # the rest is inherited
-    assert llama == params["training"] and params["training"]["epochs"] != 20  # the input is not mutated
+    bart, llama = for_model(params, "tiny-bart").training, for_model(params, "tiny-llama").training
+    assert (bart.epochs, bart.batch_size) == (20, 8)
+    assert bart.eval_every_epochs == params["training"]["eval_every_epochs"]  # the rest is inherited
+    assert llama.model_dump(exclude_unset=True) == params["training"] and params["training"]["epochs"] != 20  # the input is not mutated
     params["tune"] = {"model": "tiny-bart"}
-    assert settings(params)["training"]["epochs"] == 20  # a study of tiny-bart trains as its stage does
+    assert settings(params).training.epochs == 20  # a study of tiny-bart trains as its stage does
 
 
 def test_full_fold_is_allowed(params):
@@ -70,15 +70,16 @@ def test_unparsable_yaml(tmp_path):
 def test_best_by_picks_the_checkpoint_metric(root, tmp_path):
     from dialsum.training import _training_args
 
+    from dialsum.params import override
+
     p = load(root / "params.yaml")
     by_rouge = _training_args(p, tmp_path, steps_per_epoch=10, eval_steps=5, lr=1e-3)
     assert by_rouge.metric_for_best_model == "rouge_sum" and by_rouge.greater_is_better
-    p["training"]["best_by"] = "loss"
-    by_loss = _training_args(p, tmp_path, steps_per_epoch=10, eval_steps=5, lr=1e-3)
+    by_loss = _training_args(override(p, {"training.best_by": "loss"}), tmp_path, steps_per_epoch=10, eval_steps=5,
+                             lr=1e-3)
     assert by_loss.metric_for_best_model in ("loss", "eval_loss") and not by_loss.greater_is_better
-    p["training"]["best_by"] = "bleu"
     with pytest.raises(ParamsError, match="training.best_by"):
-        validate(p)
+        override(p, {"training.best_by": "bleu"})
 
 
 def test_resume_skips_a_checkpoint_killed_mid_save(tmp_path):
@@ -153,9 +154,9 @@ def test_defaults_live_in_the_typed_config():
     assert (s.tokenizer.mode, s.multi_ref, s.remove_tokens) == (Metrics().tokenize, Metrics().multi_ref,
                                                                 Metrics().remove_tokens)
     assert report.settings_of(minimal) == Report()
-    filled = tuning.settings({**minimal, "tune": {"model": "m"}})["tune"]
-    assert filled == {**Tune().model_dump(), "model": "m"}
-    assert lora_settings({"lora": {"r": 4}}) == {**Lora().model_dump(), "r": 4}
+    filled = tuning.settings({**minimal, "tune": {"model": "m"}}).tune
+    assert filled.model_dump() == {**Tune().model_dump(), "model": "m"}
+    assert lora_settings({**minimal["zoo"]["m"], "lora": {"r": 4}}) == {**Lora().model_dump(), "r": 4}
     with pytest.raises(ParamsError, match=r"generation\.num_beams"):
         generation.generation_kwargs({"num_beams": 0})
 

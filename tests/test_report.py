@@ -9,6 +9,7 @@ import pytest
 
 from dialsum import report
 from dialsum.cli import main as dialsum
+from conftest import stand_in_params
 from dialsum.metrics import Scorer
 
 HOSTILE = '<script>alert("owned")</script><img src=x onerror=alert(1)>'
@@ -130,9 +131,8 @@ def _workspace(root: Path) -> dict:
                "sources": {"a/0": scores, "b/0": scores}}
     (root / "metrics").mkdir()
     (root / "metrics/ensemble.json").write_text(json.dumps(metrics))
-    return {"models": ["a", "b"], "cv": {"folds": [0]}, "metrics": {"tokenize": "whitespace"},
-            "generation": {"max_new_tokens": 100}, "zoo": {"a": {"max_target_len": 64}, "b": {"max_target_len": 64}},
-            "report": {"worst_n": 2}}
+    return stand_in_params(["a", "b"], metrics={"tokenize": "whitespace"}, generation={"max_new_tokens": 100},
+                           report={"worst_n": 2})
 
 
 def test_page_has_every_row_and_source_escapes_text_and_counts_diagnostics(tmp_path):

@@ -125,7 +125,7 @@ def test_exactly_one_eos_whatever_the_post_processor_adds(family):
         # BERT2BERT starts the decoder with [CLS] (= its bos); BART with </s>
         start = tok.bos_token_id if name == "bert" else tok.eos_token_id
         cfg = SimpleNamespace(decoder_start_token_id=start, model_type="llama")
-        entry = {"family": family, "max_source_len": 48, "max_target_len": 12}
+        entry = {"family": family, "pretrained": "stand-in", "max_source_len": 48, "max_target_len": 12}
         feats, truncated = sequences.build_features(rows, tok, entry, cfg)
         assert truncated > 0
         for f in feats:
@@ -173,8 +173,8 @@ def test_features_carry_only_keys_the_model_accepts(replicas, tmp_path):
     bert.bos_token, bert.eos_token = bert.cls_token, bert.sep_token  # as build_warm_start does
     assert "token_type_ids" in bert("a b")  # the tokenizer does return them
     bart = AutoModelForSeq2SeqLM.from_pretrained(replicas["kobart"])
-    feats, _ = sequences.build_features(SAMPLE.head(3), bert, {"family": "seq2seq", "max_source_len": 64,
-                                                               "max_target_len": 16}, bart.config)
+    entry = {"family": "seq2seq", "pretrained": "stand-in", "max_source_len": 64, "max_target_len": 16}
+    feats, _ = sequences.build_features(SAMPLE.head(3), bert, entry, bart.config)
     assert set(feats[0]) == {"input_ids", "attention_mask", "labels"}
     assert "token_type_ids" not in inspect.signature(bart.forward).parameters
 
@@ -182,8 +182,8 @@ def test_features_carry_only_keys_the_model_accepts(replicas, tmp_path):
                               ("polyglot", AutoModelForCausalLM, "causal")):
         tok = init_tokenizer(replicas[kind], tmp_path / kind)
         model = cls.from_pretrained(replicas[kind])
-        feats, _ = sequences.build_features(SAMPLE.head(3), tok, {"family": family, "max_source_len": 64,
-                                                                  "max_target_len": 16}, model.config)
+        entry = {"family": family, "pretrained": str(replicas[kind]), "max_source_len": 64, "max_target_len": 16}
+        feats, _ = sequences.build_features(SAMPLE.head(3), tok, entry, model.config)
         accepted = set(inspect.signature(model.forward).parameters)
         assert set(feats[0]) <= accepted, (kind, set(feats[0]) - accepted)
 
@@ -191,7 +191,7 @@ def test_features_carry_only_keys_the_model_accepts(replicas, tmp_path):
 def overfit_params(kind):
     from dialsum.params import load
 
-    params = copy.deepcopy(load(ROOT / "params.yaml"))
+    params = load(ROOT / "params.yaml").model_dump(exclude_unset=True)  # as written: a dict to edit
     params["training"].update(epochs=80, batch_size=8, eval_every_epochs=80, resume="never", learning_rate=3e-3,
                               warmup_ratio=0.0, label_smoothing=0.0, early_stopping_patience=0, best_by="loss",
                               lr_scheduler="constant")

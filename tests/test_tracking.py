@@ -1,5 +1,4 @@
 """W&B with no account and no network: the run logs offline, is finished, and leaks no secret."""
-import copy
 import time
 
 import pandas as pd
@@ -16,7 +15,7 @@ def _tiny_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_API_KEY", "dialsum-fake-wandb-key-5f3a9c")  # a key, but no network here
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    params = copy.deepcopy(load(ROOT / "params.yaml"))
+    params = load(ROOT / "params.yaml").model_dump(exclude_unset=True)  # as written: a dict to edit
     params["tracking"]["wandb"].update(enabled=True, tags=["unit"], group="g1", mode="auto")
     e = {**params["zoo"]["tiny-bart"], "vocab_size": 300, "max_source_len": 48, "max_target_len": 12,
          "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}}

@@ -1,5 +1,4 @@
 """Optuna study: search space checks, pruning, resume, every sampler and pruner, two workers, apply."""
-import copy
 import os
 import shutil
 import subprocess
@@ -12,14 +11,14 @@ import yaml
 
 from dialsum import models, tuning
 from dialsum.data import clean_text, read_csv
-from dialsum.params import ParamsError, load
+from dialsum.params import ParamsError, load, override
 from conftest import ROOT
 
 SMALL = {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}
 
 
 def base_params(**tune):
-    p = copy.deepcopy(load(ROOT / "params.yaml"))
+    p = load(ROOT / "params.yaml").model_dump(exclude_unset=True)  # as written: a dict to edit
     p["zoo"]["tiny-bart"].update(arch=SMALL, vocab_size=400, max_source_len=96, max_target_len=24)
     p["training"].update(batch_size=8, eval_batch_size=32)
     p["metrics"]["tokenize"] = "whitespace"
@@ -33,7 +32,7 @@ def small_data(tmp_path_factory):
     for c in ("dialogue", "summary"):
         df[c] = df[c].map(clean_text)
     init = tmp_path_factory.mktemp("init")
-    entry = base_params()["zoo"]["tiny-bart"]
+    entry = base_params().zoo["tiny-bart"]
     models.build_init(entry, list(df["dialogue"]) + list(df["summary"]), init, seed=0)
     return df.iloc[:48].reset_index(drop=True), df.iloc[48:64].reset_index(drop=True), init
 
@@ -56,9 +55,9 @@ def test_overrides_follow_params_key_paths():
     # a zoo name with a dot, and a null lora block that becomes a mapping
     out = tuning.apply_overrides(p, {"zoo.solar-10.7b.lora.r": 64, "zoo.tiny-bart.lora.r": 8,
                                      "training.learning_rate": 0.01})
-    assert out["zoo"]["solar-10.7b"]["lora"]["r"] == 64 and out["zoo"]["solar-10.7b"]["lora"]["alpha"] == 32
-    assert out["zoo"]["tiny-bart"]["lora"] == {"r": 8}
-    assert out["training"]["learning_rate"] == 0.01 and p["training"]["learning_rate"] is None
+    assert out.zoo["solar-10.7b"].lora.r == 64 and out.zoo["solar-10.7b"].lora.alpha == 32
+    assert out.zoo["tiny-bart"].lora.model_dump(exclude_unset=True) == {"r": 8}
+    assert out.training.learning_rate == 0.01 and p.training.learning_rate is None
     assert tuning.full_key("model.lora.r", "tiny-bart") == "zoo.tiny-bart.lora.r"
 
 
@@ -67,24 +66,20 @@ def test_study_identity(small_data):
     p = base_params()
     name = tuning.study_name(p, train_df, val_df)
     assert name.startswith("tiny-bart-fold0-")
-    more = copy.deepcopy(p)
-    more["tune"].update(n_trials=50, timeout=60, n_jobs=2, enqueue=[{"training.learning_rate": 0.01}])
+    more = override(p, {"tune.n_trials": 50, "tune.timeout": 60, "tune.n_jobs": 2,
+                        "tune.enqueue": [{"training.learning_rate": 0.01}]})
     assert tuning.study_name(more, train_df, val_df) == name  # how many / where: same study, resumed
     for change in ({"sampler": "gp"}, {"train_rows": 7}, {"search_space": {"training.warmup_ratio": {"low": 0, "high": 1}}}):
-        other = copy.deepcopy(p)
-        other["tune"].update(change)
+        other = override(p, {f"tune.{k}": v for k, v in change.items()})
         assert tuning.study_name(other, train_df, val_df) != name, change
     assert tuning.study_name(p, train_df.iloc[:-1], val_df) != name  # other data, other study
-    beams = copy.deepcopy(p)
-    beams["generation"]["num_beams"] += 3
+    beams = override(p, {"generation.num_beams": p.generation.num_beams + 3})
     assert tuning.study_name(beams, train_df, val_df) == name  # generation is not part of this objective...
-    gen = copy.deepcopy(p)
-    gen["tune"]["search_space"] = {**p["tune"]["search_space"], "generation.length_penalty": {"low": 0.5, "high": 2.0}}
-    gen_beams = copy.deepcopy(gen)
-    gen_beams["generation"]["num_beams"] += 3
+    gen = override(p, {"tune.search_space": {**p.tune.search_space,
+                                             "generation.length_penalty": {"low": 0.5, "high": 2.0}}})
+    gen_beams = override(gen, {"generation.num_beams": p.generation.num_beams + 3})
     assert tuning.study_name(gen_beams, train_df, val_df) != tuning.study_name(gen, train_df, val_df)  # ...unless tuned
-    named = copy.deepcopy(p)
-    named["tune"]["study_name"] = "mine"
+    named = override(p, {"tune.study_name": "mine"})
     assert tuning.study_name(named, train_df, val_df) == "mine"
 
 
@@ -108,7 +103,7 @@ def test_bad_trial_is_pruned_and_the_study_resumes(small_data, tmp_path):
     assert sorted(good.intermediate_values) == [1, 2, 3, 4, 5, 6]  # a report after every epoch
 
     # Re-run with a larger study: the same study grows by one trial, built to be bad (no learning).
-    p["tune"]["enqueue"] = [{"training.learning_rate": 0.01}, {"training.learning_rate": 1e-8}]
+    p = override(p, {"tune.enqueue": [{"training.learning_rate": 0.01}, {"training.learning_rate": 1e-8}]})
     study = tuning.run_study(p, train_df, val_df, init, tmp_path / "work", n_trials=2, storage=storage,
                              progress=False)
     assert [t.number for t in study.trials] == [0, 1]
@@ -162,9 +157,9 @@ def test_best_params_apply_back_to_params(small_data, tmp_path):
     overrides = dict(a.split("=", 1) for a in args[1::2])
     applied = tuning.apply_overrides(p, {k: yaml.safe_load(v) for k, v in overrides.items()})
     best = study.best_trial.params
-    assert applied["training"]["learning_rate"] == best["training.learning_rate"]
-    assert applied["zoo"]["tiny-bart"]["lora"]["r"] == best["zoo.tiny-bart.lora.r"]
-    assert applied["generation"]["num_beams"] == best["generation.num_beams"]
+    assert applied.training.learning_rate == best["training.learning_rate"]
+    assert applied.zoo["tiny-bart"].lora.r == best["zoo.tiny-bart.lora.r"]
+    assert applied.generation.num_beams == best["generation.num_beams"]
     assert args[0] == "-S" and len(args) == 6
 
 

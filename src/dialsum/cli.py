@@ -70,7 +70,7 @@ def cmd_summarize(a) -> int:
     from . import generation, models
     from .data import DataError, clean_text, read_csv
     from .io import write_csv
-    from .params import Generation, load, section
+    from .params import Generation, load
 
     try:
         df = read_csv(a.input, "test")
@@ -79,12 +79,12 @@ def cmd_summarize(a) -> int:
         return 2
     if a.ensemble:
         from .ensemble import summarize_new
-        from .params import ParamsError
+        from .params import ParamsError, override
 
         try:
             params = load(a.params)
             if a.num_beams:
-                params["generation"]["num_beams"] = a.num_beams
+                params = override(params, {"generation.num_beams": a.num_beams})
             out, info = summarize_new(params, df.assign(dialogue=[clean_text(d) for d in df["dialogue"]]),
                                       Path(a.params).resolve().parent)
         except (ParamsError, DataError, FileNotFoundError, ValueError) as e:
@@ -101,8 +101,7 @@ def cmd_summarize(a) -> int:
     if not Path(a.model).exists():
         print(f"error: {a.model}: no such model folder", file=sys.stderr)
         return 2
-    params = load(a.params) if Path(a.params).exists() else {}
-    gen = section(Generation, params.get("generation"), "generation")
+    gen = load(a.params).generation if Path(a.params).exists() else Generation()
     if a.num_beams:
         gen = gen.model_copy(update={"num_beams": a.num_beams})
     model, tok, family = models.load_for_inference(Path(a.model))
@@ -173,7 +172,7 @@ def cmd_tiny_models(a) -> int:
     except (ParamsError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    scratch = {n: e for n, e in params["zoo"].items() if e.get("pretrained") is None and "arch" in e}
+    scratch = {n: e for n, e in params.zoo.items() if e.pretrained is None and e.arch is not None}
     names = a.names or list(scratch)
     unknown = [n for n in names if n not in scratch]
     if unknown:
@@ -185,7 +184,7 @@ def cmd_tiny_models(a) -> int:
         out = Path(a.out) / name
         with atomic_dir(out) as tmp:
             models.build_init(scratch[name], texts, tmp, a.seed)
-        print(f"{name} ({scratch[name]['arch']['type']}): {out}  "
+        print(f"{name} ({scratch[name].arch.type}): {out}  "
               f"(use: dvc exp run -S zoo.{name}.pretrained={out})")
     return 0
 
@@ -231,7 +230,7 @@ def cmd_memory(a) -> int:
     from .memory import format_table, zoo_table
     from .params import load
 
-    print(format_table(zoo_table(load(a.params)["zoo"])))
+    print(format_table(zoo_table(load(a.params).zoo)))
     print("\nWeights only; add activations (batch x length; gradient checkpointing cuts them) and the CUDA "
           "context (~0.5 GiB). LoRA AdamW state = fp32 weight + grad + m + v of the adapter parameters.")
     return 0
@@ -241,16 +240,16 @@ def cmd_tune_worker(a) -> int:
     """One more process on the study in params (same code as the tune stage); run several at once."""
     from . import training, tuning
     from .data import DataError
-    from .params import ParamsError, load
+    from .params import ParamsError, load, override
     from .tracking import log_level, setup_logging
 
     try:
         params = tuning.settings(load(a.params))
         if a.storage:
-            params["tune"]["storage"] = a.storage
+            params = override(params, {"tune.storage": a.storage})
         setup_logging("tune", f"worker-{os.getpid()}", log_level(params))
         tuning.check_space(params)
-        training.seed_everything(params["seed"])
+        training.seed_everything(params.seed)
         train_df, val_df = tuning.load_data(params)
         init = Path("tuning/init")
         if not (init / "tokenizer.json").exists():
@@ -258,7 +257,7 @@ def cmd_tune_worker(a) -> int:
         study = tuning.run_study(params, train_df, val_df, init, Path(f"tuning/trials/worker-{os.getpid()}"),
                                  n_trials=a.n_trials, progress=False,
                                  # a seed of its own, or every worker would propose the same settings
-                                 sampler_seed=params["tune"]["seed"] + os.getpid())
+                                 sampler_seed=params.tune.seed + os.getpid())
     except (ParamsError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

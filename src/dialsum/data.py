@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .params import Clean, section
+
 log = logging.getLogger(__name__)
 
 SPEAKER_TAGS = [f"#Person{i}#" for i in range(1, 8)]
@@ -111,12 +113,13 @@ def clean_text(text: str, normalize_speakers: bool = True, remove_noise: bool = 
     return text.strip()
 
 
-def clean_frame(df: pd.DataFrame, clean: dict) -> pd.DataFrame:
+def clean_frame(df: pd.DataFrame, clean: Clean | dict) -> pd.DataFrame:
+    """``data.clean`` applied to the dialogue and summary columns."""
+    clean = section(Clean, clean, "data.clean")
     df = df.copy()
     for col in df.columns:
         if col == "dialogue" or re.fullmatch(r"summary\d*", col):
-            df[col] = [clean_text(t, clean.get("normalize_speakers", True), clean.get("remove_noise", True))
-                       for t in df[col]]
+            df[col] = [clean_text(t, clean.normalize_speakers, clean.remove_noise) for t in df[col]]
     return df
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import CachedTokenizer, ngram_counts
-from .params import ENSEMBLE_STRATEGIES, Ensemble, section
+from .params import ENSEMBLE_STRATEGIES, Ensemble, Params, section, typed
 
 log = logging.getLogger(__name__)
 STRATEGIES = ENSEMBLE_STRATEGIES
@@ -388,14 +388,15 @@ def read_candidates(path) -> pd.DataFrame:
     return df if "candidate" in df else df.assign(candidate=0)
 
 
-def load_candidates(params: dict, splits: Sequence[str], root: Path = Path(".")) -> tuple[dict, dict]:
+def load_candidates(params: Params | dict, splits: Sequence[str], root: Path = Path(".")) -> tuple[dict, dict]:
     """What the predict stage wrote for every model x fold of ``params``: ``{split: candidates}`` (every view,
     with ``source`` = "model/fold" and ``model`` columns) for each of ``splits`` (oof, dev, test), and
     ``{source: predict metrics}`` (dev scores and, for CV folds, ``oof``)."""
+    params = typed(params)
     cands: dict = {s: [] for s in splits}
     scored = {}
-    for m in params["models"]:
-        for f in params["cv"]["folds"]:
+    for m in params.models:
+        for f in params.cv.folds:
             src = f"{m}/{f}"
             for s in splits:
                 cands[s].append(read_candidates(root / f"predictions/{src}/{s}.csv").assign(source=src, model=m))
@@ -408,12 +409,13 @@ def oof_rouge(scored: dict) -> dict:
     return {src: m["oof"]["rouge_sum"] for src, m in scored.items() if m.get("oof")}
 
 
-def fold_weights(params: dict, model: str, folds: list, root: Path = Path(".")) -> list[float]:
+def fold_weights(params: Params | dict, model: str, folds: list, root: Path = Path(".")) -> list[float]:
     """averaging: equal. weighted_avg: ``ensemble.weights`` by ``model/fold``, else each fold model's OOF ROUGE
     (from predict's metrics)."""
-    if params["ensemble"]["strategy"] == "averaging":
+    params = typed(params)
+    if params.ensemble.strategy == "averaging":
         return [1.0] * len(folds)
-    given = section(Ensemble, params["ensemble"], "ensemble").weights or {}
+    given = params.ensemble.weights or {}
     out = []
     for f in folds:
         if f"{model}/{f}" in given:
@@ -424,7 +426,7 @@ def fold_weights(params: dict, model: str, folds: list, root: Path = Path(".")) 
     return out
 
 
-def summarize_new(params: dict, df: pd.DataFrame, root: Path = Path(".")) -> tuple[pd.DataFrame, dict]:
+def summarize_new(params: Params | dict, df: pd.DataFrame, root: Path = Path(".")) -> tuple[pd.DataFrame, dict]:
     """Summaries of new dialogues (``df``: fname, dialogue) by the pipeline's final ensemble: every trained
     model x fold of ``params`` (with its TTA views), combined by ``ensemble.strategy`` exactly as the ensemble
     stage does; stacking and blending are re-fitted from the stored out-of-fold predictions (seeded, so the
@@ -432,15 +434,16 @@ def summarize_new(params: dict, df: pd.DataFrame, root: Path = Path(".")) -> tup
     from . import data, generation, models, tta
     from .metrics import Scorer
 
-    cfg, gen = section(Ensemble, params["ensemble"], "ensemble"), params["generation"]
+    params = typed(params)
+    cfg, gen = params.ensemble, params.generation
     strategy = cfg.strategy
-    folds = list(params["cv"]["folds"])
+    folds = list(params.cv.folds)
     scorer = Scorer.from_params(params)
-    augmenter = tta.Augmenter.from_params(params["tta"], params["seed"])
+    augmenter = tta.Augmenter.from_params(params.tta, params.seed)
     fnames, dialogues = list(df["fname"]), list(df["dialogue"])
     pool = []
-    for m in params["models"]:
-        entry = params["zoo"][m]
+    for m in params.models:
+        entry = params.zoo[m]
         dirs = [root / f"models/{m}/{f}" for f in folds]
         for d in dirs:
             if not (d / "config.json").exists() and not (d / "adapter_config.json").exists():
@@ -451,7 +454,7 @@ def summarize_new(params: dict, df: pd.DataFrame, root: Path = Path(".")) -> tup
             tok.padding_side = "left"
             texts, lps = generation.summarize_averaged(
                 [x[0] for x in loaded], fold_weights(params, m, folds, root), tok, family, dialogues, gen,
-                entry["max_source_len"], gen["batch_size"], entry.get("prompt"), desc=f"{m} averaged")
+                entry.max_source_len, gen.batch_size, entry.prompt, desc=f"{m} averaged")
             pool.append(pd.DataFrame({"fname": fnames, "view": "orig", "summary": texts, "logprob": lps,
                                       "source": f"{m}/avg", "model": m}))
             continue
@@ -459,7 +462,7 @@ def summarize_new(params: dict, df: pd.DataFrame, root: Path = Path(".")) -> tup
             model, tok, family = models.load_for_inference(d, entry)
             tok.padding_side = "left"
             out = generation.summarize_views(model, tok, family, fnames, dialogues, augmenter, "input", gen,
-                                             entry["max_source_len"], gen["batch_size"], entry.get("prompt"),
+                                             entry.max_source_len, gen.batch_size, entry.prompt,
                                              desc=f"{m}/{f}")
             pool.append(out.assign(source=f"{m}/{f}", model=m))
             del model
@@ -484,7 +487,7 @@ def summarize_new(params: dict, df: pd.DataFrame, root: Path = Path(".")) -> tup
                                   dict(zip(frame["fname"], frame["dialogue"])))
         fit_on = split
     groups = build_groups(pool, scorer.tokenizer, fnames, dict(zip(fnames, dialogues)))
-    out, info = combine(strategy, cfg, params["models"], {"input": groups}, fit_groups, fit_refs, fit_on,
-                        oof_scores, scorer, params["seed"])
+    out, info = combine(strategy, cfg, params.models, {"input": groups}, fit_groups, fit_refs, fit_on,
+                        oof_scores, scorer, params.seed)
     return out["input"], {"strategy": strategy, "sources": sorted(set(pool["source"])), "collapsed": collapsed,
                           **info}

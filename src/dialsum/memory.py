@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .models import LORA_TARGETS, lora_targets, scratch_config
+from .params import ZooEntry, section
 
 # config.json of each hub checkpoint: the keys that decide the parameter count, plus the published token ids
 # and positions, which `dialsum replica` builds its random-weight replicas from (sources: README, "Using real
@@ -103,15 +104,17 @@ def zoo_table(zoo: dict, default_lora: dict | None = None) -> list[dict]:
     """One row per zoo entry whose architecture is known (a hub id above or a local ``arch``)."""
     rows = []
     for name, entry in zoo.items():
-        hub = entry.get("pretrained")
+        entry = section(ZooEntry, entry, f"zoo.{name}")
+        hub = entry.pretrained
         if hub in REFERENCE_CONFIGS:
             config = REFERENCE_CONFIGS[hub]
-        elif hub is None and "arch" in entry:
+        elif hub is None and entry.arch is not None:
             # the very config the init stage builds (vocab_size stands in for the trained tokenizer's size)
-            config = scratch_config(entry, _VocabSize(entry.get("vocab_size", 2000)))
+            config = scratch_config(entry, _VocabSize(entry.vocab_size))
         else:
             continue
-        lora = entry.get("lora") or default_lora or {"r": 16, "alpha": 32, "target_modules": "auto"}
+        # the QLoRA recipe's r=16 for entries trained without adapters
+        lora = entry.lora.model_dump() if entry.lora else default_lora or {"r": 16, "alpha": 32, "target_modules": "auto"}
         model_type = config["model_type"] if isinstance(config, dict) else config.model_type
         if model_type not in LORA_TARGETS:
             continue

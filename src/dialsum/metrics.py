@@ -27,7 +27,7 @@ import numpy as np
 from rouge_score import rouge_scorer
 
 from .data import TAG_RE
-from .params import TOKENIZE_MODES, Metrics, section
+from .params import TOKENIZE_MODES, Metrics, Params, section
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 # rouge-score keeps runs of [a-z0-9] after lowercasing; we add Hangul syllables and jamo.
@@ -116,8 +116,9 @@ class Scorer:
         self._rouge = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=self.tokenizer)
 
     @classmethod
-    def from_params(cls, params: dict) -> "Scorer":
-        m = section(Metrics, params.get("metrics"), "metrics")
+    def from_params(cls, params: Params | dict) -> "Scorer":
+        """From the ``metrics`` section of params (or of a params mapping, e.g. another revision's file)."""
+        m = params.metrics if isinstance(params, Params) else section(Metrics, params.get("metrics"), "metrics")
         return cls(m.tokenize, m.multi_ref, m.remove_tokens)
 
     def per_row(self, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> np.ndarray:

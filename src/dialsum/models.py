@@ -78,36 +78,37 @@ def train_tokenizer(texts: list[str], vocab_size: int, family: str):
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
 
 
-def scratch_config(entry: dict, tokenizer):
+def scratch_config(entry: ZooEntry | dict, tokenizer):
     """A small config of the entry's architecture, sized by ``arch``."""
     from transformers import BartConfig, GPTNeoXConfig, LlamaConfig
 
-    a = entry["arch"]
+    entry = section(ZooEntry, entry, "zoo entry")
+    a = entry.arch
     ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id)
-    n_pos = entry["max_source_len"] + entry["max_target_len"] + 8
-    if a["type"] == "bart":
-        return BartConfig(vocab_size=len(tokenizer), d_model=a["d_model"], encoder_layers=a["layers"],
-                          decoder_layers=a["layers"], encoder_attention_heads=a["heads"],
-                          decoder_attention_heads=a["heads"], encoder_ffn_dim=a["ffn"], decoder_ffn_dim=a["ffn"],
+    n_pos = entry.max_source_len + entry.max_target_len + 8
+    if a.type == "bart":
+        return BartConfig(vocab_size=len(tokenizer), d_model=a.d_model, encoder_layers=a.layers,
+                          decoder_layers=a.layers, encoder_attention_heads=a.heads,
+                          decoder_attention_heads=a.heads, encoder_ffn_dim=a.ffn, decoder_ffn_dim=a.ffn,
                           max_position_embeddings=n_pos, decoder_start_token_id=tokenizer.eos_token_id,
                           forced_eos_token_id=tokenizer.eos_token_id, dropout=0.1, **ids)
-    if a["type"] == "llama":
-        return LlamaConfig(vocab_size=len(tokenizer), hidden_size=a["d_model"], intermediate_size=a["ffn"],
-                           num_hidden_layers=a["layers"], num_attention_heads=a["heads"],
-                           num_key_value_heads=a["heads"], max_position_embeddings=n_pos,
+    if a.type == "llama":
+        return LlamaConfig(vocab_size=len(tokenizer), hidden_size=a.d_model, intermediate_size=a.ffn,
+                           num_hidden_layers=a.layers, num_attention_heads=a.heads,
+                           num_key_value_heads=a.heads, max_position_embeddings=n_pos,
                            tie_word_embeddings=False, **ids)
-    return GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=a["d_model"], intermediate_size=a["ffn"],
-                         num_hidden_layers=a["layers"], num_attention_heads=a["heads"],
+    return GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=a.d_model, intermediate_size=a.ffn,
+                         num_hidden_layers=a.layers, num_attention_heads=a.heads,
                          max_position_embeddings=n_pos, rotary_pct=0.25, use_parallel_residual=True,
                          tie_word_embeddings=False, **ids)
 
 
-def build_init(entry: dict, train_texts: list[str], out_dir: Path, seed: int) -> None:
+def build_init(entry: ZooEntry | dict, train_texts: list[str], out_dir: Path, seed: int) -> None:
     """Write ``out_dir``: tokenizer (+ random weights for a from-scratch entry)."""
     from transformers import AutoTokenizer
 
-    z = section(ZooEntry, entry, "zoo entry")
+    entry = z = section(ZooEntry, entry, "zoo entry")
     if z.encoder:
         return build_warm_start(entry, out_dir, seed)
     if z.pretrained is None:
@@ -120,13 +121,13 @@ def build_init(entry: dict, train_texts: list[str], out_dir: Path, seed: int) ->
     tokenizer.save_pretrained(out_dir)
     if z.pretrained is None:
         torch.manual_seed(seed)
-        model = auto_classes(entry["family"]).from_config(scratch_config(entry, tokenizer))
+        model = auto_classes(z.family).from_config(scratch_config(z, tokenizer))
         log.info("random init %s: %.2f M parameters", model.config.model_type,
                  sum(p.numel() for p in model.parameters()) / 1e6)
         model.save_pretrained(out_dir, safe_serialization=True)
 
 
-def build_warm_start(entry: dict, out_dir: Path, seed: int) -> None:
+def build_warm_start(entry: ZooEntry | dict, out_dir: Path, seed: int) -> None:
     """An ``EncoderDecoderModel`` whose encoder and decoder start from pretrained encoders (BERT2BERT,
     Rothe et al. 2020): the decoder gets causal masking and new, randomly initialised cross-attention.
     Saved as one ``save_pretrained`` folder that ``AutoModelForSeq2SeqLM`` loads, so training, prediction
@@ -165,8 +166,8 @@ def build_warm_start(entry: dict, out_dir: Path, seed: int) -> None:
     model.save_pretrained(out_dir, safe_serialization=True)
 
 
-def quantization_config(entry: dict):
-    q = entry.get("quantization", "none")
+def quantization_config(entry: ZooEntry | dict):
+    q = section(ZooEntry, entry, "zoo entry").quantization
     if q == "none":
         return None
     from transformers import BitsAndBytesConfig
@@ -204,11 +205,11 @@ def compute_dtype() -> torch.dtype:
     return torch.float32
 
 
-def load_for_training(entry: dict, init_dir: Path, seed: int):
+def load_for_training(entry: ZooEntry | dict, init_dir: Path, seed: int):
     """(model, tokenizer) ready for the Trainer: weights, resized embeddings, optional k-bit + LoRA."""
     from transformers import AutoTokenizer
 
-    z = section(ZooEntry, entry, "zoo entry")
+    entry = z = section(ZooEntry, entry, "zoo entry")
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
     source = resolve_checkpoint(z.pretrained) or init_dir
     qconf = quantization_config(entry)
@@ -218,7 +219,7 @@ def load_for_training(entry: dict, init_dir: Path, seed: int):
         if torch.cuda.is_available():
             kwargs["device_map"] = {"": 0}
     torch.manual_seed(seed)
-    model = auto_classes(entry["family"]).from_pretrained(source, **kwargs)
+    model = auto_classes(z.family).from_pretrained(source, **kwargs)
     if qconf is not None:
         guard_cpu_4bit_packing(model)
     n_base = model.get_input_embeddings().weight.shape[0]
@@ -238,7 +239,7 @@ def load_for_training(entry: dict, init_dir: Path, seed: int):
     if lora:
         # Tags added to a pretrained vocabulary have untrained embedding rows: train just those rows.
         new_ids = sorted(i for i in tokenizer.convert_tokens_to_ids(TAGS) if i >= n_base)
-        model = apply_lora(model, lora, entry["family"], new_token_ids=new_ids)
+        model = apply_lora(model, lora, z.family, new_token_ids=new_ids)
     return model, tokenizer
 
 
@@ -262,14 +263,15 @@ def freeze_encoder_layers(model) -> int:
 DEFAULT_LORA = Lora().model_dump()  # dialsum.params.Lora's defaults
 
 
-def lora_settings(entry: dict) -> dict | None:
+def lora_settings(entry: ZooEntry | dict) -> dict | None:
     """The entry's LoRA block; quantized weights cannot be trained directly, so 8/4-bit without a block
     gets :data:`DEFAULT_LORA` (QLoRA) and a warning rather than an error."""
-    if entry.get("lora"):
-        return section(Lora, entry["lora"], "lora").model_dump()
-    if entry.get("quantization", "none") != "none":
+    entry = section(ZooEntry, entry, "zoo entry")
+    if entry.lora:
+        return entry.lora.model_dump()
+    if entry.quantization != "none":
         log.warning("quantization=%s without a lora block: training LoRA adapters with %s",
-                    entry["quantization"], DEFAULT_LORA)
+                    entry.quantization, DEFAULT_LORA)
         return dict(DEFAULT_LORA)
     return None
 
@@ -309,11 +311,12 @@ def apply_lora(model, lora: dict, family: str, new_token_ids: list[int] | None =
     return model
 
 
-def save_trained(model, tokenizer, out_dir: Path, entry: dict) -> None:
+def save_trained(model, tokenizer, out_dir: Path, entry: ZooEntry | dict) -> None:
     """A ``save_pretrained`` folder (safetensors); LoRA models save the adapter, or merged weights with
     ``lora.merge: true``."""
-    if (entry.get("lora") or {}).get("merge"):
-        if entry.get("quantization", "none") != "none":
+    entry = section(ZooEntry, entry, "zoo entry")
+    if entry.lora and entry.lora.merge:
+        if entry.quantization != "none":
             # Merging into 4/8-bit weights would round the adapter away: re-load the base unquantized
             # (the usual QLoRA recipe) and merge there.
             import tempfile
@@ -321,19 +324,19 @@ def save_trained(model, tokenizer, out_dir: Path, entry: dict) -> None:
             with tempfile.TemporaryDirectory() as adapter:
                 model.save_pretrained(adapter, safe_serialization=True)
                 tokenizer.save_pretrained(adapter)
-                model, _, _ = load_for_inference(adapter, {**entry, "quantization": "none"})
+                model, _, _ = load_for_inference(adapter, entry.model_copy(update={"quantization": "none"}))
         model = model.merge_and_unload()
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
 
 
-def load_for_inference(model_dir: Path, entry: dict | None = None):
+def load_for_inference(model_dir: Path, entry: ZooEntry | dict | None = None):
     """(model, tokenizer, family) from a trained folder: full weights or a LoRA adapter."""
     from transformers import AutoConfig, AutoTokenizer
 
     model_dir = Path(model_dir)
-    entry = entry or {}
-    trust = entry.get("trust_remote_code", False)
+    entry = section(ZooEntry, entry, "zoo entry") if entry else None
+    trust = entry.trust_remote_code if entry else False
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if (model_dir / "adapter_config.json").exists():
         import json
@@ -341,10 +344,10 @@ def load_for_inference(model_dir: Path, entry: dict | None = None):
         from peft import PeftModel
 
         base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-        family = entry.get("family") or ("seq2seq" if AutoConfig.from_pretrained(
+        family = entry.family if entry else ("seq2seq" if AutoConfig.from_pretrained(
             base, trust_remote_code=trust).is_encoder_decoder else "causal")
         kwargs = dict(trust_remote_code=trust)
-        qconf = quantization_config(entry)
+        qconf = quantization_config(entry) if entry else None
         if qconf is not None:
             kwargs.update(quantization_config=qconf, dtype=compute_dtype())
         model = auto_classes(family).from_pretrained(base, **kwargs)

@@ -7,6 +7,7 @@ params.yaml points editors at that schema, ``params.schema.json``, for completio
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -142,22 +143,23 @@ class Training(Section):
 
 
 class ZooEntry(Section):
+    # (fields in the order params.yaml writes them: dumps of an entry keep the file's order)
     family: Literal["seq2seq", "causal"]
-    max_source_len: int = Field(ge=8)
-    max_target_len: int = Field(ge=4)
     pretrained: Optional[Text] = None   # hub id or local path; null = `encoder` or `arch`
-    tokenizer: Optional[Text] = None    # null = the checkpoint's own
     encoder: Optional[Text] = None      # a warm-started encoder-decoder: hub id, path or package:<module>
     decoder: Optional[Text] = None      # null = same as encoder
     tie_encoder_decoder: bool = False
     freeze_encoder: bool = False
     arch: Optional[Arch] = None         # from scratch (random init, tokenizer trained on the train split)
     vocab_size: int = Field(2000, ge=256)
+    max_source_len: int = Field(ge=8)
+    max_target_len: int = Field(ge=4)
     learning_rate: Num = Field(5e-5, ge=0)
     lora: Optional[Lora] = None
     quantization: Literal["none", "8bit", "4bit"] = "none"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    tokenizer: Optional[Text] = None    # null = the checkpoint's own
     prompt: Optional[Text] = None
     # an entry may override `training` keys for its own runs (an LLM: 1 epoch; a small seq2seq: 20)
     training: Optional[Training] = None
@@ -284,9 +286,9 @@ class Params(Section):
     tta: TTA = TTA()
     ensemble: Ensemble = Ensemble()
     tune: Tune = Tune()
+    report: Report = Report()
     tracking: Tracking = Tracking()
     debug: Debug = Debug()
-    report: Report = Report()
 
     @model_validator(mode="after")
     def _cross(self):
@@ -384,14 +386,17 @@ def _show(v: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- API
-def validate(params: Any) -> dict:
+def validate(params: Any) -> Any:
     """Raise :class:`ParamsError` on the first problem; return ``params`` unchanged otherwise."""
     typed(params)
     return params
 
 
 def typed(params: Any) -> Params:
-    """``params`` (a mapping as read from params.yaml) as :class:`Params`, or a one-line :class:`ParamsError`."""
+    """``params`` as :class:`Params`: an instance passes through, a mapping (as read from params.yaml) is
+    validated, with a one-line :class:`ParamsError` on the first problem."""
+    if isinstance(params, Params):
+        return params
     if not isinstance(params, dict):
         raise ParamsError("params.yaml: the file must hold a mapping of sections")
     try:
@@ -411,7 +416,7 @@ def section(cls: type[S], value: Any, key: str) -> S:
         raise ParamsError(_one_line(e, tuple(key.split(".")))) from None
 
 
-def load(path: str | Path = "params.yaml") -> dict:
+def load(path: str | Path = "params.yaml") -> Params:
     """Read and validate params; a missing or unparsable file is a :class:`ParamsError` too."""
     path = Path(path)
     try:
@@ -422,7 +427,14 @@ def load(path: str | Path = "params.yaml") -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ParamsError(f"{path}:{where} is not valid YAML") from None
-    return validate(params)
+    return typed(params)
+
+
+def written(model: BaseModel) -> dict:
+    """A model (params or a section) as written in params.yaml: the keys set there (or by an override), none
+    of the defaults. Hashes of settings (checkpoint signatures, tune study names) and the report's params
+    table use this form, so a default added here changes neither."""
+    return model.model_dump(exclude_unset=True)
 
 
 def schema() -> str:
@@ -434,14 +446,51 @@ def parse_fold(text: str) -> int | str:
     return "full" if text == "full" else int(text)
 
 
-def for_model(params: dict, model: str) -> dict:
+def for_model(params: Params | dict, model: str) -> Params:
     """``params`` with ``zoo.<model>.training`` laid over ``training`` (the keys a model sets win)."""
-    over = (zoo_entry(params, model).get("training") or {})
-    return {**params, "training": {**params["training"], **over}} if over else params
+    params = typed(params)
+    over = zoo_entry(params, model).training
+    if over is None:
+        return params
+    merged = Training.model_validate({**written(params.training), **written(over)})
+    return params.model_copy(update={"training": merged})
 
 
-def zoo_entry(params: dict, model: str) -> dict:
+def zoo_entry(params: Params | dict, model: str) -> ZooEntry:
     try:
-        return params["zoo"][model]
+        return typed(params).zoo[model]
     except KeyError:
         raise ParamsError(f"params.yaml: unknown model {model!r} (not in zoo)") from None
+
+
+def _walk(tree: dict, key: str, create: bool) -> tuple[dict, str]:
+    """(parent mapping, last key) for a dotted path. Zoo names may contain dots (``solar-10.7b``), so each
+    step takes the longest prefix that is a key; ``create`` makes missing or null blocks (``lora: null``)."""
+    node, rest = tree, key
+    while True:
+        if rest in node:
+            return node, rest
+        head = next((k for k in sorted(node, key=len, reverse=True)
+                     if isinstance(k, str) and rest.startswith(k + ".")), None)
+        if head is None:
+            if not create:
+                raise ParamsError(f"params.yaml: {key} does not exist in params")
+            if "." not in rest:
+                return node, rest
+            head = rest.split(".")[0]  # a section left out of the file (validation rejects unknown ones)
+            node[head] = {}
+        if node[head] is None and create:
+            node[head] = {}
+        if not isinstance(node[head], dict):
+            raise ParamsError(f"params.yaml: {key} does not exist in params")
+        node, rest = node[head], rest[len(head) + 1:]
+
+
+def override(params: Params | dict, values: dict[str, Any]) -> Params:
+    """A validated copy of ``params`` with dotted keys set (``{"training.epochs": 3}``; a null block such as
+    ``lora`` becomes a mapping): what ``dvc exp run -S`` does to the file, for tuning trials and tests."""
+    tree = copy.deepcopy(written(typed(params)))
+    for key, value in values.items():
+        parent, last = _walk(tree, key, create=True)
+        parent[last] = value
+    return typed(tree)

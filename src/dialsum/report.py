@@ -45,8 +45,8 @@ from tqdm.auto import tqdm
 from . import io
 from .data import DataError, references
 from .metrics import Scorer
+from .params import Params, section, typed, written
 from .params import Report as Settings
-from .params import section
 from .tta import permute_speakers
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,10 @@ class ReportError(DataError):
     print it without a traceback, as for bad data)."""
 
 
-def settings_of(params: dict) -> Settings:
-    """``params.yaml`` → ``report`` with its defaults (``dialsum.params.Report``)."""
-    return section(Settings, params.get("report"), "report")
+def settings_of(params: Params | dict) -> Settings:
+    """``params.yaml`` → ``report`` with its defaults (``dialsum.params.Report``); ``params`` may also be another
+    revision's file as read (a mapping that today's schema need not accept as a whole)."""
+    return params.report if isinstance(params, Params) else section(Settings, params.get("report"), "report")
 
 
 def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -201,10 +202,8 @@ def _token_counts(root: Path, source: str, summaries: list[str], pred: pd.DataFr
     return [len(ids) for ids in tok(summaries, add_special_tokens=False)["input_ids"]]
 
 
-def _limit(params: dict, source: str) -> int:
-    model = source.split("/")[0]
-    max_target = params["zoo"][model]["max_target_len"]
-    return min(params.get("generation", {}).get("max_new_tokens", 64), max_target + 1)
+def _limit(params: Params, source: str) -> int:
+    return min(params.generation.max_new_tokens, params.zoo[source.split("/")[0]].max_target_len + 1)
 
 
 def _flatten(obj, prefix: str = "") -> dict[str, str]:
@@ -291,9 +290,10 @@ def _environment():
 
 
 # ------------------------------------------------------------------------------------------------ report
-def build_index(params: dict, root: Path = Path("."), settings: Settings | None = None) -> dict:
+def build_index(params: Params | dict, root: Path = Path("."), settings: Settings | None = None) -> dict:
     """Everything ``reports/index.html`` shows, as plain data (the tests read it too)."""
-    settings = settings or settings_of(params)
+    params = typed(params)
+    settings = settings or params.report
     root = Path(root)
     dev = _read(root / "data/processed/dev.csv")
     metrics_path = root / "metrics/ensemble.json"
@@ -323,7 +323,7 @@ def build_index(params: dict, root: Path = Path("."), settings: Settings | None 
     by_source = {s: dict(zip(fnames, tokens[s])) for s in sources if tokens[s] is not None}
     chosen_src = [ens.at[f, "source"] if "source" in ens else "" for f in fnames]
     ens_tokens = [by_source.get(s, {}).get(f, -1) for s, f in zip(chosen_src, fnames)]
-    ens_limits = [_limit(params, s) if s.split("/")[0] in params.get("zoo", {}) else 10**9 for s in chosen_src]
+    ens_limits = [_limit(params, s) if s.split("/")[0] in params.zoo else 10**9 for s in chosen_src]
 
     table = pd.DataFrame({"fname": fnames, "topic": list(dev["topic"]) if "topic" in dev else [""] * len(fnames),
                           "dialogue_words": [words(d) for d in dialogues]})
@@ -366,14 +366,14 @@ def build_index(params: dict, root: Path = Path("."), settings: Settings | None 
     header += [{"name": s, **{k: metrics["sources"][s].get(k) for k in KEYS},
                 "collapsed": s in (metrics.get("collapsed") or {}), "best": s == metrics.get("best_single")}
                for s in sources]
-    return {"metrics": metrics, "header": header, "params": run_params(params), "sources": sources,
+    return {"metrics": metrics, "header": header, "params": run_params(written(params)), "sources": sources,
             "rows": rows_out, "worst": [rows_out[i] for i in worst], "counts": counts, "examples": examples,
             "ratios": ratios, "diagnostics": DIAGNOSTICS, "settings": settings, "plots": _plots(table, sources),
             "topics": by_topic(table, sources),
             "n": len(fnames)}
 
 
-def write_index(params: dict, out: Path = Path("reports/index.html"), root: Path = Path(".")) -> Path:
+def write_index(params: Params | dict, out: Path = Path("reports/index.html"), root: Path = Path(".")) -> Path:
     data = build_index(params, root)
     html = _environment().get_template("report_index.html.j2").render(**data)
     return io.write_text(out, html)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .data import PII_TAGS, SPEAKER_TAGS
+from .params import ZooEntry, section
 
 TAGS = SPEAKER_TAGS + PII_TAGS
 DEFAULT_PROMPT = "다음 대화를 요약하세요.\n### 대화:\n{dialogue}\n### 요약:\n"
@@ -107,14 +108,15 @@ def target_ids(tokenizer, summary: str, conv: Conventions, max_len: int) -> list
     return head + ids[: max(max_len - len(head) - 1, 0)] + [conv.eos]
 
 
-def build_features(df: pd.DataFrame, tokenizer, entry: dict, config=None) -> tuple[list[dict], int]:
+def build_features(df: pd.DataFrame, tokenizer, entry: ZooEntry | dict, config=None) -> tuple[list[dict], int]:
     """Token ids per row (``input_ids``, ``attention_mask``, ``labels``: nothing else reaches the model) and
     how many dialogues were cut to ``max_source_len``. ``config``: the model's, for its conventions."""
-    conv = conventions(tokenizer, entry["family"], config)
-    max_src, max_tgt = entry["max_source_len"], entry["max_target_len"]
+    entry = section(ZooEntry, entry, "zoo entry")
+    conv = conventions(tokenizer, entry.family, config)
+    max_src, max_tgt = entry.max_source_len, entry.max_target_len
     feats, truncated = [], 0
     for dialogue, summary in zip(df["dialogue"], df["summary"]):
-        src, cut = source_ids(tokenizer, dialogue, conv, max_src, entry.get("prompt"))
+        src, cut = source_ids(tokenizer, dialogue, conv, max_src, entry.prompt)
         truncated += cut
         tgt = target_ids(tokenizer, summary, conv, max_tgt)
         if conv.family == "seq2seq":

@@ -65,10 +65,10 @@ def matrix_item(stage: str, with_fold: bool = True):
     return params, a.model, fold
 
 
-def log_level(params: dict) -> str:
-    from .params import Tracking, section
+def log_level(params) -> str:
+    from .params import typed
 
-    return section(Tracking, params.get("tracking"), "tracking").log_level
+    return typed(params).tracking.log_level
 
 
 def _wandb_reachable(timeout: float = 1.5) -> bool:
@@ -87,9 +87,10 @@ def start_wandb(params: dict, name: str, extra_tags: tuple = ()):
     ``wandb sync wandb/offline-run-*``). The HF WandbCallback then logs into this run."""
     import os
 
-    from .params import Tracking, section
+    from .params import typed, written
 
-    cfg = section(Tracking, params.get("tracking"), "tracking").wandb
+    params = typed(params)
+    cfg = params.tracking.wandb
     if not cfg.enabled:
         return None
     mode = cfg.mode
@@ -102,6 +103,6 @@ def start_wandb(params: dict, name: str, extra_tags: tuple = ()):
     group = cfg.group or os.environ.get("DVC_EXP_NAME") or "dvc-repro"
     run = wandb.init(project=cfg.project, entity=cfg.entity, name=name, group=group,
                      tags=[*cfg.tags, *extra_tags], mode=mode, dir=".", reinit="finish_previous",
-                     config={k: v for k, v in params.items() if k != "tune"})
+                     config={k: v for k, v in written(params).items() if k != "tune"})
     logging.getLogger(__name__).info("W&B run %s (%s, group %s)", name, mode, group)
     return run

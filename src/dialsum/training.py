@@ -21,7 +21,7 @@ import torch
 from . import generation
 from .data import references
 from .metrics import Scorer
-from .params import Generation, Tracking, Training, ZooEntry, section
+from .params import Generation, Params, Training, section, typed, written
 from .sequences import build_features
 
 log = logging.getLogger(__name__)
@@ -99,11 +99,12 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def run_signature(params: dict, model_name: str, fold, data_files: list[Path]) -> str:
+def run_signature(params: Params | dict, model_name: str, fold, data_files: list[Path]) -> str:
     """Hash of everything that defines a training run; checkpoints are resumed only when it matches."""
+    params = typed(params)
     h = hashlib.sha256()
-    rel = {k: params[k] for k in ("seed", "training")}
-    rel["zoo"] = params["zoo"][model_name]
+    # the settings as written, so that a default added to dialsum.params keeps today's checkpoints resumable
+    rel = {"seed": params.seed, "training": written(params.training), "zoo": written(params.zoo[model_name])}
     h.update(json.dumps([rel, model_name, str(fold)], sort_keys=True, default=str).encode())
     for f in data_files:
         h.update(Path(f).read_bytes())
@@ -131,7 +132,7 @@ def find_resume(ckpt_dir: Path, signature: str, resume: str) -> str | None:
     return None
 
 
-def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: pd.DataFrame,
+def train(params: Params | dict, model_name: str, fold, train_df: pd.DataFrame, val_df: pd.DataFrame,
           init_dir: Path, out_dir: Path, ckpt_dir: Path, live_dir: Path | None = None,
           signature: str = "", callbacks=(), track: bool = True) -> dict:
     """Train, keep the best model by eval ``rouge_sum``, save it to ``out_dir``; returns eval metrics.
@@ -142,16 +143,17 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
     from .models import load_for_training, save_trained
     from .io import atomic_dir
 
-    tcfg, entry = section(Training, params["training"], "training"), params["zoo"][model_name]
-    seed_everything(params["seed"])
-    model, tokenizer = load_for_training(entry, init_dir, params["seed"])
-    family = entry["family"]
+    params = typed(params)
+    tcfg, entry = params.training, params.zoo[model_name]
+    seed_everything(params.seed)
+    model, tokenizer = load_for_training(entry, init_dir, params.seed)
+    family = entry.family
     tokenizer.padding_side = "right"
 
     feats, truncated = build_features(train_df, tokenizer, entry, model.config)
     if truncated:
         log.info("%d of %d training dialogues truncated to max_source_len=%d", truncated, len(feats),
-                 entry["max_source_len"])
+                 entry.max_source_len)
     if tcfg.eval_rows:  # cheaper in-training evaluations on big validation sets; predict scores all
         val_df = val_df.head(tcfg.eval_rows).reset_index(drop=True)
     val_feats, _ = build_features(val_df, tokenizer, entry, model.config)
@@ -161,15 +163,15 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
     bs = tcfg.batch_size
     steps_per_epoch = math.ceil(len(feats) / ((bs if bs != "auto" else 64) * tcfg.gradient_accumulation_steps))
     eval_steps = max(1, round(steps_per_epoch * tcfg.eval_every_epochs))  # fractions for long epochs
-    lr = tcfg.learning_rate or section(ZooEntry, entry, f"zoo.{model_name}").learning_rate
+    lr = tcfg.learning_rate or entry.learning_rate
     args = _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model if family == "seq2seq" else None,
                                       label_pad_token_id=-100, pad_to_multiple_of=8)
     scorer = Scorer.from_params(params)
     refs = references(val_df)
     # the in-training evaluation is bounded by the same token budget as predict
-    gen_cfg = Generation(num_beams=tcfg.eval_num_beams, max_new_tokens=entry["max_target_len"],
-                         batch_tokens=section(Generation, params.get("generation"), "generation").batch_tokens)
+    gen_cfg = Generation(num_beams=tcfg.eval_num_beams, max_new_tokens=entry.max_target_len,
+                         batch_tokens=params.generation.batch_tokens)
 
     class SummarizationTrainer(Seq2SeqTrainer):
         """Seq2SeqTrainer whose evaluation adds ROUGE of our own batched generation."""
@@ -178,8 +180,8 @@ def train(params: dict, model_name: str, fold, train_df: pd.DataFrame, val_df: p
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **kw):
             tokenizer.padding_side = "left"
             preds, _ = generation.summarize(self.model, tokenizer, family, list(val_df["dialogue"]), gen_cfg,
-                                            entry["max_source_len"], tcfg.eval_batch_size,
-                                            entry.get("prompt"), desc="eval generate")
+                                            entry.max_source_len, tcfg.eval_batch_size,
+                                            entry.prompt, desc="eval generate")
             tokenizer.padding_side = "right"
             SummarizationTrainer.last_predictions = preds
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **kw)
@@ -301,7 +303,8 @@ def _best_step(trainer) -> int:
 def _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr):
     from transformers import Seq2SeqTrainingArguments
 
-    tcfg = section(Training, params["training"], "training")
+    params = typed(params)
+    tcfg = params.training
     bs = tcfg.batch_size
     best_by = tcfg.best_by
     return Seq2SeqTrainingArguments(
@@ -324,8 +327,8 @@ def _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr):
         greater_is_better=best_by != "loss",
         logging_steps=max(1, min(10, steps_per_epoch)),
         train_sampling_strategy="group_by_length",
-        seed=params["seed"], data_seed=params["seed"],
-        report_to=["wandb"] if section(Tracking, params.get("tracking"), "tracking").wandb.enabled else [],
+        seed=params.seed, data_seed=params.seed,
+        report_to=["wandb"] if params.tracking.wandb.enabled else [],
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
         **mixed_precision(tcfg.mixed_precision),

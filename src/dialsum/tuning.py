@@ -9,7 +9,6 @@ Search-space keys are params.yaml key paths (``training.learning_rate``; ``model
 """
 from __future__ import annotations
 
-import copy
 import logging
 import shutil
 import time
@@ -19,7 +18,7 @@ import optuna
 import pandas as pd
 from transformers import TrainerCallback
 
-from .params import PRUNERS, SAMPLERS, ParamsError, Tune, for_model, section, validate
+from .params import PRUNERS, SAMPLERS, Params, ParamsError, for_model, override, typed, written
 
 log = logging.getLogger(__name__)
 
@@ -92,33 +91,9 @@ def full_key(key: str, model: str) -> str:
     return f"zoo.{model}.{key.removeprefix('model.')}" if key.startswith("model.") else key
 
 
-def _walk(params: dict, key: str, create: bool = False) -> tuple[dict, str]:
-    """(parent mapping, last key) for a dotted path. Zoo names may contain dots (``solar-10.7b``), so each
-    step takes the longest prefix that is a key; ``create`` fills a null block (``lora: null``) on the way."""
-    node, rest = params, key
-    while True:
-        if rest in node:
-            return node, rest
-        head = next((k for k in sorted(node, key=len, reverse=True)
-                     if isinstance(k, str) and rest.startswith(k + ".")), None)
-        if head is None:
-            if create and "." not in rest:
-                return node, rest
-            raise ParamsError(f"params.yaml: tune.search_space key {key} does not exist in params")
-        if node[head] is None and create:
-            node[head] = {}
-        if not isinstance(node[head], dict):
-            raise ParamsError(f"params.yaml: tune.search_space key {key} does not exist in params")
-        node, rest = node[head], rest[len(head) + 1:]
-
-
-def apply_overrides(params: dict, overrides: dict) -> dict:
-    """A validated copy of params with dotted keys set (a null block such as ``lora`` becomes a mapping)."""
-    out = copy.deepcopy(params)
-    for key, value in overrides.items():
-        parent, last = _walk(out, key, create=True)
-        parent[last] = value
-    return validate(out)
+def apply_overrides(params: Params | dict, overrides: dict) -> Params:
+    """A validated copy of params with dotted keys set (:func:`dialsum.params.override`)."""
+    return override(params, overrides)
 
 
 def suggest(trial: optuna.Trial, space: dict, model: str) -> dict:
@@ -140,30 +115,31 @@ def suggest(trial: optuna.Trial, space: dict, model: str) -> dict:
     return values
 
 
-def settings(params: dict) -> dict:
-    """params with every ``tune`` key filled in (the model has no default: it must be named)."""
-    if "tune" not in params or "model" not in (params["tune"] or {}):
+def settings(params: Params | dict) -> Params:
+    """params as the tuned model trains: with its ``zoo.<model>.training`` overrides (``tune.model`` has no
+    default: it must be named)."""
+    params = typed(params)
+    if params.tune.model is None:
         raise ParamsError("params.yaml: tune.model is required to tune (a zoo name)")
-    out = {**params, "tune": section(Tune, params["tune"], "tune").model_dump()}
-    # an unknown tune.model is reported by check() with its key; only a known one has training overrides
-    return for_model(out, out["tune"]["model"]) if out["tune"]["model"] in params.get("zoo", {}) else out
+    # an unknown tune.model is reported by check_space() with its key; only a known one has overrides
+    return for_model(params, params.tune.model) if params.tune.model in params.zoo else params
 
 
-def load_data(params: dict):
+def load_data(params: Params):
     """(train, validation) rows of ``tune.fold`` from data/processed, train cut to ``tune.train_rows``."""
     from .data import load_processed, split_fold
 
-    t = params["tune"]
+    t = params.tune
     d = load_processed()
-    train_df, val_df = split_fold(d["train"], d["dev"], t["fold"], d["augmented"])
-    if t["train_rows"]:
-        train_df = train_df.iloc[: t["train_rows"]]
-    if t["val_rows"]:
-        val_df = val_df.iloc[: t["val_rows"]]
+    train_df, val_df = split_fold(d["train"], d["dev"], t.fold, d["augmented"])
+    if t.train_rows:
+        train_df = train_df.iloc[: t.train_rows]
+    if t.val_rows:
+        val_df = val_df.iloc[: t.val_rows]
     return train_df, val_df
 
 
-def build_init(params: dict, out_dir: Path) -> Path:
+def build_init(params: Params, out_dir: Path) -> Path:
     """The tuned model's tokenizer (+ random init), exactly as the init stage builds it."""
     from .data import load_processed
     from .io import atomic_dir
@@ -171,22 +147,21 @@ def build_init(params: dict, out_dir: Path) -> Path:
 
     full = load_processed()["train"]  # the init stage's vocabulary: the whole train split, like every fold
     with atomic_dir(out_dir) as tmp:
-        build(params["zoo"][params["tune"]["model"]], list(full["dialogue"]) + list(full["summary"]), tmp,
-              params["seed"])
+        build(params.zoo[params.tune.model], list(full["dialogue"]) + list(full["summary"]), tmp, params.seed)
     return Path(out_dir)
 
 
-def check_space(params: dict) -> None:
+def check_space(params: Params) -> None:
     """Fail before any training when a search-space key or range is wrong."""
-    t = params["tune"]
-    if t["model"] not in params["zoo"]:
-        raise ParamsError(f"params.yaml: tune.model = {t['model']!r} is not in zoo")
-    if t["fold"] != "full" and t["fold"] >= params["cv"]["n_splits"]:
-        raise ParamsError(f"params.yaml: tune.fold = {t['fold']} is out of range for cv.n_splits")
-    if not t["search_space"]:
+    t = params.tune
+    if t.model not in params.zoo:
+        raise ParamsError(f"params.yaml: tune.model = {t.model!r} is not in zoo")
+    if t.fold != "full" and t.fold >= params.cv.n_splits:
+        raise ParamsError(f"params.yaml: tune.fold = {t.fold} is out of range for cv.n_splits")
+    if not t.search_space:
         raise ParamsError("params.yaml: tune.search_space is empty; nothing to tune")
-    for key, spec in t["search_space"].items():
-        name = full_key(key, t["model"])
+    for key, spec in t.search_space.items():
+        name = full_key(key, t.model)
         if not name.startswith(("training.", "generation.", "zoo.")):
             raise ParamsError(f"params.yaml: tune.search_space key {key} must start with training., "
                               "generation., zoo. or model.")
@@ -214,45 +189,46 @@ IDENTITY_KEYS = ("model", "fold", "sampler", "pruner", "n_startup_trials", "n_wa
                  "train_rows", "val_rows", "epochs", "search_space")
 
 
-def study_name(params: dict, train_df: pd.DataFrame, val_df: pd.DataFrame) -> str:
+def study_name(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame) -> str:
     """``tune.study_name``, or (null) a name derived from everything that defines the objective: another
     search space, model, data, training or metrics setting starts a new study instead of mixing trials."""
     import hashlib
     import json
 
-    t = params["tune"]
-    if t["study_name"]:
-        return t["study_name"]
-    ident = {k: t[k] for k in IDENTITY_KEYS}
-    ident.update(seed_all=params["seed"], training=params["training"], metrics=params["metrics"],
-                 zoo=params["zoo"][t["model"]])
-    if any(full_key(k, t["model"]).startswith("generation.") for k in t["search_space"]):
+    t = params.tune
+    if t.study_name:
+        return t.study_name
+    ident = {k: getattr(t, k) for k in IDENTITY_KEYS}
+    # as written in params.yaml, so that a default added to dialsum.params does not orphan a study
+    ident.update(seed_all=params.seed, training=written(params.training), metrics=written(params.metrics),
+                 zoo=written(params.zoo[t.model]))
+    if any(full_key(k, t.model).startswith("generation.") for k in t.search_space):
         # only then do trials generate with `generation` (else in-training eval settings score them), and
         # only then is it part of the objective; otherwise a beam change would orphan the study
-        ident["generation"] = params["generation"]
+        ident["generation"] = written(params.generation)
     h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode())
     for df in (train_df, val_df):
         h.update(df[["fname", "dialogue", "summary"]].to_csv(index=False).encode())
-    return f"{t['model']}-fold{t['fold']}-{h.hexdigest()[:10]}"
+    return f"{t.model}-fold{t.fold}-{h.hexdigest()[:10]}"
 
 
-def create_study(params: dict, storage=None, sampler_seed: int | None = None, name: str | None = None) -> optuna.Study:
+def create_study(params: Params, storage=None, sampler_seed: int | None = None, name: str | None = None) -> optuna.Study:
     """Create or load the study; ``sampler_seed`` defaults to ``tune.seed`` (extra workers pass their own, or
     two workers would propose the very same configurations)."""
-    t = params["tune"]
-    seed = t["seed"] if sampler_seed is None else sampler_seed
-    max_epochs = t.get("epochs") or params["training"]["epochs"]
-    for key, spec in t["search_space"].items():
-        if full_key(key, t["model"]) == "training.epochs":
+    t = params.tune
+    seed = t.seed if sampler_seed is None else sampler_seed
+    max_epochs = t.epochs or params.training.epochs
+    for key, spec in t.search_space.items():
+        if full_key(key, t.model) == "training.epochs":
             max_epochs = spec.get("high", max(spec.get("choices", [max_epochs])))
-    storage = storage if storage is not None else make_storage(t["storage"])
+    storage = storage if storage is not None else make_storage(t.storage)
     from sqlalchemy.exc import SQLAlchemyError
 
     for attempt in range(6):
         try:
             return optuna.create_study(
-                study_name=name or t["study_name"] or "dialsum", storage=storage, sampler=make_sampler(t["sampler"], seed),
-                pruner=make_pruner(t["pruner"], max_epochs, t["n_startup_trials"], t["n_warmup_steps"]),
+                study_name=name or t.study_name or "dialsum", storage=storage, sampler=make_sampler(t.sampler, seed),
+                pruner=make_pruner(t.pruner, max_epochs, t.n_startup_trials, t.n_warmup_steps),
                 direction="maximize", load_if_exists=True)
         except SQLAlchemyError as e:
             # Workers started together race to create the same new database schema; the loser retries.
@@ -267,7 +243,7 @@ def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def run_study(params: dict, train_df: pd.DataFrame, val_df: pd.DataFrame, init_dir: Path, work_dir: Path,
+def run_study(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, init_dir: Path, work_dir: Path,
               n_trials: int | None = None, storage=None, progress: bool = True,
               sampler_seed: int | None = None) -> optuna.Study:
     """Run trials until the study holds ``n_trials`` finished (complete or pruned) trials.
@@ -282,15 +258,15 @@ def run_study(params: dict, train_df: pd.DataFrame, val_df: pd.DataFrame, init_d
     from .models import load_for_inference
 
     params = settings(params)
-    t = params["tune"]
+    t = params.tune
     check_space(params)
-    target = n_trials if n_trials is not None else t["n_trials"]
-    model = t["model"]
+    target = n_trials if n_trials is not None else t.n_trials
+    model = t.model
     name = study_name(params, train_df, val_df)
     study = create_study(params, storage, sampler_seed, name)
-    if t.get("enqueue"):
+    if t.enqueue:
         done = {tuple(sorted(tr.params.items())) for tr in study.get_trials(deepcopy=False)}
-        for values in t["enqueue"]:
+        for values in t.enqueue:
             full = {full_key(k, model): v for k, v in values.items()}
             if tuple(sorted(full.items())) not in done:
                 study.enqueue_trial(full, skip_if_exists=True)
@@ -300,33 +276,33 @@ def run_study(params: dict, train_df: pd.DataFrame, val_df: pd.DataFrame, init_d
                  name, finished(study), target)
         return study
     log.info("study %r: %d finished, running %d more (sampler %s, pruner %s)", name,
-             finished(study), remaining, t["sampler"], t["pruner"])
-    space = t["search_space"]
+             finished(study), remaining, t.sampler, t.pruner)
+    space = t.search_space
     tunes_generation = any(full_key(k, model).startswith("generation.") for k in space)
     scorer = Scorer.from_params(params)
 
     def objective(trial: optuna.Trial) -> float:
         values = suggest(trial, space, model)
-        base = params if not t["epochs"] else apply_overrides(params, {"training.epochs": t["epochs"]})
-        trial_params = apply_overrides(base, values)
-        # Pruning needs a ROUGE after every epoch; a trial never resumes another's checkpoints.
-        trial_params["training"].update(eval_every_epochs=1, resume="never", early_stopping_patience=0)
-        trial_params.setdefault("tracking", {})["wandb"] = {"enabled": False}  # the study is tracked by Optuna
+        base = params if not t.epochs else override(params, {"training.epochs": t.epochs})
+        # Pruning needs a ROUGE after every epoch; a trial never resumes another's checkpoints; the study is
+        # tracked by Optuna, not W&B.
+        trial_params = override(base, {**values, "training.eval_every_epochs": 1, "training.resume": "never",
+                                       "training.early_stopping_patience": 0, "tracking.wandb.enabled": False})
         tdir = Path(work_dir) / f"trial-{trial.number}"
         shutil.rmtree(tdir, ignore_errors=True)
         log.info("trial %d: %s", trial.number, values)
         try:
             out_dir = tdir / "model" if tunes_generation else None
-            metrics = train(trial_params, model, t["fold"], train_df, val_df, init_dir, out_dir, tdir / "ckpt",
+            metrics = train(trial_params, model, t.fold, train_df, val_df, init_dir, out_dir, tdir / "ckpt",
                             None, f"trial-{trial.number}", callbacks=[PruningCallback(trial)], track=False)
             value = metrics["rouge_sum"]
             if tunes_generation:
-                m, tok, family = load_for_inference(out_dir, trial_params["zoo"][model])
+                entry = trial_params.zoo[model]
+                m, tok, family = load_for_inference(out_dir, entry)
                 tok.padding_side = "left"
-                entry = trial_params["zoo"][model]
                 preds, _ = generation.summarize(m, tok, family, list(val_df["dialogue"]),
-                                                trial_params["generation"], entry["max_source_len"],
-                                                trial_params["generation"]["batch_size"], entry.get("prompt"),
+                                                trial_params.generation, entry.max_source_len,
+                                                trial_params.generation.batch_size, entry.prompt,
                                                 desc="trial generate")
                 value = scorer.score(preds, references(val_df))["rouge_sum"]
             log.info("trial %d: rouge_sum %.4f", trial.number, value)
@@ -340,9 +316,9 @@ def run_study(params: dict, train_df: pd.DataFrame, val_df: pd.DataFrame, init_d
     from optuna.study import MaxTrialsCallback
 
     # states=None counts running trials too, so parallel workers do not overshoot the total.
-    study.optimize(objective, n_trials=remaining, timeout=t["timeout"], n_jobs=t["n_jobs"],
+    study.optimize(objective, n_trials=remaining, timeout=t.timeout, n_jobs=t.n_jobs,
                    callbacks=[MaxTrialsCallback(target, states=None)], gc_after_trial=True,
-                   show_progress_bar=progress and t["n_jobs"] == 1)
+                   show_progress_bar=progress and t.n_jobs == 1)
     return study
 
 
@@ -378,7 +354,7 @@ def write_outputs(study: optuna.Study, params: dict, out_dir: Path, metrics_path
     if summary["n_complete"]:
         best = study.best_trial
         summary.update(best_value=round(float(best.value), 6), best_trial=best.number)
-        nested = best_params_nested(study, params["tune"]["model"])
+        nested = best_params_nested(study, params.tune.model)
         flags = " ".join(f"-S '{k}={v}'" for k, v in best.params.items())
         header = (f"# Best of study {study.study_name!r}: trial {best.number}, rouge_sum {best.value:.4f} "
                   f"({summary['n_complete']} complete, {summary['n_pruned']} pruned).\n"
