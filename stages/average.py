@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from dialsum import io
-from dialsum.tracking import matrix_item, run_stage
+from dialsum.tracking import matrix_item, run_stage, seed_everything
 
 log = logging.getLogger("average")
 
@@ -24,12 +24,12 @@ def main():
     # torch and friends only when there is something to generate: the not-computed path stays ~1 s
     import pandas as pd
 
-    from dialsum import data, ensemble as E, generation, models, training
+    from dialsum import data, ensemble as E, generation, models
     from dialsum.metrics import Scorer
 
     entry = params.zoo[model_name]
     folds = list(params.cv.folds)
-    training.seed_everything(params.seed)
+    seed_everything(params.seed)
     members, tok, family = [], None, None
     for f in folds:
         m, t, family = models.load_for_inference(f"models/{model_name}/{f}", entry)

@@ -6,9 +6,9 @@ import hashlib
 import logging
 from pathlib import Path
 
-from dialsum import data, generation, io, models, training, tta
+from dialsum import data, generation, io, models, tta
 from dialsum.metrics import Scorer
-from dialsum.tracking import matrix_item, run_stage
+from dialsum.tracking import matrix_item, run_stage, seed_everything
 
 log = logging.getLogger("predict")
 
@@ -16,7 +16,7 @@ log = logging.getLogger("predict")
 def main():
     params, model_name, fold = matrix_item("predict")
     entry = params.zoo[model_name]
-    training.seed_everything(params.seed)
+    seed_everything(params.seed)
     augmenter = tta.Augmenter.from_params(params.tta, params.seed)  # fails fast on a bad paraphraser
     model, tok, family = models.load_for_inference(f"models/{model_name}/{fold}", entry)
     tok.padding_side = "left"

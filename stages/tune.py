@@ -6,9 +6,9 @@ and the study must survive so that a larger `tune.n_trials` adds trials instead 
 import logging
 from pathlib import Path
 
-from dialsum import training, tuning
+from dialsum import tuning
 from dialsum.params import load
-from dialsum.tracking import log_level, run_stage, setup_logging
+from dialsum.tracking import log_level, run_stage, seed_everything, setup_logging
 
 log = logging.getLogger("tune")
 
@@ -17,7 +17,7 @@ def main():
     params = tuning.settings(load())
     setup_logging("tune", None, log_level(params))
     tuning.check_space(params)
-    training.seed_everything(params.seed)
+    seed_everything(params.seed)
     train_df, val_df = tuning.load_data(params)
     init = tuning.build_init(params, Path("tuning/init"))
     study = tuning.run_study(params, train_df, val_df, init, Path("tuning/trials"))

@@ -218,3 +218,27 @@ def test_committed_lock_matches_committed_code(tmp_path):
                           if what != "deleted"]
                 stale += [f"{stage}: param {k}" for k in (change.get("changed params") or {})]
     assert not stale, "dvc.lock is stale against HEAD's code/params (run dvc repro, commit dvc.lock): " + "; ".join(stale[:10])
+
+
+def test_no_import_circle_in_the_package():
+    """No dialsum module imports (at module or function level) one that imports it back, directly or through
+    others: each concept builds on the ones below it (params at the bottom, the stages' entry points on top)."""
+    modules = _modules()
+    graph = {n: _imports(ast.parse(p.read_text(encoding="utf-8")), n, modules) - {n, ""}
+             for n, p in modules.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> list[str] | None:
+        state[name] = 1
+        for dep in sorted(graph[name]):
+            if state.get(dep) == 1:
+                return path + [name, dep]
+            if dep not in state:
+                found = visit(dep, path + [name])
+                if found:
+                    return found
+        state[name] = 2
+        return None
+
+    circles = [c for n in sorted(graph) if n not in state for c in [visit(n, [])] if c]
+    assert not circles, " -> ".join(circles[0])

@@ -238,10 +238,10 @@ def cmd_memory(a) -> int:
 
 def cmd_tune_worker(a) -> int:
     """One more process on the study in params (same code as the tune stage); run several at once."""
-    from . import training, tuning
+    from . import tuning
     from .data import DataError
     from .params import ParamsError, load, override
-    from .tracking import log_level, setup_logging
+    from .tracking import log_level, seed_everything, setup_logging
 
     try:
         params = tuning.settings(load(a.params))
@@ -249,7 +249,7 @@ def cmd_tune_worker(a) -> int:
             params = override(params, {"tune.storage": a.storage})
         setup_logging("tune", f"worker-{os.getpid()}", log_level(params))
         tuning.check_space(params)
-        training.seed_everything(params.seed)
+        seed_everything(params.seed)
         train_df, val_df = tuning.load_data(params)
         init = Path("tuning/init")
         if not (init / "tokenizer.json").exists():

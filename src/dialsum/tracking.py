@@ -65,6 +65,17 @@ def matrix_item(stage: str, with_fold: bool = True):
     return params, a.model, fold
 
 
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch RNGs (``transformers.set_seed``) and deterministic kernels where torch has them:
+    every stage that trains or generates calls it first, so its outputs depend on params and data only."""
+    import torch
+    from transformers import set_seed
+
+    set_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def log_level(params) -> str:
     from .params import typed
 

@@ -10,30 +10,23 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
+from transformers import Seq2SeqTrainer
 
 from . import generation
 from .data import references
 from .metrics import Scorer
 from .params import Generation, Params, Training, section, typed, written
 from .sequences import build_features
+from .tracking import seed_everything, start_wandb
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    """Python, numpy and torch RNGs, and deterministic kernels where torch has them."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def mixed_precision(choice: str) -> dict:
@@ -112,6 +105,8 @@ def run_signature(params: Params | dict, model_name: str, fold, data_files: list
 
 
 def find_resume(ckpt_dir: Path, signature: str, resume: str) -> str | None:
+    """The checkpoint to resume from: ``training.resume`` (a path), or with ``auto`` the newest complete
+    checkpoint of a run with this ``signature``; None starts afresh."""
     if resume == "never":
         return None
     if resume != "auto":
@@ -122,6 +117,7 @@ def find_resume(ckpt_dir: Path, signature: str, resume: str) -> str | None:
     if not sig_file.exists() or sig_file.read_text().strip() != signature:
         return None
     ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    # get_last_checkpoint would pick the newest folder, complete or not; a kill mid-save needs the one before
     for ckpt in reversed(ckpts):
         # the Trainer writes trainer_state.json last: without it the run was killed mid-save
         try:
@@ -132,12 +128,73 @@ def find_resume(ckpt_dir: Path, signature: str, resume: str) -> str | None:
     return None
 
 
+def prepare_checkpoints(ckpt_dir: Path, signature: str, resume: str) -> str | None:
+    """Ready ``ckpt_dir`` for a run with ``signature``; returns the checkpoint to resume from (or None).
+    Checkpoints of another configuration are moved aside, never deleted (a user's work)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = find_resume(ckpt_dir, signature, resume)
+    _barrier()  # every rank decided before rank 0 touches the folder
+    if rank() == 0 and resume_from is None and resume == "auto" and any(ckpt_dir.glob("checkpoint-*")):
+        old = ckpt_dir / "signature"
+        stale = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{old.read_text().strip() if old.exists() else 'unknown'}")
+        shutil.rmtree(stale, ignore_errors=True)
+        ckpt_dir.rename(stale)
+        ckpt_dir.mkdir(parents=True)
+        log.warning("checkpoints from a different configuration moved to %s", stale)
+    if rank() == 0:
+        (ckpt_dir / "signature").write_text(signature)
+    _barrier()
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    return resume_from
+
+
+@dataclass
+class EvalRouge:
+    """The in-training evaluation's ROUGE: the model being trained summarizes the validation dialogues with
+    dialsum's batched generation (as predict does, within the same token budget) and the scorer rates them."""
+    tokenizer: Any
+    family: str
+    dialogues: list[str]
+    refs: list[list[str]]
+    gen: Generation
+    max_source_len: int
+    batch_size: int
+    prompt: str | None
+    scorer: Scorer
+    predictions: list[str] = field(default_factory=list)
+
+    def generate(self, model) -> None:
+        self.tokenizer.padding_side = "left"  # generation pads on the left, training on the right
+        self.predictions, _ = generation.summarize(model, self.tokenizer, self.family, self.dialogues, self.gen,
+                                                   self.max_source_len, self.batch_size, self.prompt,
+                                                   desc="eval generate")
+        self.tokenizer.padding_side = "right"
+
+    def compute_metrics(self, _) -> dict:
+        s = self.scorer.score(self.predictions, self.refs)
+        return {k: s[k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
+
+
+class SummarizationTrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer whose every evaluation also generates and scores summaries (:class:`EvalRouge`):
+    ``eval_rouge_sum`` beside ``eval_loss``, for checkpoint choice, early stopping, pruning and dvclive."""
+
+    def __init__(self, *args, rouge: EvalRouge, **kwargs):
+        super().__init__(*args, compute_metrics=rouge.compute_metrics, **kwargs)
+        self.rouge = rouge
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **kw):
+        self.rouge.generate(self.model)
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **kw)
+
+
 def train(params: Params | dict, model_name: str, fold, train_df: pd.DataFrame, val_df: pd.DataFrame,
           init_dir: Path, out_dir: Path, ckpt_dir: Path, live_dir: Path | None = None,
           signature: str = "", callbacks=(), track: bool = True) -> dict:
     """Train, keep the best model by eval ``rouge_sum``, save it to ``out_dir``; returns eval metrics.
     ``callbacks``: extra Trainer callbacks (the tune stage's pruning); ``track``: a W&B run when enabled."""
-    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer
+    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback
     from datasets import Dataset
 
     from .models import load_for_training, save_trained
@@ -167,28 +224,10 @@ def train(params: Params | dict, model_name: str, fold, train_df: pd.DataFrame, 
     args = _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model if family == "seq2seq" else None,
                                       label_pad_token_id=-100, pad_to_multiple_of=8)
-    scorer = Scorer.from_params(params)
-    refs = references(val_df)
-    # the in-training evaluation is bounded by the same token budget as predict
-    gen_cfg = Generation(num_beams=tcfg.eval_num_beams, max_new_tokens=entry.max_target_len,
-                         batch_tokens=params.generation.batch_tokens)
-
-    class SummarizationTrainer(Seq2SeqTrainer):
-        """Seq2SeqTrainer whose evaluation adds ROUGE of our own batched generation."""
-        last_predictions: list[str] = []
-
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **kw):
-            tokenizer.padding_side = "left"
-            preds, _ = generation.summarize(self.model, tokenizer, family, list(val_df["dialogue"]), gen_cfg,
-                                            entry.max_source_len, tcfg.eval_batch_size,
-                                            entry.prompt, desc="eval generate")
-            tokenizer.padding_side = "right"
-            SummarizationTrainer.last_predictions = preds
-            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **kw)
-
-    def compute_metrics(_):
-        s = scorer.score(SummarizationTrainer.last_predictions, refs)
-        return {k: s[k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
+    rouge = EvalRouge(tokenizer, family, list(val_df["dialogue"]), references(val_df),
+                      Generation(num_beams=tcfg.eval_num_beams, max_new_tokens=entry.max_target_len,
+                                 batch_tokens=params.generation.batch_tokens),
+                      entry.max_source_len, tcfg.eval_batch_size, entry.prompt, Scorer.from_params(params))
 
     callbacks = list(callbacks)
     if tcfg.early_stopping_patience > 0:
@@ -200,28 +239,11 @@ def train(params: Params | dict, model_name: str, fold, train_df: pd.DataFrame, 
 
     trainer = SummarizationTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
-        processing_class=tokenizer, compute_metrics=compute_metrics, callbacks=callbacks,
+        processing_class=tokenizer, rouge=rouge, callbacks=callbacks,
         # The Trainer would keep every eval logit (vocab x length x rows); ROUGE needs none of them.
         preprocess_logits_for_metrics=lambda logits, labels: labels[:, :1],
     )
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = find_resume(ckpt_dir, signature, tcfg.resume)
-    _barrier()  # every rank decided before rank 0 touches the folder
-    if rank() == 0 and resume_from is None and tcfg.resume == "auto" and any(ckpt_dir.glob("checkpoint-*")):
-        # Checkpoints of another configuration: move them aside rather than delete a user's work.
-        old = ckpt_dir / "signature"
-        stale = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{old.read_text().strip() if old.exists() else 'unknown'}")
-        shutil.rmtree(stale, ignore_errors=True)
-        ckpt_dir.rename(stale)
-        ckpt_dir.mkdir(parents=True)
-        log.warning("checkpoints from a different configuration moved to %s", stale)
-    if rank() == 0:
-        (ckpt_dir / "signature").write_text(signature)
-    _barrier()
-    if resume_from:
-        log.info("resuming from %s", resume_from)
-    from .tracking import start_wandb
-
+    resume_from = prepare_checkpoints(ckpt_dir, signature, tcfg.resume)
     run = (start_wandb(params, f"{model_name}-{fold}", (model_name, f"fold-{fold}"))
            if track and rank() == 0 else None)
     if trainer.args.world_size > 1:
