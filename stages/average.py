@@ -4,9 +4,8 @@ metrics/average/<model>.json. Computed only when ensemble.strategy is averaging 
 the stage records that it was not needed (so switching between other strategies never generates)."""
 import hashlib
 import logging
-from pathlib import Path
 
-from dialsum import io
+from dialsum import io, paths
 from dialsum.tracking import matrix_item, run_stage, seed_everything
 
 log = logging.getLogger("average")
@@ -14,12 +13,12 @@ log = logging.getLogger("average")
 
 def main():
     params, model_name, _ = matrix_item("average", with_fold=False)
-    out_dir = Path(f"predictions/{model_name}/avg")
+    out_dir = paths.prediction_dir(f"{model_name}/avg")
     strategy = params.ensemble.strategy
     if strategy not in ("averaging", "weighted_avg"):
         with io.atomic_dir(out_dir) as tmp:
             (tmp / "NOT_COMPUTED").write_text(f"ensemble.strategy = {strategy} does not use model averaging\n")
-        io.write_json(f"metrics/average/{model_name}.json", {"computed": False})
+        io.write_json(paths.average_metrics(model_name), {"computed": False})
         return
     # torch and friends only when there is something to generate: the not-computed path stays ~1 s
     import pandas as pd
@@ -32,9 +31,9 @@ def main():
     seed_everything(params.seed)
     members, tok, family = [], None, None
     for f in folds:
-        m, t, family = models.load_for_inference(f"models/{model_name}/{f}", entry)
+        m, t, family = models.load_for_inference(paths.model_dir(model_name, f), entry)
         if tok is not None and t.get_vocab() != tok.get_vocab():
-            raise ValueError(f"models/{model_name}/{f} has another vocabulary than fold {folds[0]}; "
+            raise ValueError(f"{paths.model_dir(model_name, f)} has another vocabulary than fold {folds[0]}; "
                              "log-probabilities of different tokenizers cannot be averaged")
         members.append(m)
         tok = t
@@ -56,7 +55,7 @@ def main():
             digest.update((tmp / f"{split}.csv").read_bytes())
             if split == "dev":
                 scores = Scorer.from_params(params).score(texts, data.references(df))
-    io.write_json(f"metrics/average/{model_name}.json",
+    io.write_json(paths.average_metrics(model_name),
                   {"computed": True, "strategy": strategy, "members": [f"{model_name}/{f}" for f in folds],
                    "weights": [round(w, 6) for w in weights], **scores,
                    "predictions_sha256": digest.hexdigest()[:16]})

@@ -3,12 +3,11 @@ predictions/ensemble/{dev,test}.csv, submission.csv and metrics/ensemble.json (d
 of each model over its folds, and of the ensemble; best_single and gain)."""
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dialsum import data, ensemble as E, io, params as P
+from dialsum import data, ensemble as E, io, params as P, paths
 from dialsum.metrics import Scorer
 from dialsum.params import ParamsError
 from dialsum.tracking import log_level, run_stage, setup_logging
@@ -60,10 +59,10 @@ def main():
     if strategy in ("averaging", "weighted_avg"):
         # token-level averaging happened in average@<model> (folds share a tokenizer); models differ in
         # tokenizer, so across models it falls back to candidate selection
-        pool = {s: pd.concat([E.read_candidates(f"predictions/{m}/avg/{s}.csv").assign(source=f"{m}/avg", model=m)
+        pool = {s: pd.concat([E.read_candidates(paths.predictions(f"{m}/avg", s)).assign(source=f"{m}/avg", model=m)
                               for m in params.models]) for s in ("dev", "test")}
         across = "majority_vote" if strategy == "averaging" else "rouge_weighted"
-        info["averaging"] = {"token_level": {m: json.loads(Path(f"metrics/average/{m}.json").read_text())
+        info["averaging"] = {"token_level": {m: json.loads(paths.average_metrics(m).read_text())
                                              for m in params.models},
                              "across_models": across + (" (tokenizers differ)" if len(params.models) > 1 else "")}
         for m in params.models:
@@ -88,7 +87,7 @@ def main():
         raise ParamsError(f"params.yaml: {e}") from None
     info.update(fitted_info)
     for s in ("dev", "test"):
-        io.write_csv(f"predictions/ensemble/{s}.csv", result[s])
+        io.write_csv(paths.ENSEMBLE_PREDICTIONS / f"{s}.csv", result[s])
     ens = scorer.score(list(result["dev"]["summary"]), refs["dev"])
     best = max(sources, key=lambda s: sources[s]["rouge_sum"])
     chosen_views = result["dev"]["view"].value_counts().to_dict()
@@ -101,8 +100,8 @@ def main():
                "sources": sources, "models": per_model, "oof": {k: round(v, 6) for k, v in oof_scores.items()},
                "best_single": best, "best_single_rouge_sum": sources[best]["rouge_sum"],
                "gain": round(ens["rouge_sum"] - sources[best]["rouge_sum"], 6), **info}
-    io.write_json("metrics/ensemble.json", metrics)
-    io.write_csv("submission.csv", result["test"][["fname", "summary"]])
+    io.write_json(paths.ENSEMBLE_METRICS, metrics)
+    io.write_csv(paths.SUBMISSION, result["test"][["fname", "summary"]])
     log.info("ensemble (%s) dev rouge_sum %.4f (best single %s %.4f, gain %+.4f)", strategy, ens["rouge_sum"],
              best, sources[best]["rouge_sum"], metrics["gain"])
 

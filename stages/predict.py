@@ -4,9 +4,8 @@ view summaries mapped back to the original speakers) and the dev ROUGE of the or
 metrics/predict/<model>-<fold>.json."""
 import hashlib
 import logging
-from pathlib import Path
 
-from dialsum import data, generation, io, models, tta
+from dialsum import data, generation, io, models, paths, tta
 from dialsum.metrics import Scorer
 from dialsum.tracking import matrix_item, run_stage, seed_everything
 
@@ -18,7 +17,7 @@ def main():
     entry = params.zoo[model_name]
     seed_everything(params.seed)
     augmenter = tta.Augmenter.from_params(params.tta, params.seed)  # fails fast on a bad paraphraser
-    model, tok, family = models.load_for_inference(f"models/{model_name}/{fold}", entry)
+    model, tok, family = models.load_for_inference(paths.model_dir(model_name, fold), entry)
     tok.padding_side = "left"
     d = data.load_processed()
     splits = {"oof": d["train"][d["train"]["fold"] == fold] if fold != "full" else d["train"].iloc[:0],
@@ -30,8 +29,9 @@ def main():
     for split, df in splits.items():
         out = generation.summarize_views(model, tok, family, df["fname"], df["dialogue"], augmenter, split, gen,
                                          entry.max_source_len, gen.batch_size, entry.prompt, desc=split)
-        io.write_csv(f"predictions/{model_name}/{fold}/{split}.csv", out)
-        digest.update(Path(f"predictions/{model_name}/{fold}/{split}.csv").read_bytes())
+        out_csv = paths.predictions(f"{model_name}/{fold}", split)
+        io.write_csv(out_csv, out)
+        digest.update(out_csv.read_bytes())
         log.info("%s: %d summaries (%d dialogues x views)", split, len(out), len(df))
         orig = out[out["view"] == "orig"]
         if "candidate" in orig:  # a pool: the member's own summary is its first candidate
@@ -43,7 +43,7 @@ def main():
             oof = scorer.score(list(orig["summary"]), data.references(df))
     # The ensemble depends on metrics/predict/ (DVC cannot list a matrix's outputs as deps, and
     # predictions/ holds the ensemble's own output); the hash makes any change of predictions visible.
-    io.write_json(f"metrics/predict/{model_name}-{fold}.json",
+    io.write_json(paths.predict_metrics(model_name, fold),
                   {**scores, "oof": oof, "predictions_sha256": digest.hexdigest()[:16]})
 
 

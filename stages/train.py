@@ -1,9 +1,8 @@
 """train@<model>-<fold>: fine-tune on the fold's training rows, keep the best by eval ROUGE ->
 models/<model>/<fold>/ and metrics/train/<model>-<fold>.json. Checkpoints live in checkpoints/ (not a
 DVC output) so an interrupted run resumes."""
-from pathlib import Path
 
-from dialsum import data, io, params as P, training
+from dialsum import data, io, params as P, paths, training
 from dialsum.tracking import matrix_item, run_stage
 
 
@@ -14,12 +13,11 @@ def main():
         return  # training.launcher: accelerate ran this script in num_processes workers
     d = data.load_processed()
     train_df, val_df = data.split_fold(d["train"], d["dev"], fold, d["augmented"])
-    init = Path(f"models/{model}/init")
-    sig = training.run_signature(params, model, fold, sorted(Path("data/processed").glob("*.csv")))
-    metrics = training.train(params, model, fold, train_df, val_df, init, Path(f"models/{model}/{fold}"),
-                             Path(f"checkpoints/{model}/{fold}"), Path(f"dvclive/{model}-{fold}"), sig)
+    sig = training.run_signature(params, model, fold, sorted(paths.PROCESSED.glob("*.csv")))
+    metrics = training.train(params, model, fold, train_df, val_df, paths.init_dir(model), paths.model_dir(model, fold),
+                             paths.checkpoint_dir(model, fold), paths.live_dir(model, fold), sig)
     if training.rank() == 0:
-        io.write_json(f"metrics/train/{model}-{fold}.json", metrics)
+        io.write_json(paths.train_metrics(model, fold), metrics)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,7 @@ tuning/best_params.yaml, tuning/trials.csv, tuning/plots/, metrics/tune.json.
 The study itself (tuning/study.db by default) is not a DVC output: DVC deletes outputs before a stage runs,
 and the study must survive so that a larger `tune.n_trials` adds trials instead of starting over."""
 import logging
-from pathlib import Path
-
-from dialsum import tuning
+from dialsum import paths, tuning
 from dialsum.params import load
 from dialsum.tracking import log_level, run_stage, seed_everything, setup_logging
 
@@ -19,9 +17,9 @@ def main():
     tuning.check_space(params)
     seed_everything(params.seed)
     train_df, val_df = tuning.load_data(params)
-    init = tuning.build_init(params, Path("tuning/init"))
-    study = tuning.run_study(params, train_df, val_df, init, Path("tuning/trials"))
-    summary = tuning.write_outputs(study, params, Path("tuning"), Path("metrics/tune.json"))
+    init = tuning.build_init(params, paths.TUNING / "init")
+    study = tuning.run_study(params, train_df, val_df, init, paths.TUNING / "trials")
+    summary = tuning.write_outputs(study, params, paths.TUNING, paths.TUNE_METRICS)
     log.info("study %s: %s", study.study_name, summary)
 
 

@@ -242,3 +242,32 @@ def test_no_import_circle_in_the_package():
 
     circles = [c for n in sorted(graph) if n not in state for c in [visit(n, [])] if c]
     assert not circles, " -> ".join(circles[0])
+
+
+def test_dvc_outs_are_the_paths_module():
+    """dvc.yaml's outputs are dialsum.paths' (asked for the matrix's template variables), so a stage, the
+    ensemble, the report and the CLI read what the stage before them declared."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from dialsum import paths
+
+    m, f = "${item.model}", "${item.fold}"
+    want = {
+        "prepare": {paths.PROCESSED},
+        "init": {paths.init_dir(m)},
+        "train": {paths.model_dir(m, f), paths.train_metrics(m, f), paths.live_dir(m, f) / "plots/metrics"},
+        "predict": {paths.prediction_dir(f"{m}/{f}"), paths.predict_metrics(m, f)},
+        "average": {paths.prediction_dir(f"{m}/avg"), paths.average_metrics(m)},
+        "ensemble": {paths.ENSEMBLE_PREDICTIONS, paths.SUBMISSION, paths.ENSEMBLE_METRICS},
+        "report": {paths.REPORT},
+        "tune": {paths.TUNING / "best_params.yaml", paths.TUNING / "trials.csv", paths.TUNING / "plots",
+                 paths.TUNE_METRICS},
+        "plots": {paths.PLOTS},
+    }
+    stages = _stages()
+    assert set(stages) == set(want)
+    for name, spec in stages.items():
+        declared = {Path(next(iter(o)) if isinstance(o, dict) else o)
+                    for key in ("outs", "metrics", "plots") for o in spec.get(key) or []}
+        assert declared == want[name], name

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .params import Clean, section
+from .paths import PROCESSED
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def references(df: pd.DataFrame) -> list[list[str]]:
     return [[r for r in row if r.strip()] for row in df[cols].itertuples(index=False, name=None)]
 
 
-def load_processed(folder: str | Path = "data/processed") -> dict[str, pd.DataFrame]:
+def load_processed(folder: str | Path = PROCESSED) -> dict[str, pd.DataFrame]:
     folder = Path(folder)
     out = {}
     for split in ("train", "dev", "test"):

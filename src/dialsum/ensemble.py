@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import CachedTokenizer, ngram_counts
+from . import paths
 from .params import ENSEMBLE_STRATEGIES, Ensemble, Params, section, typed
 
 log = logging.getLogger(__name__)
@@ -399,8 +400,8 @@ def load_candidates(params: Params | dict, splits: Sequence[str], root: Path = P
         for f in params.cv.folds:
             src = f"{m}/{f}"
             for s in splits:
-                cands[s].append(read_candidates(root / f"predictions/{src}/{s}.csv").assign(source=src, model=m))
-            scored[src] = json.loads((root / f"metrics/predict/{m}-{f}.json").read_text())
+                cands[s].append(read_candidates(root / paths.predictions(src, s)).assign(source=src, model=m))
+            scored[src] = json.loads((root / paths.predict_metrics(m, f)).read_text())
     return {s: pd.concat(v, ignore_index=True) for s, v in cands.items()}, scored
 
 
@@ -421,7 +422,7 @@ def fold_weights(params: Params | dict, model: str, folds: list, root: Path = Pa
         if f"{model}/{f}" in given:
             out.append(float(given[f"{model}/{f}"]))
             continue
-        oof = json.loads((root / f"metrics/predict/{model}-{f}.json").read_text()).get("oof")
+        oof = json.loads((root / paths.predict_metrics(model, f)).read_text()).get("oof")
         out.append(oof["rouge_sum"] if oof else 1.0)  # fold `full` has no OOF rows: weight 1
     return out
 
@@ -444,7 +445,7 @@ def summarize_new(params: Params | dict, df: pd.DataFrame, root: Path = Path("."
     pool = []
     for m in params.models:
         entry = params.zoo[m]
-        dirs = [root / f"models/{m}/{f}" for f in folds]
+        dirs = [root / paths.model_dir(m, f) for f in folds]
         for d in dirs:
             if not (d / "config.json").exists() and not (d / "adapter_config.json").exists():
                 raise FileNotFoundError(f"{d}: no trained model; run `dvc repro` (or `dvc pull`) first")
@@ -479,7 +480,7 @@ def summarize_new(params: Params | dict, df: pd.DataFrame, root: Path = Path("."
     fit_groups, fit_refs, fit_on = [], {}, "none"
     if fitted:
         # learn exactly what the ensemble stage learnt: the stored out-of-fold pools, else the dev pools
-        proc = data.load_processed(root / "data/processed")
+        proc = data.load_processed(root / paths.PROCESSED)
         split = "oof" if not stored["oof"].empty else "dev"
         frame = proc["train"] if split == "oof" else proc["dev"]
         fit_refs = dict(zip(frame["fname"], data.references(frame)))

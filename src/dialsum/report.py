@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import io
+from . import io, paths
 from .data import DataError, references
 from .metrics import Scorer
 from .params import Params, section, typed, written
@@ -192,7 +192,7 @@ def _token_counts(root: Path, source: str, summaries: list[str], pred: pd.DataFr
                   fnames: list[str]) -> list[int] | None:
     if "tokens" in pred:
         return [int(pred.at[f, "tokens"]) for f in fnames]
-    folder = root / "models" / source.split("/")[0] / "init"
+    folder = root / paths.init_dir(source.split("/")[0])
     if not (folder / "tokenizer_config.json").exists():
         log.warning("%s: no tokenizer in %s; length_limit not checked", source, folder)
         return None
@@ -295,14 +295,14 @@ def build_index(params: Params | dict, root: Path = Path("."), settings: Setting
     params = typed(params)
     settings = settings or params.report
     root = Path(root)
-    dev = _read(root / "data/processed/dev.csv")
-    metrics_path = root / "metrics/ensemble.json"
+    dev = _read(root / paths.PROCESSED / "dev.csv")
+    metrics_path = root / paths.ENSEMBLE_METRICS
     if not metrics_path.exists():
         raise ReportError(f"{metrics_path}: not found; run `dvc repro ensemble` first")
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     scorer = Scorer.from_params(params)
     fnames, dialogues, refs = list(dev["fname"]), list(dev["dialogue"]), references(dev)
-    ens = _read(root / "predictions/ensemble/dev.csv").drop_duplicates("fname").set_index("fname")
+    ens = _read(root / paths.ENSEMBLE_PREDICTIONS / "dev.csv").drop_duplicates("fname").set_index("fname")
     missing = [f for f in fnames if f not in ens.index]
     if missing:
         raise ReportError(f"predictions/ensemble/dev.csv: no summary for {len(missing)} dev dialogues "
@@ -313,7 +313,7 @@ def build_index(params: Params | dict, root: Path = Path("."), settings: Setting
     summaries = {ENSEMBLE: [ens.at[f, "summary"] for f in fnames]}
     tokens: dict[str, list[int] | None] = {}
     for src in sources:
-        pred = _first_candidates(_read(root / f"predictions/{src}/dev.csv"))
+        pred = _first_candidates(_read(root / paths.predictions(src, "dev")))
         absent = [f for f in fnames if f not in pred.index]
         if absent:
             raise ReportError(f"predictions/{src}/dev.csv: no summary for {absent[0]}")
@@ -373,7 +373,7 @@ def build_index(params: Params | dict, root: Path = Path("."), settings: Setting
             "n": len(fnames)}
 
 
-def write_index(params: Params | dict, out: Path = Path("reports/index.html"), root: Path = Path(".")) -> Path:
+def write_index(params: Params | dict, out: Path = paths.REPORT, root: Path = Path(".")) -> Path:
     data = build_index(params, root)
     html = _environment().get_template("report_index.html.j2").render(**data)
     return io.write_text(out, html)
@@ -391,7 +391,8 @@ class Run:
     ensemble: pd.DataFrame
 
 
-RUN_FILES = ("params.yaml", "metrics/ensemble.json", "data/processed/dev.csv", "predictions/ensemble/dev.csv")
+DEV, ENSEMBLE_DEV = (paths.PROCESSED / "dev.csv").as_posix(), (paths.ENSEMBLE_PREDICTIONS / "dev.csv").as_posix()
+RUN_FILES = ("params.yaml", paths.ENSEMBLE_METRICS.as_posix(), DEV, ENSEMBLE_DEV)
 
 
 def resolve(root: Path, name: str) -> str:
@@ -434,8 +435,8 @@ def load_run(root: Path, name: str) -> Run:
             raise ReportError(f"{name} ({rev[:10]}): cannot read {path} ({type(e).__name__}); is it in the "
                               f"local DVC cache? `dvc pull` or re-run that revision first") from None
     csv = lambda p: pd.read_csv(_io.StringIO(texts[p]), dtype=str, keep_default_na=False)  # noqa: E731
-    return Run(name, rev, yaml.safe_load(texts["params.yaml"]), json.loads(texts["metrics/ensemble.json"]),
-               csv("data/processed/dev.csv"), csv("predictions/ensemble/dev.csv").drop_duplicates("fname"))
+    return Run(name, rev, yaml.safe_load(texts["params.yaml"]), json.loads(texts[paths.ENSEMBLE_METRICS.as_posix()]),
+               csv(DEV), csv(ENSEMBLE_DEV).drop_duplicates("fname"))
 
 
 def build_compare(a: Run, b: Run, settings: Settings) -> dict:
