@@ -14,6 +14,7 @@ candidate with the best ROUGE against the reference) is the ceiling, not a metho
 bootstrap 95 % interval (2,000 resamples of the dialogues, seed 0) of its per-dialogue rouge_sum minus
 the plain beam output's.
 """
+
 import argparse
 import json
 import time
@@ -77,9 +78,17 @@ def main():
                     loaded[1].padding_side = "left"
                 model, tok, family = loaded
                 t0 = time.perf_counter()
-                pool = generation.summarize_pool(model, tok, family, list(f["dialogue"]), {**gen, "candidates": cand},
-                                                 entry["max_source_len"], gen["batch_size"], entry.get("prompt"),
-                                                 desc=f"{name} {split}")
+                pool = generation.summarize_pool(
+                    model,
+                    tok,
+                    family,
+                    list(f["dialogue"]),
+                    {**gen, "candidates": cand},
+                    entry["max_source_len"],
+                    gen["batch_size"],
+                    entry.get("prompt"),
+                    desc=f"{name} {split}",
+                )
                 seconds = time.perf_counter() - t0
                 rows = [(fn, c, t, lp, n) for fn, cands in zip(f["fname"], pool) for c, (t, lp, n) in enumerate(cands)]
                 df = pd.DataFrame(rows, columns=["fname", "candidate", "summary", "logprob", "tokens"])
@@ -91,19 +100,35 @@ def main():
             gen_seconds[f"{name} {split}"] = float(sec.read_text()) if sec.exists() else None
 
     base = {s: pools["beam-4"][s].query("candidate == 0").set_index("fname")["summary"] for s in frames}
-    per_dialogue = {s: scorer.per_row([base[s][fn] for fn in frames[s]["fname"]], [refs[s][fn] for fn in frames[s]["fname"]])
-                    .sum(axis=1) for s in frames}
-    results = [{"pool": "beam-4", "k": 1, "method": "plain beam output (baseline)",
-                **{s: round(float(per_dialogue[s].mean()), 4) for s in frames}}]
+    per_dialogue = {
+        s: scorer.per_row([base[s][fn] for fn in frames[s]["fname"]], [refs[s][fn] for fn in frames[s]["fname"]]).sum(
+            axis=1
+        )
+        for s in frames
+    }
+    results = [
+        {
+            "pool": "beam-4",
+            "k": 1,
+            "method": "plain beam output (baseline)",
+            **{s: round(float(per_dialogue[s].mean()), 4) for s in frames},
+        }
+    ]
     configs = [(name, k) for name in a.pools for k in POOLS[name][1]]
     if {"beam-16", "sample-16"} <= set(a.pools):
         configs.append(("beam-16+sample-16", 32))
     for name, k in configs:
         parts = name.split("+")
+
         def take(df, k=k, n=len(parts)):
             return df[df["candidate"] < k] if n == 1 else df
-        cands = {s: pd.concat([take(pools[p][s]).assign(source=f"{a.model}/{p}") for p in parts], ignore_index=True)
-                 .assign(model=a.model, view="orig") for s in frames}
+
+        cands = {
+            s: pd.concat([take(pools[p][s]).assign(source=f"{a.model}/{p}") for p in parts], ignore_index=True).assign(
+                model=a.model, view="orig"
+            )
+            for s in frames
+        }
         t0 = time.perf_counter()
         groups = {s: E.build_groups(cands[s], scorer.tokenizer, list(frames[s]["fname"]), dialogues[s]) for s in frames}
         group_seconds = time.perf_counter() - t0
@@ -112,16 +137,23 @@ def main():
         for method in ("majority_vote", "stacking", "auto", "oracle"):
             t0 = time.perf_counter()
             if method == "oracle":
-                chosen = {s: [g.cands["summary"].iloc[int(np.argmax(t))] for g, t in zip(groups[s], targets[s])]
-                          for s in frames}
+                chosen = {
+                    s: [g.cands["summary"].iloc[int(np.argmax(t))] for g, t in zip(groups[s], targets[s])]
+                    for s in frames
+                }
                 info = {}
             else:
                 fit = (groups["dev"], refs["dev"], "dev") if method != "majority_vote" else ([], {}, "none")
                 sel, info = E.combine(method, {"crossfit_folds": 5}, [a.model], groups, *fit, {}, scorer, 0)
                 chosen = {s: list(sel[s]["summary"]) for s in frames}
             seconds = time.perf_counter() - t0
-            row = {"pool": name, "k": k, "method": method, "distinct_per_test_dialogue": round(distinct, 2),
-                   "select_seconds": round(seconds + (group_seconds if method == "majority_vote" else 0), 2)}
+            row = {
+                "pool": name,
+                "k": k,
+                "method": method,
+                "distinct_per_test_dialogue": round(distinct, 2),
+                "select_seconds": round(seconds + (group_seconds if method == "majority_vote" else 0), 2),
+            }
             for s in frames:
                 fns = list(frames[s]["fname"])
                 per = scorer.per_row(chosen[s], [refs[s][fn] for fn in fns]).sum(axis=1)
@@ -141,12 +173,19 @@ def main():
         t0 = time.perf_counter()
         groups = E.build_groups(both, Scorer(params["metrics"]["tokenize"]).tokenizer, order)
         E.select(groups, lambda g: E.weighted_consensus(g.sim, np.ones(len(g.cands))))
-        mbr = {"dialogues": len(order), "candidates_per_dialogue": round(len(both) / len(order), 2),
-               "seconds": round(time.perf_counter() - t0, 2)}
+        mbr = {
+            "dialogues": len(order),
+            "candidates_per_dialogue": round(len(both) / len(order), 2),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         print("MBR", json.dumps(mbr), flush=True)
-    out = {"rows": {s: len(f) for s, f in frames.items()}, "generation_seconds": gen_seconds, "results": results,
-           "mbr_32x500": mbr,
-           "generation": {k: gen[k] for k in ("num_beams", "max_new_tokens", "no_repeat_ngram_size", "batch_tokens")}}
+    out = {
+        "rows": {s: len(f) for s, f in frames.items()},
+        "generation_seconds": gen_seconds,
+        "results": results,
+        "mbr_32x500": mbr,
+        "generation": {k: gen[k] for k in ("num_beams", "max_new_tokens", "no_repeat_ngram_size", "batch_tokens")},
+    }
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
 

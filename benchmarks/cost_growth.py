@@ -11,6 +11,7 @@ whose dvc.yaml has dialsum's shape (prepare -> train/predict matrix over models 
 item depending on 12 source files and writing a 2 MiB output), not the real stages (they would train).
 Last stdout line: JSON.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,23 +40,33 @@ def one_length(n: int, replica_dir: str) -> dict:
     model, tok, family = models.load_for_inference(Path(replica_dir))
     text = " ".join(pd.read_csv(ROOT / "data/sample/train.csv")["dialogue"].head(60))
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    dialogues = [tok.decode(ids[i * 7: i * 7 + n - 2]) for i in range(32)]
+    dialogues = [tok.decode(ids[i * 7 : i * 7 + n - 2]) for i in range(32)]
     t = time.perf_counter()
     generation.summarize(model, tok, family, dialogues, gen, n, gen["batch_size"], progress=False)
-    return {"source_tokens": n, "seconds": round(time.perf_counter() - t, 2),
-            "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+    return {
+        "source_tokens": n,
+        "seconds": round(time.perf_counter() - t, 2),
+        "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+    }
 
 
 def lengths() -> dict:
     from dialsum import replica
 
     work = Path(tempfile.mkdtemp(prefix="cost-length-"))
-    replica.build("kobart", work / "hub", [], layers=2, d_model=256,
-                  tokenizer_path=ROOT.parent / "shared/fixtures/kobart-tokenizer")
+    replica.build(
+        "kobart",
+        work / "hub",
+        [],
+        layers=2,
+        d_model=256,
+        tokenizer_path=ROOT.parent / "shared/fixtures/kobart-tokenizer",
+    )
     rows = []
     for n in LENGTHS:
-        out = subprocess.run([sys.executable, __file__, "_length", str(n), str(work / "hub")], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "_length", str(n), str(work / "hub")], capture_output=True, text=True, check=True
+        ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)
@@ -105,10 +116,15 @@ def dvc_repo(items: int, cache_type: str | None = None) -> Path:
     (d / "params.yaml").write_text(json.dumps({"models": models, "folds": folds}))
     deps = ", ".join(f"src/mod{i}.py" for i in range(12))
     block = "\n      - ".join(f"src/mod{i}.py" for i in range(12))
-    yaml = DVC_YAML.replace("SRC_DEPS_BLOCK", block).replace("SRC_DEPS", deps).replace(
-        "cmd: python -c \"import pathlib; p = pathlib.Path('predictions",
-        "cmd: python -c \"import pathlib, json; pathlib.Path('metrics').mkdir(exist_ok=True); "
-        "pathlib.Path('metrics/${item.model}-${item.fold}.json').write_text('{}'); p = pathlib.Path('predictions")
+    yaml = (
+        DVC_YAML.replace("SRC_DEPS_BLOCK", block)
+        .replace("SRC_DEPS", deps)
+        .replace(
+            "cmd: python -c \"import pathlib; p = pathlib.Path('predictions",
+            "cmd: python -c \"import pathlib, json; pathlib.Path('metrics').mkdir(exist_ok=True); "
+            "pathlib.Path('metrics/${item.model}-${item.fold}.json').write_text('{}'); p = pathlib.Path('predictions",
+        )
+    )
     (d / "dvc.yaml").write_text(yaml)
     run = dict(cwd=d, check=True, capture_output=True)
     subprocess.run(["git", "init", "-q"], **run)
@@ -137,19 +153,37 @@ def dvc() -> dict:
     dvc_cmd = [sys.executable, "-m", "dvc"]
     for items in (4, 12, 30):
         d = dvc_repo(items)
-        out["noop"].append({"items": items, "dvc_repro_s": timed(dvc_cmd + ["repro"], d),
-                            "dvc_status_s": timed(dvc_cmd + ["status"], d)})
+        out["noop"].append(
+            {
+                "items": items,
+                "dvc_repro_s": timed(dvc_cmd + ["repro"], d),
+                "dvc_status_s": timed(dvc_cmd + ["status"], d),
+            }
+        )
         print(json.dumps(out["noop"][-1]), file=sys.stderr)
         shutil.rmtree(d, ignore_errors=True)
     for cache_type in ("copy", "reflink,copy", "hardlink", "symlink"):
         d = dvc_repo(12, cache_type)
         outputs = sum(du(d / p) for p in ("models", "predictions", "processed", "ensemble.json"))
         # du counts a hard-linked file once per tree it is seen in first: measure the cache alone, then both
-        out["cache"].append({"cache_type": cache_type, "outputs_MiB": round(outputs / 2**20, 1),
-                             "cache_MiB": round(du(d / ".dvc" / "cache") / 2**20, 1),
-                             "workspace_plus_cache_MiB": round(int(subprocess.run(
-                                 ["du", "-sbc", str(d / "models"), str(d / "predictions"), str(d / ".dvc" / "cache")],
-                                 capture_output=True, text=True).stdout.split()[-2]) / 2**20, 1)})
+        out["cache"].append(
+            {
+                "cache_type": cache_type,
+                "outputs_MiB": round(outputs / 2**20, 1),
+                "cache_MiB": round(du(d / ".dvc" / "cache") / 2**20, 1),
+                "workspace_plus_cache_MiB": round(
+                    int(
+                        subprocess.run(
+                            ["du", "-sbc", str(d / "models"), str(d / "predictions"), str(d / ".dvc" / "cache")],
+                            capture_output=True,
+                            text=True,
+                        ).stdout.split()[-2]
+                    )
+                    / 2**20,
+                    1,
+                ),
+            }
+        )
         print(json.dumps(out["cache"][-1]), file=sys.stderr)
         shutil.rmtree(d, ignore_errors=True)
     return out

@@ -15,6 +15,7 @@ workspace's params, so the two sides differ only in how they batch and generate.
 generation comparison uses one and the same set of weights; it writes dev ROUGE (dialsum's scorer, as the
 predict stage) to OUT/predict.json. `train` writes the model and its final eval ROUGE to OUT/train.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,14 @@ def main() -> None:
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
-                              Seq2SeqTrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+        set_seed,
+    )
 
     from dialsum.data import references
     from dialsum.metrics import Scorer
@@ -77,37 +84,61 @@ def main() -> None:
         return {k: s[k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
 
     def decode(ids) -> list[str]:  # -100 pads the generated rows of different lengths
-        return [t.strip() for t in tokenizer.batch_decode(np.where(ids >= 0, ids, tokenizer.pad_token_id),
-                                                          skip_special_tokens=True)]
+        return [
+            t.strip()
+            for t in tokenizer.batch_decode(np.where(ids >= 0, ids, tokenizer.pad_token_id), skip_special_tokens=True)
+        ]
 
     def compute_metrics(p):
         return rouge(eval_rows, decode(p.predictions))
 
     args = Seq2SeqTrainingArguments(
-        output_dir=str(out / "checkpoints"), per_device_train_batch_size=tcfg["batch_size"],
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=tcfg["batch_size"],
         per_device_eval_batch_size=tcfg["eval_batch_size"] if a.what == "train" else gen["batch_size"],
-        learning_rate=tcfg.get("learning_rate") or entry["learning_rate"], num_train_epochs=tcfg["epochs"],
-        weight_decay=tcfg["weight_decay"], lr_scheduler_type=tcfg["lr_scheduler"],
+        learning_rate=tcfg.get("learning_rate") or entry["learning_rate"],
+        num_train_epochs=tcfg["epochs"],
+        weight_decay=tcfg["weight_decay"],
+        lr_scheduler_type=tcfg["lr_scheduler"],
         warmup_steps=int(tcfg["warmup_ratio"] * -(-len(train) // tcfg["batch_size"]) * tcfg["epochs"]),
-        max_grad_norm=tcfg["max_grad_norm"], eval_strategy="no", save_strategy="epoch", save_total_limit=2,
-        predict_with_generate=True, generation_num_beams=tcfg["eval_num_beams"], generation_max_length=None,
-        seed=params["seed"], report_to=[], logging_strategy="epoch", disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available())
-    trainer = Seq2SeqTrainer(model=model, args=args, data_collator=collator, processing_class=tokenizer,
-                             train_dataset=_datasets(tokenizer, train, src_len, tgt_len, True),
-                             eval_dataset=_datasets(tokenizer, eval_rows, src_len, tgt_len, True),
-                             compute_metrics=compute_metrics)
+        max_grad_norm=tcfg["max_grad_norm"],
+        eval_strategy="no",
+        save_strategy="epoch",
+        save_total_limit=2,
+        predict_with_generate=True,
+        generation_num_beams=tcfg["eval_num_beams"],
+        generation_max_length=None,
+        seed=params["seed"],
+        report_to=[],
+        logging_strategy="epoch",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        processing_class=tokenizer,
+        train_dataset=_datasets(tokenizer, train, src_len, tgt_len, True),
+        eval_dataset=_datasets(tokenizer, eval_rows, src_len, tgt_len, True),
+        compute_metrics=compute_metrics,
+    )
     out.mkdir(parents=True, exist_ok=True)
     if a.what == "train":
         trainer.train()  # then one evaluation by generation, as dialsum's eval_every_epochs: 1 does
-        metrics = trainer.evaluate(max_new_tokens=min(gen["max_new_tokens"], tgt_len + 1),
-                                   num_beams=tcfg["eval_num_beams"])
+        metrics = trainer.evaluate(
+            max_new_tokens=min(gen["max_new_tokens"], tgt_len + 1), num_beams=tcfg["eval_num_beams"]
+        )
         trainer.save_model(str(out / "model"))
         (out / "train.json").write_text(json.dumps(metrics, indent=1))
         return
     result = {}
-    kw = dict(num_beams=gen["num_beams"], max_new_tokens=min(gen["max_new_tokens"], tgt_len + 1),
-              min_new_tokens=gen.get("min_new_tokens", 0), length_penalty=gen.get("length_penalty", 1.0))
+    kw = dict(
+        num_beams=gen["num_beams"],
+        max_new_tokens=min(gen["max_new_tokens"], tgt_len + 1),
+        min_new_tokens=gen.get("min_new_tokens", 0),
+        length_penalty=gen.get("length_penalty", 1.0),
+    )
     for split, frame in (("dev", dev), ("test", test)):
         texts = decode(trainer.predict(_datasets(tokenizer, frame, src_len, tgt_len, True), **kw).predictions)
         pd.DataFrame({"fname": frame["fname"], "summary": texts}).to_csv(out / f"{split}.csv", index=False)

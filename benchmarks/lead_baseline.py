@@ -1,7 +1,8 @@
 """LEAD-N baseline: the first N utterances as the summary, scored exactly as the pipeline scores.
 
-    python benchmarks/lead_baseline.py data/processed/dev.csv --n 1 [--tokenize morpheme]
+python benchmarks/lead_baseline.py data/processed/dev.csv --n 1 [--tokenize morpheme]
 """
+
 import argparse
 import json
 

@@ -3,6 +3,7 @@
 Candidates are real DialogSum summaries: for each DialogSum test dialogue its three references plus 22 summaries of
 other dialogues, so lengths and vocabulary are realistic. Run: python benchmarks/mbr_speed.py [--tokenize default]
 """
+
 import argparse
 import json
 import time
@@ -35,8 +36,15 @@ t0 = time.perf_counter()
 groups = E.build_groups(cands, tok, list(dev["fname"]))
 sel = E.select(groups, lambda g: E.weighted_consensus(g.sim, np.ones(len(g.cands))))
 seconds = time.perf_counter() - t0
-own_chosen = float(np.mean([s in set(dev.loc[i, ["summary1", "summary2", "summary3"]]) for i, s in enumerate(sel["summary"])]))
-print(f"MBR {a.n_cands} candidates x {len(dev)} dialogues ({a.tokenize} tokens): {seconds:.2f} s; "
-      f"a reference chosen for {own_chosen:.0%} of dialogues")
-print(json.dumps({"mbr_seconds": round(seconds, 3), "tokenize": a.tokenize, "n_dialogues": len(dev),
-                  "n_candidates": a.n_cands}))
+own_chosen = float(
+    np.mean([s in set(dev.loc[i, ["summary1", "summary2", "summary3"]]) for i, s in enumerate(sel["summary"])])
+)
+print(
+    f"MBR {a.n_cands} candidates x {len(dev)} dialogues ({a.tokenize} tokens): {seconds:.2f} s; "
+    f"a reference chosen for {own_chosen:.0%} of dialogues"
+)
+print(
+    json.dumps(
+        {"mbr_seconds": round(seconds, 3), "tokenize": a.tokenize, "n_dialogues": len(dev), "n_candidates": a.n_cands}
+    )
+)

@@ -9,6 +9,7 @@ model.generate call: the batch's size and padded width, the process's current RS
 (VmRSS / VmHWM from /proc/self/status), and the bytes of the beam search's per-step score tensors.
 Last stdout line: JSON with the per-batch rows and the totals.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,9 +72,17 @@ def main(argv=None) -> int:
         out = real_generate(*a, **kw)
         n, width = kw["input_ids"].shape
         steps = len(out.scores) if getattr(out, "scores", None) else 0
-        rows.append({"batch": len(rows), "dialogues": n, "width": width, "seconds": round(time.perf_counter() - t, 2),
-                     "rss_GiB": round(status_gib("VmRSS"), 3), "peak_GiB": round(status_gib("VmHWM"), 3),
-                     "scores_GiB": round(steps * n * kw.get("num_beams", 1) * vocab * 4 / 2**30, 3)})
+        rows.append(
+            {
+                "batch": len(rows),
+                "dialogues": n,
+                "width": width,
+                "seconds": round(time.perf_counter() - t, 2),
+                "rss_GiB": round(status_gib("VmRSS"), 3),
+                "peak_GiB": round(status_gib("VmHWM"), 3),
+                "scores_GiB": round(steps * n * kw.get("num_beams", 1) * vocab * 4 / 2**30, 3),
+            }
+        )
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         stop[0] = bool(args.max_batches) and len(rows) >= args.max_batches
         return out
@@ -88,13 +97,35 @@ def main(argv=None) -> int:
             df = df.loc[df["dialogue"].str.len().sort_values(ascending=False).index[: args.longest]]
         df = df.assign(dialogue=[clean_text(d) for d in df["dialogue"]])  # as the prepare stage does
         try:
-            generation.summarize_views(model, tok, family, df["fname"], df["dialogue"], augmenter, split, gen,
-                                       entry["max_source_len"], gen["batch_size"], entry.get("prompt"), desc=split)
+            generation.summarize_views(
+                model,
+                tok,
+                family,
+                df["fname"],
+                df["dialogue"],
+                augmenter,
+                split,
+                gen,
+                entry["max_source_len"],
+                gen["batch_size"],
+                entry.get("prompt"),
+                desc=split,
+            )
         except StopIteration:
             break
-    print(json.dumps({"batches": rows, "seconds": round(time.perf_counter() - start, 1),
-                      "peak_GiB": round(status_gib("VmHWM"), 3), "batch_size": gen["batch_size"],
-                      "batch_tokens": gen.get("batch_tokens"), "num_beams": gen["num_beams"], "views": args.views}))
+    print(
+        json.dumps(
+            {
+                "batches": rows,
+                "seconds": round(time.perf_counter() - start, 1),
+                "peak_GiB": round(status_gib("VmHWM"), 3),
+                "batch_size": gen["batch_size"],
+                "batch_tokens": gen.get("batch_tokens"),
+                "num_beams": gen["num_beams"],
+                "views": args.views,
+            }
+        )
+    )
     return 0
 
 

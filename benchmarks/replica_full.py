@@ -9,6 +9,7 @@ MFU = model FLOPs / (seconds x this machine's measured fp32 matmul peak): 6 FLOP
 (forward + backward), the encoder's parameters over source tokens, the decoder's and the output projection
 over target tokens; attention's sequence-squared term is left out (small at these lengths).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,14 +66,27 @@ def kobart(args) -> dict:
     src = sum(len(f["input_ids"]) for f in feats)
     tgt = sum(len(f["labels"]) for f in feats)
     flops = 6 * (enc * src + (dec + emb) * tgt)
-    targs = Seq2SeqTrainingArguments(output_dir=str(work / "ckpt"), max_steps=args.steps,
-                                     per_device_train_batch_size=args.batch_size, learning_rate=5e-5, report_to=[],
-                                     save_strategy="no", eval_strategy="no", logging_steps=1000, use_cpu=True,
-                                     train_sampling_strategy="group_by_length", disable_tqdm=True, seed=0)
-    trainer = Seq2SeqTrainer(model=model, args=targs, train_dataset=Dataset.from_list(feats),
-                             data_collator=DataCollatorForSeq2Seq(tok, model=model, label_pad_token_id=-100,
-                                                                  pad_to_multiple_of=8),
-                             processing_class=tok)
+    targs = Seq2SeqTrainingArguments(
+        output_dir=str(work / "ckpt"),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=5e-5,
+        report_to=[],
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=1000,
+        use_cpu=True,
+        train_sampling_strategy="group_by_length",
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=targs,
+        train_dataset=Dataset.from_list(feats),
+        data_collator=DataCollatorForSeq2Seq(tok, model=model, label_pad_token_id=-100, pad_to_multiple_of=8),
+        processing_class=tok,
+    )
     t = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t
@@ -80,17 +94,34 @@ def kobart(args) -> dict:
     tok.padding_side = "left"
     dialogues = list(dev["dialogue"].head(args.generate))
     t = time.perf_counter()
-    preds, _ = generation.summarize(model, tok, "seq2seq", dialogues, {"num_beams": 4, "max_new_tokens": 64}, 256,
-                                    batch_size=16, progress=False)
+    preds, _ = generation.summarize(
+        model, tok, "seq2seq", dialogues, {"num_beams": 4, "max_new_tokens": 64}, 256, batch_size=16, progress=False
+    )
     gen_s = time.perf_counter() - t
-    return {"model": "kobart replica (full size)", "params_M": round(n_params / 1e6, 1),
-            "threads": torch.get_num_threads(), "matmul_peak_GFLOPs": round(peak / 1e9, 1),
-            "train": {"steps": args.steps, "batch_size": args.batch_size, "source_tokens": src, "target_tokens": tgt,
-                      "seconds": round(train_s, 1), "tokens_per_s": round((src + tgt) / train_s, 1),
-                      "MFU": round(flops / train_s / peak, 3), "peak_rss_GiB": round(train_rss, 2)},
-            "generate": {"dialogues": len(dialogues), "num_beams": 4, "max_new_tokens": 64,
-                         "seconds": round(gen_s, 1), "summaries_per_s": round(len(dialogues) / gen_s, 2),
-                         "peak_rss_GiB": round(rss_gib(), 2)}}
+    return {
+        "model": "kobart replica (full size)",
+        "params_M": round(n_params / 1e6, 1),
+        "threads": torch.get_num_threads(),
+        "matmul_peak_GFLOPs": round(peak / 1e9, 1),
+        "train": {
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "source_tokens": src,
+            "target_tokens": tgt,
+            "seconds": round(train_s, 1),
+            "tokens_per_s": round((src + tgt) / train_s, 1),
+            "MFU": round(flops / train_s / peak, 3),
+            "peak_rss_GiB": round(train_rss, 2),
+        },
+        "generate": {
+            "dialogues": len(dialogues),
+            "num_beams": 4,
+            "max_new_tokens": 64,
+            "seconds": round(gen_s, 1),
+            "summaries_per_s": round(len(dialogues) / gen_s, 2),
+            "peak_rss_GiB": round(rss_gib(), 2),
+        },
+    }
 
 
 def layer_bytes(module) -> int:
@@ -128,8 +159,9 @@ def layers(args) -> dict:
         AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(work, safe_serialization=True)
         entry = {"quantization": "4bit", "lora": {"r": 16, "alpha": 32, "target_modules": "auto"}}
         before = rss_gib()
-        model = AutoModelForCausalLM.from_pretrained(work, quantization_config=models.quantization_config(entry),
-                                                     dtype=models.compute_dtype())
+        model = AutoModelForCausalLM.from_pretrained(
+            work, quantization_config=models.quantization_config(entry), dtype=models.compute_dtype()
+        )
         models.guard_cpu_4bit_packing(model)
         layer = model.model.layers[0] if name == "solar" else model.gpt_neox.layers[0]
         measured = layer_bytes(layer)
@@ -138,19 +170,24 @@ def layers(args) -> dict:
         full = memory.REFERENCE_CONFIGS[hub]
         est_full = memory.estimate(memory.build_meta(full), entry["lora"])
         est_one = memory.estimate(memory.build_meta({**full, "num_hidden_layers": 1, "vocab_size": 256}), entry["lora"])
-        est_zero = memory.estimate(memory.build_meta({**full, "num_hidden_layers": 0, "vocab_size": 256}), entry["lora"])
+        est_zero = memory.estimate(
+            memory.build_meta({**full, "num_hidden_layers": 0, "vocab_size": 256}), entry["lora"]
+        )
         predicted_layer = est_one["nf4_bytes"] - est_zero["nf4_bytes"]
         n_layers = full["num_hidden_layers"]
         rest = est_full["nf4_bytes"] - n_layers * predicted_layer
-        out[name] = {"hidden": cfg.hidden_size, "layers_full": n_layers,
-                     "layer_4bit_MiB_measured": round(measured / 2**20, 1),
-                     "layer_4bit_MiB_predicted": round(predicted_layer / 2**20, 1),
-                     "ratio_measured_to_predicted": round(measured / predicted_layer, 3),
-                     "lora_params_per_layer": lora_params,
-                     "lora_params_per_layer_predicted": (est_one["lora_params"] - est_zero["lora_params"]),
-                     "full_model_4bit_GiB_extrapolated": round((n_layers * measured + rest) / 2**30, 2),
-                     "full_model_4bit_GiB_predicted": round(est_full["nf4_bytes"] / 2**30, 2),
-                     "rss_delta_loading_GiB": round(rss_gib() - before, 2)}
+        out[name] = {
+            "hidden": cfg.hidden_size,
+            "layers_full": n_layers,
+            "layer_4bit_MiB_measured": round(measured / 2**20, 1),
+            "layer_4bit_MiB_predicted": round(predicted_layer / 2**20, 1),
+            "ratio_measured_to_predicted": round(measured / predicted_layer, 3),
+            "lora_params_per_layer": lora_params,
+            "lora_params_per_layer_predicted": (est_one["lora_params"] - est_zero["lora_params"]),
+            "full_model_4bit_GiB_extrapolated": round((n_layers * measured + rest) / 2**30, 2),
+            "full_model_4bit_GiB_predicted": round(est_full["nf4_bytes"] / 2**30, 2),
+            "rss_delta_loading_GiB": round(rss_gib() - before, 2),
+        }
         del model, lora_model
     return out
 

@@ -10,6 +10,7 @@ and checks their order and which are hidden against the values in the page.
         --compare reports/compare-main-beams1.html --out docs
 Last stdout line: JSON with every check and the screenshots written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,13 @@ class Rows(HTMLParser):
                 self.sorted_by = (a.get("data-key"), a["aria-sort"])
             self._th += 1
         if tag == "tr" and "data-fname" in a:
-            self._row = {"fname": a["data-fname"], "hidden": "hidden" in a, "flags": a.get("data-flags", "").split(),
-                         "v": None, "text": []}
+            self._row = {
+                "fname": a["data-fname"],
+                "hidden": "hidden" in a,
+                "flags": a.get("data-flags", "").split(),
+                "v": None,
+                "text": [],
+            }
             self._i = 0
             self.rows.append(self._row)
         if tag == "td" and self._row is not None:
@@ -74,8 +80,16 @@ def browse(page: Path, fragment: str, *, dump: bool = True, shot: Path | None = 
     # absolute(), not resolve(): a symlink into DVC's cache has no .html suffix, and Chromium would show text
     url = page.absolute().as_uri() + (f"#{fragment}" if fragment else "")
     with tempfile.TemporaryDirectory() as profile:
-        cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               f"--user-data-dir={profile}", "--window-size=1400,1000", "--virtual-time-budget=3000"]
+        cmd = [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            "--window-size=1400,1000",
+            "--virtual-time-budget=3000",
+        ]
         cmd += [f"--screenshot={shot}"] if shot else ["--dump-dom"]
         p = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=120)
     if p.returncode != 0:
@@ -99,20 +113,35 @@ def check_page(page: Path, sort_col: str, queries: list[str], flag: str | None) 
         vs = [r["v"] for r in got.rows]
         want = sorted(values, reverse=direction == "desc")
         ok = vs == want and got.sorted_by == (sort_col, "ascending" if direction == "asc" else "descending")
-        checks.append({"page": page.name, "check": f"sort {sort_col} {direction}", "ok": ok, "rows": len(vs),
-                       "first": vs[:3]})
+        checks.append(
+            {"page": page.name, "check": f"sort {sort_col} {direction}", "ok": ok, "rows": len(vs), "first": vs[:3]}
+        )
     for q in queries:
         got = rows_after(page, f"q={q}", sort_col)
         shown = [r["fname"] for r in got.rows if not r["hidden"]]
         want = [r["fname"] for r in static.rows if q.lower() in "".join(r["text"]).lower()]
-        checks.append({"page": page.name, "check": f"filter {q!r}", "ok": shown == want and 0 < len(shown) < len(values),
-                       "shown": len(shown), "of": len(values)})
+        checks.append(
+            {
+                "page": page.name,
+                "check": f"filter {q!r}",
+                "ok": shown == want and 0 < len(shown) < len(values),
+                "shown": len(shown),
+                "of": len(values),
+            }
+        )
     if flag:
         got = rows_after(page, f"flag={flag}", sort_col)
         shown = [r["fname"] for r in got.rows if not r["hidden"]]
         want = [r["fname"] for r in static.rows if flag in r["flags"]]
-        checks.append({"page": page.name, "check": f"diagnostic {flag}", "ok": shown == want, "shown": len(shown),
-                       "of": len(values)})
+        checks.append(
+            {
+                "page": page.name,
+                "check": f"diagnostic {flag}",
+                "ok": shown == want,
+                "shown": len(shown),
+                "of": len(values),
+            }
+        )
     return checks
 
 
@@ -140,8 +169,16 @@ def main() -> int:
         browse(Path(a.compare), "", shot=shots["compare"])
     for c in checks:
         print(("ok  " if c["ok"] else "FAIL") + f" {c['page']}: {c['check']}")
-    print(json.dumps({"checks": checks, "screenshots": {k: str(v) for k, v in shots.items()},
-                      "ok": all(c["ok"] for c in checks)}, ensure_ascii=False))
+    print(
+        json.dumps(
+            {
+                "checks": checks,
+                "screenshots": {k: str(v) for k, v in shots.items()},
+                "ok": all(c["ok"] for c in checks),
+            },
+            ensure_ascii=False,
+        )
+    )
     return 0 if all(c["ok"] for c in checks) else 1
 
 

@@ -11,6 +11,7 @@ tokenizer is `--tokenizer` (default: the minilm2minilm stand-in's), so the lengt
     python benchmarks/report_speed.py --dev ../shared/data/dialogsum/dev.csv --sources 10 --out /tmp/report-ws
     python -m dialsum.cli report --repo /tmp/report-ws     # time this (BENCHMARKS.md "Reports")
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,11 @@ def main() -> None:
         s = scorer.score(summaries, refs)
         metrics[f"{name}/full"] = {k2: s[k2] for k2 in ("rouge1", "rouge2", "rougeL", "rouge_sum", "bleu")}
         if Path(a.tokenizer).exists():
-            shutil.copytree(a.tokenizer, out / f"models/{name}/init",
-                            ignore=lambda d, files: [f for f in files if f.endswith((".safetensors", ".bin"))])
+            shutil.copytree(
+                a.tokenizer,
+                out / f"models/{name}/init",
+                ignore=lambda d, files: [f for f in files if f.endswith((".safetensors", ".bin"))],
+            )
     cands = pd.concat([f.assign(source=f"{n}/full", model=n, candidate=0) for n, f in frames.items()])
     sel = E.mbr_select(cands, scorer.tokenizer, list(dev["fname"]))
     ens = sel[["fname", "summary", "source", "view", "candidate"]].assign(score=0.0)
@@ -77,19 +81,43 @@ def main() -> None:
     e = scorer.score(list(ens["summary"]), refs)
     best = max(metrics, key=lambda n: metrics[n]["rouge_sum"])
     (out / "metrics").mkdir()
-    (out / "metrics/ensemble.json").write_text(json.dumps({
-        **{k: e[k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum", "bleu")}, "strategy": "majority_vote",
-        "sources": metrics, "best_single": best, "gain": e["rouge_sum"] - metrics[best]["rouge_sum"],
-        "collapsed": {}}, indent=1))
+    (out / "metrics/ensemble.json").write_text(
+        json.dumps(
+            {
+                **{k: e[k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum", "bleu")},
+                "strategy": "majority_vote",
+                "sources": metrics,
+                "best_single": best,
+                "gain": e["rouge_sum"] - metrics[best]["rouge_sum"],
+                "collapsed": {},
+            },
+            indent=1,
+        )
+    )
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
-    params.update(models=names, cv={**params["cv"], "folds": ["full"]},
-                  metrics={**params["metrics"], "tokenize": "default"},
-                  zoo={n: {"family": "seq2seq", "pretrained": f"models/{n}/init", "max_source_len": 384,
-                           "max_target_len": 64} for n in names})
+    params.update(
+        models=names,
+        cv={**params["cv"], "folds": ["full"]},
+        metrics={**params["metrics"], "tokenize": "default"},
+        zoo={
+            n: {"family": "seq2seq", "pretrained": f"models/{n}/init", "max_source_len": 384, "max_target_len": 64}
+            for n in names
+        },
+    )
     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    print(json.dumps({"workspace": str(out), "dialogues": len(dev), "sources": len(names),
-                      "ensemble_rouge_sum": e["rouge_sum"], "mean_summary_words":
-                      round(float(np.mean([len(s.split()) for f in frames.values() for s in f["summary"]])), 1)}))
+    print(
+        json.dumps(
+            {
+                "workspace": str(out),
+                "dialogues": len(dev),
+                "sources": len(names),
+                "ensemble_rouge_sum": e["rouge_sum"],
+                "mean_summary_words": round(
+                    float(np.mean([len(s.split()) for f in frames.values() for s in f["summary"]])), 1
+                ),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

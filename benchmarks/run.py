@@ -18,6 +18,7 @@ Human-readable rows first; the last stdout line is one JSON object:
 Data: DialogSum from ``../shared/data/dialogsum`` when present, else the embedded sample. The pipeline
 figures measure the committed HEAD (uncommitted edits are not in the clone).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,13 @@ def train_speed(df: pd.DataFrame, entry: dict, init: Path, work: Path, batch_siz
     """One epoch over ``df`` with our batching and with pad-to-max batching; tokens/s of each."""
     import torch
     from datasets import Dataset
-    from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
-                              Seq2SeqTrainingArguments)
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+    )
 
     from dialsum.sequences import build_features
 
@@ -73,18 +79,36 @@ def train_speed(df: pd.DataFrame, entry: dict, init: Path, work: Path, batch_siz
         if ours:
             collator = DataCollatorForSeq2Seq(tok, model=model, label_pad_token_id=-100, pad_to_multiple_of=8)
         else:
-            collator = DataCollatorForSeq2Seq(tok, model=model, label_pad_token_id=-100, padding="max_length",
-                                              max_length=entry["max_source_len"])
+            collator = DataCollatorForSeq2Seq(
+                tok, model=model, label_pad_token_id=-100, padding="max_length", max_length=entry["max_source_len"]
+            )
             # labels to their own maximum, as fixed-length scripts do
-            feats_fixed = [dict(f, labels=f["labels"] + [-100] * (entry["max_target_len"] - len(f["labels"])))
-                           for f in feats]
+            feats_fixed = [
+                dict(f, labels=f["labels"] + [-100] * (entry["max_target_len"] - len(f["labels"]))) for f in feats
+            ]
         args = Seq2SeqTrainingArguments(
-            output_dir=str(work / name), num_train_epochs=1, per_device_train_batch_size=batch_size,
-            learning_rate=1e-3, save_strategy="no", eval_strategy="no", report_to=[], logging_steps=1000,
-            train_sampling_strategy="group_by_length" if ours else "random", seed=0, data_seed=0,
-            dataloader_num_workers=0, use_cpu=True, disable_tqdm=True)
-        trainer = Seq2SeqTrainer(model=model, args=args, data_collator=collator, processing_class=tok,
-                                 train_dataset=Dataset.from_list(feats if ours else feats_fixed))
+            output_dir=str(work / name),
+            num_train_epochs=1,
+            per_device_train_batch_size=batch_size,
+            learning_rate=1e-3,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to=[],
+            logging_steps=1000,
+            train_sampling_strategy="group_by_length" if ours else "random",
+            seed=0,
+            data_seed=0,
+            dataloader_num_workers=0,
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        trainer = Seq2SeqTrainer(
+            model=model,
+            args=args,
+            data_collator=collator,
+            processing_class=tok,
+            train_dataset=Dataset.from_list(feats if ours else feats_fixed),
+        )
         t = time.perf_counter()
         trainer.train()
         sec = time.perf_counter() - t
@@ -110,13 +134,18 @@ def generate_speed(df: pd.DataFrame, entry: dict, init: Path, new_tokens: int, b
         conv = sequences.conventions(tok, family, model.config)
         for d in dialogues:  # the one-at-a-time loop of a typical inference script
             ids, _ = sequences.source_ids(tok, d, conv, entry["max_source_len"])
-            model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                           **generation.generation_kwargs(gen))
+            model.generate(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                **generation.generation_kwargs(gen),
+            )
     single = time.perf_counter() - t
     n = len(dialogues)
-    return {"dialsum": {"seconds": round(ours, 2), "summaries_per_s": round(n / ours, 2)},
-            "one-at-a-time": {"seconds": round(single, 2), "summaries_per_s": round(n / single, 2)},
-            "speedup": round(single / ours, 2)}
+    return {
+        "dialsum": {"seconds": round(ours, 2), "summaries_per_s": round(n / ours, 2)},
+        "one-at-a-time": {"seconds": round(single, 2), "summaries_per_s": round(n / single, 2)},
+        "speedup": round(single / ours, 2),
+    }
 
 
 def mbr_speed() -> float | None:
@@ -142,8 +171,13 @@ def mbr_speed() -> float | None:
 
 def pipeline_times(work: Path) -> dict:
     clone = work / "clone"
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="offline")
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        WANDB_MODE="offline",
+    )
     env.pop("PYTHONPATH", None)
 
     def sh(cmd, cwd):
@@ -160,8 +194,12 @@ def pipeline_times(work: Path) -> dict:
     params = (clone / "params.yaml").read_text()
     (clone / "params.yaml").write_text(params.replace("strategy: majority_vote", "strategy: rouge_weighted", 1))
     incremental = sh(f"{dvc} repro", clone)
-    return {"default_repro_seconds": round(full, 1), "noop_repro_seconds": round(noop, 2),
-            "incremental_seconds": round(incremental, 1), "incremental_fraction": round(incremental / full, 4)}
+    return {
+        "default_repro_seconds": round(full, 1),
+        "noop_repro_seconds": round(noop, 2),
+        "incremental_seconds": round(incremental, 1),
+        "incremental_fraction": round(incremental / full, 4),
+    }
 
 
 def main() -> None:
@@ -176,27 +214,41 @@ def main() -> None:
     df, source = load_texts(max(n_train, n_gen))
     import torch
 
-    result: dict = {"quick": a.quick, "data": source, "torch_threads": torch.get_num_threads(),
-                    "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    result: dict = {
+        "quick": a.quick,
+        "data": source,
+        "torch_threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         entry = tiny_model(df, work / "init", max_source_len=512)
         tr = train_speed(df.head(n_train), entry, work / "init", work, batch_size=16)
-        print(f"train, {n_train} rows x 1 epoch ({source}): dialsum {tr['dialsum']['tokens_per_s']} tok/s "
-              f"({tr['dialsum']['seconds']} s), pad-to-max {tr['pad-to-max']['tokens_per_s']} tok/s "
-              f"({tr['pad-to-max']['seconds']} s): x{tr['speedup']}", flush=True)
+        print(
+            f"train, {n_train} rows x 1 epoch ({source}): dialsum {tr['dialsum']['tokens_per_s']} tok/s "
+            f"({tr['dialsum']['seconds']} s), pad-to-max {tr['pad-to-max']['tokens_per_s']} tok/s "
+            f"({tr['pad-to-max']['seconds']} s): x{tr['speedup']}",
+            flush=True,
+        )
         ge = generate_speed(df.head(n_gen), entry, work / "init", new_tokens=32, batch_size=32)
-        print(f"generate, {n_gen} dialogues, beam 4, 32 new tokens: dialsum {ge['dialsum']['summaries_per_s']}/s, "
-              f"one at a time {ge['one-at-a-time']['summaries_per_s']}/s: x{ge['speedup']}", flush=True)
+        print(
+            f"generate, {n_gen} dialogues, beam 4, 32 new tokens: dialsum {ge['dialsum']['summaries_per_s']}/s, "
+            f"one at a time {ge['one-at-a-time']['summaries_per_s']}/s: x{ge['speedup']}",
+            flush=True,
+        )
         mbr = mbr_speed()
         print(f"MBR, 25 candidates x 500 dialogues: {mbr} s", flush=True)
-        result.update(train_speedup=tr["speedup"], generate_speedup=ge["speedup"], mbr_seconds=mbr,
-                      train=tr, generate=ge)
+        result.update(
+            train_speedup=tr["speedup"], generate_speedup=ge["speedup"], mbr_seconds=mbr, train=tr, generate=ge
+        )
         if not a.skip_pipeline:
             pipe = pipeline_times(work)
-            print(f"dvc repro, fresh clone, default params: {pipe['default_repro_seconds']} s; nothing changed: "
-                  f"{pipe['noop_repro_seconds']} s; ensemble.strategy changed: {pipe['incremental_seconds']} s "
-                  f"({pipe['incremental_fraction']:.1%} of the full run)", flush=True)
+            print(
+                f"dvc repro, fresh clone, default params: {pipe['default_repro_seconds']} s; nothing changed: "
+                f"{pipe['noop_repro_seconds']} s; ensemble.strategy changed: {pipe['incremental_seconds']} s "
+                f"({pipe['incremental_fraction']:.1%} of the full run)",
+                flush=True,
+            )
             result.update(pipe)
     print(json.dumps(result))
 

@@ -8,6 +8,7 @@ to ``--view`` (default ``orig``); an ensemble's file (one chosen row each) is sc
 Test files with ``summary1..K`` are scored against all K references (``--multi-ref max``, the pipeline's
 default). Also prints how many distinct summaries there are: a collapsed model writes one for every row.
 """
+
 import argparse
 import json
 import sys
@@ -30,8 +31,10 @@ if "view" in pred.columns and pred["fname"].duplicated().any():  # an ensemble's
 data = pd.read_csv(a.data, dtype=str, keep_default_na=False)
 missing = set(data["fname"]) - set(pred["fname"])
 if missing:
-    sys.exit(f"{a.predictions}: no summary for {len(missing)} of {len(data)} dialogues in {a.data} "
-             f"(e.g. {sorted(missing)[0]})")
+    sys.exit(
+        f"{a.predictions}: no summary for {len(missing)} of {len(data)} dialogues in {a.data} "
+        f"(e.g. {sorted(missing)[0]})"
+    )
 summary = pred.drop_duplicates("fname").set_index("fname")["summary"]
 preds = [summary[f] for f in data["fname"]]
 scores = Scorer(a.tokenize, a.multi_ref).score(preds, references(data))

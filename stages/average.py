@@ -2,6 +2,7 @@
 next-token log-probabilities (they share one tokenizer) -> predictions/<model>/avg/{dev,test}.csv and
 metrics/average/<model>.json. Computed only when ensemble.strategy is averaging or weighted_avg; otherwise
 the stage records that it was not needed (so switching between other strategies never generates)."""
+
 import hashlib
 import logging
 
@@ -33,8 +34,10 @@ def main():
     for f in folds:
         m, t, family = models.load_for_inference(paths.model_dir(model_name, f), entry)
         if tok is not None and t.get_vocab() != tok.get_vocab():
-            raise ValueError(f"{paths.model_dir(model_name, f)} has another vocabulary than fold {folds[0]}; "
-                             "log-probabilities of different tokenizers cannot be averaged")
+            raise ValueError(
+                f"{paths.model_dir(model_name, f)} has another vocabulary than fold {folds[0]}; "
+                "log-probabilities of different tokenizers cannot be averaged"
+            )
         members.append(m)
         tok = t
     tok.padding_side = "left"
@@ -46,19 +49,36 @@ def main():
     with io.atomic_dir(out_dir) as tmp:
         for split in ("dev", "test"):
             df = d[split]
-            texts, lps = generation.summarize_averaged(members, weights, tok, family, list(df["dialogue"]), gen,
-                                                       entry.max_source_len, gen.batch_size,
-                                                       entry.prompt, desc=f"{split} averaged")
-            out = pd.DataFrame({"fname": df["fname"], "view": "orig", "summary": texts,
-                                "logprob": [round(x, 6) for x in lps]})
+            texts, lps = generation.summarize_averaged(
+                members,
+                weights,
+                tok,
+                family,
+                list(df["dialogue"]),
+                gen,
+                entry.max_source_len,
+                gen.batch_size,
+                entry.prompt,
+                desc=f"{split} averaged",
+            )
+            out = pd.DataFrame(
+                {"fname": df["fname"], "view": "orig", "summary": texts, "logprob": [round(x, 6) for x in lps]}
+            )
             io.write_csv(tmp / f"{split}.csv", out)
             digest.update((tmp / f"{split}.csv").read_bytes())
             if split == "dev":
                 scores = Scorer.from_params(params).score(texts, data.references(df))
-    io.write_json(paths.average_metrics(model_name),
-                  {"computed": True, "strategy": strategy, "members": [f"{model_name}/{f}" for f in folds],
-                   "weights": [round(w, 6) for w in weights], **scores,
-                   "predictions_sha256": digest.hexdigest()[:16]})
+    io.write_json(
+        paths.average_metrics(model_name),
+        {
+            "computed": True,
+            "strategy": strategy,
+            "members": [f"{model_name}/{f}" for f in folds],
+            "weights": [round(w, 6) for w in weights],
+            **scores,
+            "predictions_sha256": digest.hexdigest()[:16],
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """ensemble: one summary per dialogue from every model x fold x TTA view by `ensemble.strategy` ->
 predictions/ensemble/{dev,test}.csv, submission.csv and metrics/ensemble.json (dev ROUGE of every source,
 of each model over its folds, and of the ensemble; best_single and gain)."""
+
 import json
 import logging
 
@@ -36,8 +37,12 @@ def main():
     # a near-constant member would win every vote among its own copies: kept out unless all are like it
     collapsed = E.collapsed_sources(pd.concat([cands["dev"], cands["test"]]), cfg.collapse_ratio)
     for src, c in collapsed.items():
-        log.warning("%s collapsed: %d distinct summaries for %d dialogues; left out of the ensemble", src,
-                    c["distinct_summaries"], c["dialogues"])
+        log.warning(
+            "%s collapsed: %d distinct summaries for %d dialogues; left out of the ensemble",
+            src,
+            c["distinct_summaries"],
+            c["dialogues"],
+        )
     if collapsed and len(collapsed) < len(sources):
         cands = {s: c[~c["source"].isin(collapsed)] for s, c in cands.items()}
     elif collapsed:
@@ -59,12 +64,20 @@ def main():
     if strategy in ("averaging", "weighted_avg"):
         # token-level averaging happened in average@<model> (folds share a tokenizer); models differ in
         # tokenizer, so across models it falls back to candidate selection
-        pool = {s: pd.concat([E.read_candidates(paths.predictions(f"{m}/avg", s)).assign(source=f"{m}/avg", model=m)
-                              for m in params.models]) for s in ("dev", "test")}
+        pool = {
+            s: pd.concat(
+                [
+                    E.read_candidates(paths.predictions(f"{m}/avg", s)).assign(source=f"{m}/avg", model=m)
+                    for m in params.models
+                ]
+            )
+            for s in ("dev", "test")
+        }
         across = "majority_vote" if strategy == "averaging" else "rouge_weighted"
-        info["averaging"] = {"token_level": {m: json.loads(paths.average_metrics(m).read_text())
-                                             for m in params.models},
-                             "across_models": across + (" (tokenizers differ)" if len(params.models) > 1 else "")}
+        info["averaging"] = {
+            "token_level": {m: json.loads(paths.average_metrics(m).read_text()) for m in params.models},
+            "across_models": across + (" (tokenizers differ)" if len(params.models) > 1 else ""),
+        }
         for m in params.models:
             a = info["averaging"]["token_level"][m]
             sources[f"{m}/avg"] = {k: a[k] for k in KEYS}
@@ -81,8 +94,9 @@ def main():
     else:  # fold `full` only: learn on dev, cross-fitted (labelled in the metrics)
         fit_groups, fit_refs, fit_on = groups["dev"], dict(zip(order["dev"], refs["dev"])), "dev"
     try:
-        result, fitted_info = E.combine(strategy, cfg, params.models, groups, fit_groups, fit_refs, fit_on,
-                                        oof_scores, scorer, seed)
+        result, fitted_info = E.combine(
+            strategy, cfg, params.models, groups, fit_groups, fit_refs, fit_on, oof_scores, scorer, seed
+        )
     except ValueError as e:
         raise ParamsError(f"params.yaml: {e}") from None
     info.update(fitted_info)
@@ -92,18 +106,33 @@ def main():
     best = max(sources, key=lambda s: sources[s]["rouge_sum"])
     chosen_views = result["dev"]["view"].value_counts().to_dict()
     ranks = result["dev"]["candidate"].value_counts().to_dict()
-    metrics = {**pick(ens), "strategy": strategy, "n_dev": ens["n"], "views": views,
-               "candidates_per_dialogue": round(float(np.mean([len(g.cands) for g in groups["dev"]])), 2),
-               "chosen_views": {k: int(v) for k, v in sorted(chosen_views.items())},
-               **({"chosen_candidates": {int(k): int(v) for k, v in sorted(ranks.items())}} if len(ranks) > 1 else {}),
-               "collapsed": collapsed,
-               "sources": sources, "models": per_model, "oof": {k: round(v, 6) for k, v in oof_scores.items()},
-               "best_single": best, "best_single_rouge_sum": sources[best]["rouge_sum"],
-               "gain": round(ens["rouge_sum"] - sources[best]["rouge_sum"], 6), **info}
+    metrics = {
+        **pick(ens),
+        "strategy": strategy,
+        "n_dev": ens["n"],
+        "views": views,
+        "candidates_per_dialogue": round(float(np.mean([len(g.cands) for g in groups["dev"]])), 2),
+        "chosen_views": {k: int(v) for k, v in sorted(chosen_views.items())},
+        **({"chosen_candidates": {int(k): int(v) for k, v in sorted(ranks.items())}} if len(ranks) > 1 else {}),
+        "collapsed": collapsed,
+        "sources": sources,
+        "models": per_model,
+        "oof": {k: round(v, 6) for k, v in oof_scores.items()},
+        "best_single": best,
+        "best_single_rouge_sum": sources[best]["rouge_sum"],
+        "gain": round(ens["rouge_sum"] - sources[best]["rouge_sum"], 6),
+        **info,
+    }
     io.write_json(paths.ENSEMBLE_METRICS, metrics)
     io.write_csv(paths.SUBMISSION, result["test"][["fname", "summary"]])
-    log.info("ensemble (%s) dev rouge_sum %.4f (best single %s %.4f, gain %+.4f)", strategy, ens["rouge_sum"],
-             best, sources[best]["rouge_sum"], metrics["gain"])
+    log.info(
+        "ensemble (%s) dev rouge_sum %.4f (best single %s %.4f, gain %+.4f)",
+        strategy,
+        ens["rouge_sum"],
+        best,
+        sources[best]["rouge_sum"],
+        metrics["gain"],
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """init@<model>: tokenizer (trained on the train split for from-scratch models) + initial weights ->
 models/<model>/init/. Once per model, so every fold shares one vocabulary."""
+
 from dialsum import data, io, models, paths
 from dialsum.tracking import matrix_item, run_stage
 

@@ -1,4 +1,5 @@
 """plots: PNG figures of the run -> plots/ (dev ROUGE per source and per model, learning curves, lengths)."""
+
 import logging
 
 from dialsum import data, io, params as P, paths, plots

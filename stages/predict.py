@@ -2,6 +2,7 @@
 dialogue and every TTA view -> predictions/<model>/<fold>/{oof,dev,test}.csv (fname, view, summary, logprob;
 view summaries mapped back to the original speakers) and the dev ROUGE of the original view in
 metrics/predict/<model>-<fold>.json."""
+
 import hashlib
 import logging
 
@@ -20,15 +21,30 @@ def main():
     model, tok, family = models.load_for_inference(paths.model_dir(model_name, fold), entry)
     tok.padding_side = "left"
     d = data.load_processed()
-    splits = {"oof": d["train"][d["train"]["fold"] == fold] if fold != "full" else d["train"].iloc[:0],
-              "dev": d["dev"], "test": d["test"]}
+    splits = {
+        "oof": d["train"][d["train"]["fold"] == fold] if fold != "full" else d["train"].iloc[:0],
+        "dev": d["dev"],
+        "test": d["test"],
+    }
     gen = params.generation
     scorer = Scorer.from_params(params)
     digest = hashlib.sha256()
     oof = None
     for split, df in splits.items():
-        out = generation.summarize_views(model, tok, family, df["fname"], df["dialogue"], augmenter, split, gen,
-                                         entry.max_source_len, gen.batch_size, entry.prompt, desc=split)
+        out = generation.summarize_views(
+            model,
+            tok,
+            family,
+            df["fname"],
+            df["dialogue"],
+            augmenter,
+            split,
+            gen,
+            entry.max_source_len,
+            gen.batch_size,
+            entry.prompt,
+            desc=split,
+        )
         out_csv = paths.predictions(f"{model_name}/{fold}", split)
         io.write_csv(out_csv, out)
         digest.update(out_csv.read_bytes())
@@ -43,8 +59,9 @@ def main():
             oof = scorer.score(list(orig["summary"]), data.references(df))
     # The ensemble depends on metrics/predict/ (DVC cannot list a matrix's outputs as deps, and
     # predictions/ holds the ensemble's own output); the hash makes any change of predictions visible.
-    io.write_json(paths.predict_metrics(model_name, fold),
-                  {**scores, "oof": oof, "predictions_sha256": digest.hexdigest()[:16]})
+    io.write_json(
+        paths.predict_metrics(model_name, fold), {**scores, "oof": oof, "predictions_sha256": digest.hexdigest()[:16]}
+    )
 
 
 if __name__ == "__main__":

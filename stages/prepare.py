@@ -1,4 +1,5 @@
 """prepare: validate + clean the competition CSVs, assign CV folds -> data/processed/."""
+
 import logging
 
 from dialsum import data, io, params as P, tta
@@ -23,8 +24,12 @@ def main():
     # Augmented training copies go to their own file: dev, test and out-of-fold rows are never augmented.
     frames["augmented"] = tta.augment_rows(frames["train"], d.augmentation, params.seed)
     if len(frames["augmented"]):
-        log.info("augmented: %d training copies (%s x %d)", len(frames["augmented"]),
-                 ", ".join(d.augmentation.strategies), d.augmentation.factor)
+        log.info(
+            "augmented: %d training copies (%s x %d)",
+            len(frames["augmented"]),
+            ", ".join(d.augmentation.strategies),
+            d.augmentation.factor,
+        )
     for split, df in frames.items():
         io.write_csv(f"data/processed/{split}.csv", df)
 

@@ -1,5 +1,6 @@
 """report: per-dialogue error analysis of the dev split -> reports/index.html (one self-contained page: scores,
 diagnostics, worst dialogues, a sortable and filterable table of every source's summary; README "Reports")."""
+
 import logging
 
 from dialsum import params as P, paths, report

@@ -3,6 +3,7 @@ tuning/best_params.yaml, tuning/trials.csv, tuning/plots/, metrics/tune.json.
 
 The study itself (tuning/study.db by default) is not a DVC output: DVC deletes outputs before a stage runs,
 and the study must survive so that a larger `tune.n_trials` adds trials instead of starting over."""
+
 import logging
 from dialsum import paths, tuning
 from dialsum.params import load

@@ -21,6 +21,8 @@ def stand_in_params(models, folds=(0,), max_target_len=64, **sections):
     seq2seq entry named after a made-up checkpoint; ``sections`` are further params.yaml sections."""
     from dialsum.params import typed
 
-    zoo = {m: {"family": "seq2seq", "pretrained": f"stand-in/{m}", "max_source_len": 64,
-               "max_target_len": max_target_len} for m in models}
+    zoo = {
+        m: {"family": "seq2seq", "pretrained": f"stand-in/{m}", "max_source_len": 64, "max_target_len": max_target_len}
+        for m in models
+    }
     return typed({"models": list(models), "zoo": zoo, "cv": {"folds": list(folds)}, **sections})

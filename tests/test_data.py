@@ -22,18 +22,21 @@ def test_reads_good_file(tmp_path):
     assert df.loc[0, "dialogue"].count("\n") == 1
 
 
-@pytest.mark.parametrize("text, split, needle", [
-    ("fname,summary\na,x\n", "train", "missing column dialogue"),
-    ("dialogue,summary\nd,x\n", "train", "missing column fname"),
-    ("fname,dialogue\na,d\n", "train", "missing column summary"),
-    ("fname,dialogue,summary\na,   ,x\n", "train", "row 1, column dialogue: empty"),
-    ("fname,dialogue,summary\na,d,\n", "train", "row 1, column summary: empty"),
-    ("fname,dialogue,summary\na,d,x\na,e,y\n", "train", "row 2, column fname: duplicate"),
-    ("fname;dialogue;summary\na;d;x\n", "train", "separated by semicolons"),
-    ("fname,dialogue,summary\n", "train", "header only"),
-    ("", "train", "file is empty"),
-    ("fname,dialogue\na,d\n", "dev", "missing column summary"),
-])
+@pytest.mark.parametrize(
+    "text, split, needle",
+    [
+        ("fname,summary\na,x\n", "train", "missing column dialogue"),
+        ("dialogue,summary\nd,x\n", "train", "missing column fname"),
+        ("fname,dialogue\na,d\n", "train", "missing column summary"),
+        ("fname,dialogue,summary\na,   ,x\n", "train", "row 1, column dialogue: empty"),
+        ("fname,dialogue,summary\na,d,\n", "train", "row 1, column summary: empty"),
+        ("fname,dialogue,summary\na,d,x\na,e,y\n", "train", "row 2, column fname: duplicate"),
+        ("fname;dialogue;summary\na;d;x\n", "train", "separated by semicolons"),
+        ("fname,dialogue,summary\n", "train", "header only"),
+        ("", "train", "file is empty"),
+        ("fname,dialogue\na,d\n", "dev", "missing column summary"),
+    ],
+)
 def test_bad_input_one_line_error(tmp_path, text, split, needle):
     with pytest.raises(DataError) as e:
         read_csv(write(tmp_path, text), split)
@@ -72,7 +75,9 @@ def test_clean_is_idempotent_and_total(text):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=30), min_size=1, max_size=5))
+@given(
+    st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=30), min_size=1, max_size=5)
+)
 def test_speaker_tags_survive_cleaning(utterances):
     dialogue = "\n".join(f"#Person{i % 3 + 1}#: {u}" for i, u in enumerate(utterances))
     cleaned = clean_text(dialogue)

@@ -6,6 +6,7 @@ reads it.
 A missing module dep means stale results (DVC doesn't re-run the stage when that code changes); an extra one
 means needless re-runs. The closure is computed from the current sources on every run, so adding an import in
 src/ or stages/ without updating dvc.yaml fails here."""
+
 from __future__ import annotations
 
 import ast
@@ -63,7 +64,7 @@ def _imports(tree: ast.AST, current: str | None, modules: dict[str, Path]) -> se
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name == "dialsum" or alias.name.startswith("dialsum."):
-                    add(alias.name[len("dialsum."):] if "." in alias.name else "")
+                    add(alias.name[len("dialsum.") :] if "." in alias.name else "")
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: from . import a / from .a import b / from ..x import y
                 if current is None:
@@ -73,7 +74,7 @@ def _imports(tree: ast.AST, current: str | None, modules: dict[str, Path]) -> se
                 base = base[: len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             elif node.module == "dialsum" or (node.module or "").startswith("dialsum."):
-                target = node.module[len("dialsum."):] if "." in node.module else ""
+                target = node.module[len("dialsum.") :] if "." in node.module else ""
             else:
                 continue
             add(target)
@@ -81,10 +82,15 @@ def _imports(tree: ast.AST, current: str | None, modules: dict[str, Path]) -> se
                 sub = f"{target}.{alias.name}" if target else alias.name
                 if sub in modules:
                     found.add(sub)
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str) and node.args[0].value.startswith("dialsum.")
-              and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
-            add(node.args[0].value[len("dialsum."):])
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and node.args[0].value.startswith("dialsum.")
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")
+        ):
+            add(node.args[0].value[len("dialsum.") :])
     return found
 
 
@@ -97,8 +103,13 @@ def _data_dirs(tree: ast.AST) -> set[str]:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 docstrings.add(id(first.value))
-    return {d for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-            and id(n) not in docstrings for d, pattern in DATA_RE.items() if pattern.search(n.value)}
+    return {
+        d
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+        for d, pattern in DATA_RE.items()
+        if pattern.search(n.value)
+    }
 
 
 def closure(script: Path) -> tuple[set[str], set[str]]:
@@ -208,24 +219,27 @@ def test_committed_lock_matches_committed_code(tmp_path):
 
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    p = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=clone, capture_output=True, text=True,
-                       check=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json"], cwd=clone, capture_output=True, text=True, check=True
+    )
     stale = []
     for stage, changes in json.loads(p.stdout or "{}").items():
         for change in changes if isinstance(changes, list) else []:
             if isinstance(change, dict):
-                stale += [f"{stage}: {dep}" for dep, what in (change.get("changed deps") or {}).items()
-                          if what != "deleted"]
+                stale += [
+                    f"{stage}: {dep}" for dep, what in (change.get("changed deps") or {}).items() if what != "deleted"
+                ]
                 stale += [f"{stage}: param {k}" for k in (change.get("changed params") or {})]
-    assert not stale, "dvc.lock is stale against HEAD's code/params (run dvc repro, commit dvc.lock): " + "; ".join(stale[:10])
+    assert not stale, "dvc.lock is stale against HEAD's code/params (run dvc repro, commit dvc.lock): " + "; ".join(
+        stale[:10]
+    )
 
 
 def test_no_import_circle_in_the_package():
     """No dialsum module imports (at module or function level) one that imports it back, directly or through
     others: each concept builds on the ones below it (params at the bottom, the stages' entry points on top)."""
     modules = _modules()
-    graph = {n: _imports(ast.parse(p.read_text(encoding="utf-8")), n, modules) - {n, ""}
-             for n, p in modules.items()}
+    graph = {n: _imports(ast.parse(p.read_text(encoding="utf-8")), n, modules) - {n, ""} for n, p in modules.items()}
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
     def visit(name: str, path: list[str]) -> list[str] | None:
@@ -261,13 +275,20 @@ def test_dvc_outs_are_the_paths_module():
         "average": {paths.prediction_dir(f"{m}/avg"), paths.average_metrics(m)},
         "ensemble": {paths.ENSEMBLE_PREDICTIONS, paths.SUBMISSION, paths.ENSEMBLE_METRICS},
         "report": {paths.REPORT},
-        "tune": {paths.TUNING / "best_params.yaml", paths.TUNING / "trials.csv", paths.TUNING / "plots",
-                 paths.TUNE_METRICS},
+        "tune": {
+            paths.TUNING / "best_params.yaml",
+            paths.TUNING / "trials.csv",
+            paths.TUNING / "plots",
+            paths.TUNE_METRICS,
+        },
         "plots": {paths.PLOTS},
     }
     stages = _stages()
     assert set(stages) == set(want)
     for name, spec in stages.items():
-        declared = {Path(next(iter(o)) if isinstance(o, dict) else o)
-                    for key in ("outs", "metrics", "plots") for o in spec.get(key) or []}
+        declared = {
+            Path(next(iter(o)) if isinstance(o, dict) else o)
+            for key in ("outs", "metrics", "plots")
+            for o in spec.get(key) or []
+        }
         assert declared == want[name], name

@@ -8,12 +8,21 @@ from conftest import stand_in_params
 
 
 def test_mbr_picks_the_consensus_candidate():
-    cands = pd.DataFrame({
-        "fname": ["d1"] * 4 + ["d2"] * 3,
-        "source": ["a", "b", "c", "d", "a", "b", "c"],
-        "summary": ["철수가 내일 병원에 간다", "철수가 내일 병원을 간다", "철수는 내일 병원에 간다", "영희가 시장에서 사과를 산다",
-                    "비가 온다", "눈이 온다", "비가 많이 온다"],
-    })
+    cands = pd.DataFrame(
+        {
+            "fname": ["d1"] * 4 + ["d2"] * 3,
+            "source": ["a", "b", "c", "d", "a", "b", "c"],
+            "summary": [
+                "철수가 내일 병원에 간다",
+                "철수가 내일 병원을 간다",
+                "철수는 내일 병원에 간다",
+                "영희가 시장에서 사과를 산다",
+                "비가 온다",
+                "눈이 온다",
+                "비가 많이 온다",
+            ],
+        }
+    )
     out = mbr_select(cands, CachedTokenizer("whitespace"), ["d2", "d1"])
     assert list(out["fname"]) == ["d2", "d1"]
     assert out.set_index("fname").loc["d1", "summary"] == "철수가 내일 병원에 간다"
@@ -35,14 +44,24 @@ TOK = CachedTokenizer("whitespace")
 
 def frame(fname, rows):
     """rows: (model, fold, view, summary, logprob)"""
-    return pd.DataFrame([{"fname": fname, "model": m, "source": f"{m}/{f}", "view": v, "summary": s, "logprob": lp}
-                         for m, f, v, s, lp in rows])
+    return pd.DataFrame(
+        [
+            {"fname": fname, "model": m, "source": f"{m}/{f}", "view": v, "summary": s, "logprob": lp}
+            for m, f, v, s, lp in rows
+        ]
+    )
 
 
 def test_rouge_weighted_follows_the_heavier_voter():
     # two "bad" voters agree with each other; one "good" voter disagrees
-    c = frame("d", [("bad", 0, "orig", "비가 온다 오늘", -1), ("bad", 1, "orig", "비가 온다 내일", -1),
-                    ("good", 0, "orig", "눈이 많이 내린다", -1)])
+    c = frame(
+        "d",
+        [
+            ("bad", 0, "orig", "비가 온다 오늘", -1),
+            ("bad", 1, "orig", "비가 온다 내일", -1),
+            ("good", 0, "orig", "눈이 많이 내린다", -1),
+        ],
+    )
     g = E.build_groups(c, TOK, ["d"])
     equal = E.select(g, lambda g: E.weighted_consensus(g.sim, np.ones(3)))
     assert equal["summary"][0].startswith("비가 온다")  # plain majority
@@ -62,8 +81,15 @@ def synthetic_oof(n=30, seed=0):
     for i in range(n):
         ref = " ".join(rng.choice(words, 5))
         other = " ".join(rng.choice(words, 5))
-        c = frame(f"o{i}", [("good", 0, "orig", ref, -1.0), ("good", 0, "mask-0", ref, -1.2),
-                            ("bad", 0, "orig", other, -0.5), ("bad", 0, "mask-0", other + " 다시", -0.6)])
+        c = frame(
+            f"o{i}",
+            [
+                ("good", 0, "orig", ref, -1.0),
+                ("good", 0, "mask-0", ref, -1.2),
+                ("bad", 0, "orig", other, -0.5),
+                ("bad", 0, "mask-0", other + " 다시", -0.6),
+            ],
+        )
         g = E.build_groups(c, TOK, [f"o{i}"])[0]
         groups.append(g)
         targets.append(np.array([1.0, 1.0, 0.0, 0.1]))
@@ -74,8 +100,15 @@ def test_stacking_learns_which_candidates_score_from_oof_only():
     groups, targets = synthetic_oof()
     reg = E.fit_stacker(groups, targets, ["good", "bad"], {"good": 2.0, "bad": 0.5}, TOK, seed=0)
     # a dev dialogue whose majority is the bad model (three bad candidates vs one good)
-    dev = frame("x", [("bad", 0, "orig", "영희 학교 오늘 온다", -0.1), ("bad", 1, "orig", "영희 학교 오늘 온다 다시", -0.1),
-                      ("bad", 1, "mask-0", "영희 학교 오늘", -0.1), ("good", 1, "orig", "철수 병원 내일 간다", -2.0)])
+    dev = frame(
+        "x",
+        [
+            ("bad", 0, "orig", "영희 학교 오늘 온다", -0.1),
+            ("bad", 1, "orig", "영희 학교 오늘 온다 다시", -0.1),
+            ("bad", 1, "mask-0", "영희 학교 오늘", -0.1),
+            ("good", 1, "orig", "철수 병원 내일 간다", -2.0),
+        ],
+    )
     g = E.build_groups(dev, TOK, ["x"])
     out = E.select(g, lambda g: reg.predict(E.candidate_features(g, ["good", "bad"], {"good": 2.0, "bad": 0.5}, TOK)))
     assert out["source"][0] == "good/1"
@@ -118,8 +151,15 @@ def test_fast_similarity_equals_rouge_score_arithmetic():
     for i in range(len(texts)):
         for j in range(len(texts)):
             ti, tj = tok.tokenize(texts[i]), tok.tokenize(texts[j])
-            want = 1.0 if texts[i] == texts[j] else (
-                ngram_f1(ngram_counts(ti, 1), ngram_counts(tj, 1)) + ngram_f1(ngram_counts(ti, 2), ngram_counts(tj, 2))) / 2
+            want = (
+                1.0
+                if texts[i] == texts[j]
+                else (
+                    ngram_f1(ngram_counts(ti, 1), ngram_counts(tj, 1))
+                    + ngram_f1(ngram_counts(ti, 2), ngram_counts(tj, 2))
+                )
+                / 2
+            )
             assert abs(sim[i, j] - want) < 1e-12
 
 
@@ -130,14 +170,14 @@ def test_load_candidates_reads_every_source_and_keeps_empty_summaries(tmp_path):
         for f in (0, 1):
             d = tmp_path / f"predictions/{m}/{f}"
             d.mkdir(parents=True)
-            pd.DataFrame({"fname": ["x", "x"], "view": ["orig", "mask-0"],
-                          "summary": [f"{m}{f}", ""]}).to_csv(d / "dev.csv", index=False)
+            pd.DataFrame({"fname": ["x", "x"], "view": ["orig", "mask-0"], "summary": [f"{m}{f}", ""]}).to_csv(
+                d / "dev.csv", index=False
+            )
             oof = pd.DataFrame({"fname": [f"t{f}"], "summary": ["NA"]})
             oof.to_csv(d / "oof.csv", index=False)
             (tmp_path / "metrics/predict").mkdir(parents=True, exist_ok=True)
             oof_metrics = {"rouge_sum": 0.1 * (f + 1)} if m == "a" else None
-            (tmp_path / f"metrics/predict/{m}-{f}.json").write_text(
-                json.dumps({"rouge_sum": 0.5, "oof": oof_metrics}))
+            (tmp_path / f"metrics/predict/{m}-{f}.json").write_text(json.dumps({"rouge_sum": 0.5, "oof": oof_metrics}))
     cands, scored = E.load_candidates(params, ("oof", "dev"), tmp_path)
     assert sorted(set(cands["dev"]["source"])) == ["a/0", "a/1", "b/0", "b/1"]
     assert list(cands["dev"].query("source == 'b/1'")["summary"]) == ["b1", ""]  # not NaN

@@ -1,4 +1,5 @@
 """LoRA / QLoRA on the offline stand-ins, for real: bitsandbytes 4-bit runs on this CPU."""
+
 import json
 
 import pandas as pd
@@ -11,14 +12,23 @@ from conftest import ROOT
 
 bnb = pytest.importorskip("bitsandbytes")
 
-TEXTS = ["#Person1#: 안녕하세요, 내일 오후 3시에 예약할게요. 전화번호는 #PhoneNumber#입니다.",
-         "#Person2#: 네, 알겠습니다. 성함이 어떻게 되세요?"] * 20
+TEXTS = [
+    "#Person1#: 안녕하세요, 내일 오후 3시에 예약할게요. 전화번호는 #PhoneNumber#입니다.",
+    "#Person2#: 네, 알겠습니다. 성함이 어떻게 되세요?",
+] * 20
 ARCH = {"d_model": 32, "layers": 1, "heads": 2, "ffn": 64}
 
 
 def entry(arch_type, family="causal", **kw):
-    return {"family": family, "pretrained": None, "vocab_size": 400, "max_source_len": 64, "max_target_len": 16,
-            "arch": {"type": arch_type, **ARCH}, **kw}
+    return {
+        "family": family,
+        "pretrained": None,
+        "vocab_size": 400,
+        "max_source_len": 64,
+        "max_target_len": 16,
+        "arch": {"type": arch_type, **ARCH},
+        **kw,
+    }
 
 
 def trainable_names(model):
@@ -33,8 +43,11 @@ def test_qlora_4bit_layers_and_only_adapters_train(tmp_path, arch_type):
 
     names = trainable_names(model)
     assert names and all("lora_A" in n or "lora_B" in n for n in names)
-    quantized = {n.rsplit(".", 2)[-2] for n, m in model.named_modules()
-                 if isinstance(m, bnb.nn.Linear4bit) and n.endswith("base_layer")}
+    quantized = {
+        n.rsplit(".", 2)[-2]
+        for n, m in model.named_modules()
+        if isinstance(m, bnb.nn.Linear4bit) and n.endswith("base_layer")
+    }
     assert quantized == set(models.LORA_TARGETS[arch_type])  # every targeted projection is NF4 underneath
     w = next(m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)).weight
     assert w.quant_state.quant_type == "nf4" and w.dtype == torch.uint8
@@ -113,24 +126,44 @@ def overfit(tmp_path_factory):
     params = load(ROOT / "params.yaml").model_dump(exclude_unset=True)  # as written: a dict to edit
     params["metrics"]["tokenize"] = "whitespace"
     items = ["사과", "우유", "빵", "커피", "책", "가방", "우산", "시계"]
-    pre = pd.DataFrame({"fname": [f"p{i}" for i in range(32)],
-                        "dialogue": [f"#Person1#: {items[i % 8]}를 {i}개 사고 싶어요. #Person2#: {i}000원입니다."
-                                     for i in range(32)],
-                        "summary": [f"#Person1#은 {items[i % 8]}를 {i}개 산다." for i in range(32)]})
-    df = pd.DataFrame({"fname": [f"t{i}" for i in range(8)],
-                       "dialogue": [f"#Person1#: {i}번 방에 {i + 2}시까지 오세요. #Person2#: 네." for i in range(8)],
-                       "summary": [f"#Person1#은 {i}번 방에 오라고 한다." for i in range(8)]})
-    base = {**params["zoo"]["tiny-llama"], "vocab_size": 400, "arch": {"type": "llama", **ARCH},
-            "max_source_len": 64, "max_target_len": 16}
+    pre = pd.DataFrame(
+        {
+            "fname": [f"p{i}" for i in range(32)],
+            "dialogue": [
+                f"#Person1#: {items[i % 8]}를 {i}개 사고 싶어요. #Person2#: {i}000원입니다." for i in range(32)
+            ],
+            "summary": [f"#Person1#은 {items[i % 8]}를 {i}개 산다." for i in range(32)],
+        }
+    )
+    df = pd.DataFrame(
+        {
+            "fname": [f"t{i}" for i in range(8)],
+            "dialogue": [f"#Person1#: {i}번 방에 {i + 2}시까지 오세요. #Person2#: 네." for i in range(8)],
+            "summary": [f"#Person1#은 {i}번 방에 오라고 한다." for i in range(8)],
+        }
+    )
+    base = {
+        **params["zoo"]["tiny-llama"],
+        "vocab_size": 400,
+        "arch": {"type": "llama", **ARCH},
+        "max_source_len": 64,
+        "max_target_len": 16,
+    }
     texts = [*pre["dialogue"], *pre["summary"], *df["dialogue"], *df["summary"]]
     models.build_init(base, texts, tmp / "scratch", seed=0)
     params["zoo"]["tiny-llama"] = base
-    params["training"].update(epochs=30, batch_size=8, eval_every_epochs=30, learning_rate=0.01,
-                              warmup_ratio=0.0, resume="never", weight_decay=0.0)
+    params["training"].update(
+        epochs=30,
+        batch_size=8,
+        eval_every_epochs=30,
+        learning_rate=0.01,
+        warmup_ratio=0.0,
+        resume="never",
+        weight_decay=0.0,
+    )
     train(params, "tiny-llama", 0, pre, pre.iloc[:4], tmp / "scratch", tmp / "hub", tmp / "ckpt0", None, "pre")
 
-    e = {**base, "pretrained": str(tmp / "hub"), "quantization": "4bit",
-         "lora": {"r": 16, "alpha": 32, "dropout": 0.0}}
+    e = {**base, "pretrained": str(tmp / "hub"), "quantization": "4bit", "lora": {"r": 16, "alpha": 32, "dropout": 0.0}}
     params["zoo"]["tiny-llama"] = e
     params["training"].update(epochs=100, eval_every_epochs=100, learning_rate=0.01)
     init = tmp / "init"
@@ -138,8 +171,10 @@ def overfit(tmp_path_factory):
     model, tok = models.load_for_training(e, init, seed=0)
     feats, _ = build_features(df, tok, e)
     with torch.no_grad():
-        before = sum(model(input_ids=torch.tensor([f["input_ids"]]), labels=torch.tensor([f["labels"]])).loss.item()
-                     for f in feats) / len(feats)
+        before = sum(
+            model(input_ids=torch.tensor([f["input_ids"]]), labels=torch.tensor([f["labels"]])).loss.item()
+            for f in feats
+        ) / len(feats)
     out = tmp / "model"
     metrics = train(params, "tiny-llama", 0, df, df, init, out, tmp / "ckpt", None, "sig")
     return {"before": before, "metrics": metrics, "out": out, "df": df, "entry": e}
@@ -163,8 +198,16 @@ def test_generation_returns_only_the_summary(overfit):
     assert family == "causal"
     tok.padding_side = "left"
     df = overfit["df"]
-    texts, lps = generation.summarize(model, tok, family, list(df["dialogue"]), {"num_beams": 1, "max_new_tokens": 16},
-                                      64, batch_size=3, progress=False)
+    texts, lps = generation.summarize(
+        model,
+        tok,
+        family,
+        list(df["dialogue"]),
+        {"num_beams": 1, "max_new_tokens": 16},
+        64,
+        batch_size=3,
+        progress=False,
+    )
     for text in texts:
         assert "### 대화" not in text and "요약하세요" not in text and "#Person2#: 네." not in text
         assert len(tok(text, add_special_tokens=False)["input_ids"]) <= 16

@@ -44,7 +44,7 @@ def _by_hand(pred: list[str], ref: list[str]) -> tuple[float, float, float]:
         return 2 * prec * rec / (prec + rec)
 
     def grams(t, n):
-        return Counter(tuple(t[i:i + n]) for i in range(len(t) - n + 1))
+        return Counter(tuple(t[i : i + n]) for i in range(len(t) - n + 1))
 
     r1 = f1(pred, ref, sum((grams(pred, 1) & grams(ref, 1)).values()))
     p2, q2 = grams(pred, 2), grams(ref, 2)
@@ -58,11 +58,14 @@ def _by_hand(pred: list[str], ref: list[str]) -> tuple[float, float, float]:
     return r1, r2, rl
 
 
-@pytest.mark.parametrize("pred, ref", [
-    ("#Person1#은 내일 오후 3시에 병원 예약을 한다", "#Person1#은 내일 병원 예약을 한다 오후 3시에"),
-    ("가 나 다 라 가 나", "나 다 가 나 라"),
-    ("완전히 다른 문장", "전혀 겹치지 않음"),
-])
+@pytest.mark.parametrize(
+    "pred, ref",
+    [
+        ("#Person1#은 내일 오후 3시에 병원 예약을 한다", "#Person1#은 내일 병원 예약을 한다 오후 3시에"),
+        ("가 나 다 라 가 나", "나 다 가 나 라"),
+        ("완전히 다른 문장", "전혀 겹치지 않음"),
+    ],
+)
 def test_whitespace_mode_equals_rouge_by_hand(pred, ref):
     s = Scorer("whitespace").score([pred], [[ref]])
     r1, r2, rl = _by_hand(pred.split(), ref.split())
@@ -94,14 +97,23 @@ def test_multi_ref_max_and_mean():
 
 
 def test_remove_tokens_before_scoring():
-    s = Scorer("whitespace", remove_tokens=["<s>", "</s>"]).score(["<s> 철수가 학교에 갔다 </s>"], [["철수가 학교에 갔다"]])
+    s = Scorer("whitespace", remove_tokens=["<s>", "</s>"]).score(
+        ["<s> 철수가 학교에 갔다 </s>"], [["철수가 학교에 갔다"]]
+    )
     assert s["rouge1"] == 1.0
 
 
 def test_cli_score_json_last_line(tmp_path, capsys):
-    pd.DataFrame({"fname": ["a", "b"], "summary": ["철수가 학교에 갔다", "비가 온다"]}).to_csv(tmp_path / "p.csv", index=False)
-    pd.DataFrame({"fname": ["b", "a"], "summary1": ["비가 온다", "철수가 학교에 갔다"],
-                  "summary2": ["눈이 온다", "철수는 집에 있다"]}).to_csv(tmp_path / "r.csv", index=False)
+    pd.DataFrame({"fname": ["a", "b"], "summary": ["철수가 학교에 갔다", "비가 온다"]}).to_csv(
+        tmp_path / "p.csv", index=False
+    )
+    pd.DataFrame(
+        {
+            "fname": ["b", "a"],
+            "summary1": ["비가 온다", "철수가 학교에 갔다"],
+            "summary2": ["눈이 온다", "철수는 집에 있다"],
+        }
+    ).to_csv(tmp_path / "r.csv", index=False)
     assert main(["score", str(tmp_path / "p.csv"), str(tmp_path / "r.csv"), "--tokenize", "whitespace"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["rouge1"] == 1.0 and out["n"] == 2

@@ -1,9 +1,17 @@
 from dialsum import generation, models
 
-TEXTS = ["#Person1#: 안녕하세요, 내일 오후 3시에 예약할게요. 전화번호는 #PhoneNumber#입니다.",
-         "#Person2#: 네, 알겠습니다."] * 20
-BART = {"family": "seq2seq", "pretrained": None, "vocab_size": 400, "max_source_len": 64, "max_target_len": 16,
-        "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}}
+TEXTS = [
+    "#Person1#: 안녕하세요, 내일 오후 3시에 예약할게요. 전화번호는 #PhoneNumber#입니다.",
+    "#Person2#: 네, 알겠습니다.",
+] * 20
+BART = {
+    "family": "seq2seq",
+    "pretrained": None,
+    "vocab_size": 400,
+    "max_source_len": 64,
+    "max_target_len": 16,
+    "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
+}
 
 
 def test_tags_are_single_tokens_and_survive_decoding(tmp_path):
@@ -27,11 +35,21 @@ def test_pretrained_path_adds_tags_and_resizes(tmp_path):
     hub = tmp_path / "hub"
     tok = models.train_tokenizer(TEXTS, 400, "seq2seq")
     tok.save_pretrained(hub)
-    cfg = BartConfig(vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1,
-                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-                     decoder_ffn_dim=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                     decoder_start_token_id=tok.eos_token_id)
+    cfg = BartConfig(
+        vocab_size=len(tok),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.eos_token_id,
+    )
     AutoModelForSeq2SeqLM.from_config(cfg).save_pretrained(hub)
     entry = {"family": "seq2seq", "pretrained": str(hub), "max_source_len": 64, "max_target_len": 16}
     init = tmp_path / "init"
@@ -40,8 +58,9 @@ def test_pretrained_path_adds_tags_and_resizes(tmp_path):
     model, tok2 = models.load_for_training(entry, init, seed=0)
     assert len(tok2) == len(tok) + len(models.TAGS)
     assert model.get_input_embeddings().weight.shape[0] >= len(tok2)
-    texts, lps = generation.summarize(model, tok2, "seq2seq", TEXTS[:3], {"num_beams": 2, "max_new_tokens": 5},
-                                      64, progress=False)
+    texts, lps = generation.summarize(
+        model, tok2, "seq2seq", TEXTS[:3], {"num_beams": 2, "max_new_tokens": 5}, 64, progress=False
+    )
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
 
 
@@ -50,8 +69,14 @@ def test_causal_features_mask_prompt_and_keep_summary():
 
     from dialsum.sequences import build_features
 
-    entry = {"family": "causal", "pretrained": None, "vocab_size": 400, "max_source_len": 24, "max_target_len": 12,
-             "arch": {"type": "llama", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}}
+    entry = {
+        "family": "causal",
+        "pretrained": None,
+        "vocab_size": 400,
+        "max_source_len": 24,
+        "max_target_len": 12,
+        "arch": {"type": "llama", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
+    }
     tok = models.train_tokenizer(TEXTS, 400, "causal")
     models.prepare_tokenizer(tok)
     long_dialogue = " ".join(TEXTS[:6])
@@ -74,8 +99,14 @@ import pytest  # noqa: E402
 def test_averaged_generation_is_real_model_averaging(tmp_path, arch, family, monkeypatch):
     """One beam search over the members' weighted log-probs: weight only on B reproduces B's own output,
     two copies of A reproduce A's. The other members decode from their KV caches after the first step."""
-    e = {"family": family, "pretrained": None, "vocab_size": 400, "max_source_len": 64, "max_target_len": 16,
-         "arch": {"type": arch, "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}}
+    e = {
+        "family": family,
+        "pretrained": None,
+        "vocab_size": 400,
+        "max_source_len": 64,
+        "max_target_len": 16,
+        "arch": {"type": arch, "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
+    }
     models.build_init(e, TEXTS, tmp_path / "a", seed=0)
     models.build_init(e, TEXTS, tmp_path / "b", seed=1)
     a, tok, _ = models.load_for_inference(tmp_path / "a")
@@ -84,8 +115,9 @@ def test_averaged_generation_is_real_model_averaging(tmp_path, arch, family, mon
     dialogues = [TEXTS[0], TEXTS[1], TEXTS[0][:30]]
     cached = []
     parents = generation._AveragedLogProbs._parents
-    monkeypatch.setattr(generation._AveragedLogProbs, "_parents",
-                        lambda self, ids: cached.append(parents(self, ids)) or cached[-1])
+    monkeypatch.setattr(
+        generation._AveragedLogProbs, "_parents", lambda self, ids: cached.append(parents(self, ids)) or cached[-1]
+    )
     for beams in (1, 3):
         g = {"num_beams": beams, "max_new_tokens": 8}
         only_b = generation.summarize_averaged([a, b], [0.0, 1.0], tok, family, dialogues, g, 64, progress=False)
@@ -112,14 +144,20 @@ def test_warm_started_encoder_decoder_trains_and_loads_with_plain_transformers(t
     params = load(ROOT / "params.yaml").model_dump(exclude_unset=True)  # as written: a dict to edit
     entry = {**params["zoo"]["minilm2minilm"], "max_source_len": 64, "max_target_len": 16, "freeze_encoder": False}
     params["zoo"]["minilm2minilm"] = entry
-    params["training"].update(epochs=6, batch_size=4, eval_every_epochs=6, resume="never", learning_rate=3e-4,
-                              warmup_ratio=0.0)
+    params["training"].update(
+        epochs=6, batch_size=4, eval_every_epochs=6, resume="never", learning_rate=3e-4, warmup_ratio=0.0
+    )
     params["metrics"]["tokenize"] = "default"
     names = ["Tom", "Anna", "Lee", "Mia", "Sam", "Kim", "Max", "Eva"]
-    df = pd.DataFrame({"fname": [f"e{i}" for i in range(8)],
-                       "dialogue": [f"#Person1#: Hi {n}, can you call me at #PhoneNumber#? #Person2#: Sure, "
-                                    f"after lunch." for n in names],
-                       "summary": [f"#Person2# will call {n} after lunch." for n in names]})
+    df = pd.DataFrame(
+        {
+            "fname": [f"e{i}" for i in range(8)],
+            "dialogue": [
+                f"#Person1#: Hi {n}, can you call me at #PhoneNumber#? #Person2#: Sure, after lunch." for n in names
+            ],
+            "summary": [f"#Person2# will call {n} after lunch." for n in names],
+        }
+    )
     init = tmp_path / "init"
     models.build_init(entry, [], init, seed=0)
     tok = AutoTokenizer.from_pretrained(init)
@@ -144,11 +182,14 @@ def test_warm_started_encoder_decoder_trains_and_loads_with_plain_transformers(t
     enc = tok([df["dialogue"][0]], return_tensors="pt")
     labels = feats[0]["labels"]
     with torch.no_grad():  # teacher-forced: the trained decoder predicts most of its summary
-        logits = plain(**enc, decoder_input_ids=torch.tensor([[plain.config.decoder_start_token_id] + labels[:-1]])).logits
+        logits = plain(
+            **enc, decoder_input_ids=torch.tensor([[plain.config.decoder_start_token_id] + labels[:-1]])
+        ).logits
     right = (logits[0].argmax(-1) == torch.tensor(labels)).float().mean().item()
     assert right >= 0.6, right
-    ids = plain.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=12,
-                         min_new_tokens=3)
+    ids = plain.generate(
+        input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=12, min_new_tokens=3
+    )
     text = generation.decode(tok, ids[0].tolist())
     assert text and "[CLS]" not in text and "[SEP]" not in text, ids
 
@@ -162,8 +203,10 @@ def test_warm_started_encoder_decoder_trains_and_loads_with_plain_transformers(t
     sa, sb = a.state_dict(), b.state_dict()
     enc_keys = [k for k in sa if k.startswith("encoder.")]
     assert enc_keys and all(torch.equal(sa[k], sb[k]) for k in enc_keys)
-    assert not torch.equal(sa["decoder.bert.encoder.layer.0.crossattention.self.query.weight"],
-                           sb["decoder.bert.encoder.layer.0.crossattention.self.query.weight"])
+    assert not torch.equal(
+        sa["decoder.bert.encoder.layer.0.crossattention.self.query.weight"],
+        sb["decoder.bert.encoder.layer.0.crossattention.self.query.weight"],
+    )
 
 
 def test_beam_cache_skipping_cross_attention_reorder_changes_nothing(tmp_path):
@@ -174,8 +217,14 @@ def test_beam_cache_skipping_cross_attention_reorder_changes_nothing(tmp_path):
     models.build_init(BART, TEXTS, tmp_path / "m", seed=0)
     model, tok, _ = models.load_for_inference(tmp_path / "m")
     enc = tok([TEXTS[0], TEXTS[1], TEXTS[0][:25]], return_tensors="pt", padding=True)
-    kw = dict(num_beams=4, max_new_tokens=12, min_new_tokens=12, return_dict_in_generate=True, output_scores=True,
-              no_repeat_ngram_size=2)
+    kw = dict(
+        num_beams=4,
+        max_new_tokens=12,
+        min_new_tokens=12,
+        return_dict_in_generate=True,
+        output_scores=True,
+        no_repeat_ngram_size=2,
+    )
     with torch.no_grad():
         plain = model.generate(**enc, **kw)
         cache = generation.beam_cache(model, 4)

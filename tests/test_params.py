@@ -18,20 +18,23 @@ def test_repo_params_are_valid(root):
     assert any(p.zoo[m].family == "causal" for m in p.models)
 
 
-@pytest.mark.parametrize("edit, needle", [
-    (lambda p: p["training"].update(epoch=3), "training.epoch"),
-    (lambda p: p["training"].update(epochs="five"), "training.epochs"),
-    (lambda p: p["training"].update(epochs=-1), "training.epochs"),
-    (lambda p: p["cv"].update(folds=[0, 7]), "cv.folds[1]"),
-    (lambda p: p.update(models=["tiny-bart", "gpt-17"]), "models[1]"),
-    (lambda p: p["ensemble"].update(strategy="magic"), "ensemble.strategy"),
-    (lambda p: p["zoo"]["tiny-bart"].update(family="rnn"), "zoo.tiny-bart.family"),
-    (lambda p: p.update(unknown_section=1), "unknown_section"),
-    (lambda p: p["data"].update(on_invalid="ignore"), "data.on_invalid"),
-    (lambda p: p["zoo"]["tiny-llama"].update(freeze_encoder=True), "zoo.tiny-llama.freeze_encoder"),
-    (lambda p: p["zoo"]["tiny-bart"].update(training={"epoch": 3}), "zoo.tiny-bart.training.epoch"),
-    (lambda p: p["zoo"]["tiny-bart"].update(training={"epochs": "many"}), "zoo.tiny-bart.training.epochs"),
-])
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda p: p["training"].update(epoch=3), "training.epoch"),
+        (lambda p: p["training"].update(epochs="five"), "training.epochs"),
+        (lambda p: p["training"].update(epochs=-1), "training.epochs"),
+        (lambda p: p["cv"].update(folds=[0, 7]), "cv.folds[1]"),
+        (lambda p: p.update(models=["tiny-bart", "gpt-17"]), "models[1]"),
+        (lambda p: p["ensemble"].update(strategy="magic"), "ensemble.strategy"),
+        (lambda p: p["zoo"]["tiny-bart"].update(family="rnn"), "zoo.tiny-bart.family"),
+        (lambda p: p.update(unknown_section=1), "unknown_section"),
+        (lambda p: p["data"].update(on_invalid="ignore"), "data.on_invalid"),
+        (lambda p: p["zoo"]["tiny-llama"].update(freeze_encoder=True), "zoo.tiny-llama.freeze_encoder"),
+        (lambda p: p["zoo"]["tiny-bart"].update(training={"epoch": 3}), "zoo.tiny-bart.training.epoch"),
+        (lambda p: p["zoo"]["tiny-bart"].update(training={"epochs": "many"}), "zoo.tiny-bart.training.epochs"),
+    ],
+)
 def test_bad_params_name_the_key(params, edit, needle):
     bad = copy.deepcopy(params)
     edit(bad)
@@ -50,7 +53,9 @@ def test_zoo_training_overrides_only_its_model(params):
     bart, llama = for_model(params, "tiny-bart").training, for_model(params, "tiny-llama").training
     assert (bart.epochs, bart.batch_size) == (20, 8)
     assert bart.eval_every_epochs == params["training"]["eval_every_epochs"]  # the rest is inherited
-    assert llama.model_dump(exclude_unset=True) == params["training"] and params["training"]["epochs"] != 20  # the input is not mutated
+    assert (
+        llama.model_dump(exclude_unset=True) == params["training"] and params["training"]["epochs"] != 20
+    )  # the input is not mutated
     params["tune"] = {"model": "tiny-bart"}
     assert settings(params).training.epochs == 20  # a study of tiny-bart trains as its stage does
 
@@ -75,8 +80,9 @@ def test_best_by_picks_the_checkpoint_metric(root, tmp_path):
     p = load(root / "params.yaml")
     by_rouge = _training_args(p, tmp_path, steps_per_epoch=10, eval_steps=5, lr=1e-3)
     assert by_rouge.metric_for_best_model == "rouge_sum" and by_rouge.greater_is_better
-    by_loss = _training_args(override(p, {"training.best_by": "loss"}), tmp_path, steps_per_epoch=10, eval_steps=5,
-                             lr=1e-3)
+    by_loss = _training_args(
+        override(p, {"training.best_by": "loss"}), tmp_path, steps_per_epoch=10, eval_steps=5, lr=1e-3
+    )
     assert by_loss.metric_for_best_model in ("loss", "eval_loss") and not by_loss.greater_is_better
     with pytest.raises(ParamsError, match="training.best_by"):
         override(p, {"training.best_by": "bleu"})
@@ -142,17 +148,25 @@ def test_defaults_live_in_the_typed_config():
     from dialsum.models import lora_settings
     from dialsum.params import Generation, Lora, Metrics, Report, Tune, typed
 
-    minimal = {"models": ["m"], "zoo": {"m": {"family": "seq2seq", "pretrained": "x", "max_source_len": 64,
-                                               "max_target_len": 16}}}
+    minimal = {
+        "models": ["m"],
+        "zoo": {"m": {"family": "seq2seq", "pretrained": "x", "max_source_len": 64, "max_target_len": 16}},
+    }
     p = typed(minimal)
     assert p.generation == Generation() and p.tune == Tune() and p.report == Report()
     kw = generation.generation_kwargs({})
     assert (kw["num_beams"], kw["min_new_tokens"], kw["max_new_tokens"]) == (
-        Generation().num_beams, Generation().min_new_tokens, Generation().max_new_tokens)
+        Generation().num_beams,
+        Generation().min_new_tokens,
+        Generation().max_new_tokens,
+    )
     assert generation.candidate_settings({}).k == 1
     s = Scorer.from_params(minimal)
-    assert (s.tokenizer.mode, s.multi_ref, s.remove_tokens) == (Metrics().tokenize, Metrics().multi_ref,
-                                                                Metrics().remove_tokens)
+    assert (s.tokenizer.mode, s.multi_ref, s.remove_tokens) == (
+        Metrics().tokenize,
+        Metrics().multi_ref,
+        Metrics().remove_tokens,
+    )
     assert report.settings_of(minimal) == Report()
     filled = tuning.settings({**minimal, "tune": {"model": "m"}}).tune
     assert filled.model_dump() == {**Tune().model_dump(), "model": "m"}

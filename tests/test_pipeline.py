@@ -1,4 +1,5 @@
 """End to end: the real dvc.yaml on tiny settings in a throwaway git repo."""
+
 import json
 import os
 import shutil
@@ -13,7 +14,17 @@ import yaml
 from dialsum.cli import main as dialsum
 
 pytestmark = pytest.mark.slow
-COPY = [".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "dvc.yaml", "params.yaml", "stages", "src", "data/sample"]
+COPY = [
+    ".dvc/config",
+    ".dvc/.gitignore",
+    ".dvcignore",
+    ".gitignore",
+    "dvc.yaml",
+    "params.yaml",
+    "stages",
+    "src",
+    "data/sample",
+]
 
 
 # Fake secrets in every run's environment: no output, log or lock may ever contain them.
@@ -21,8 +32,14 @@ SECRETS = {"WANDB_API_KEY": "dialsum-fake-wandb-key-5f3a9c", "HF_TOKEN": "hf_dia
 
 
 def run(cmd, cwd, check=True):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(Path(cwd) / "src"), **SECRETS)
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(Path(cwd) / "src"),
+        **SECRETS,
+    )
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
     if check and p.returncode != 0:
         raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
@@ -39,8 +56,9 @@ def project(tmp_path_factory, root=Path(__file__).resolve().parents[1]):
     for item in COPY:
         src = root / item
         (dst / item).parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst / item,
-                                                            **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}))
+        (shutil.copytree if src.is_dir() else shutil.copy2)(
+            src, dst / item, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {})
+        )
     p = yaml.safe_load((dst / "params.yaml").read_text())
     p["debug"]["subsample"] = 40
     p["training"].update(epochs=2, eval_every_epochs=1)
@@ -54,7 +72,11 @@ def project(tmp_path_factory, root=Path(__file__).resolve().parents[1]):
 def test_repro_builds_every_output(project):
     dst, out = project
     p = yaml.safe_load((dst / "params.yaml").read_text())
-    expected = {"prepare", "ensemble", "tune", "plots", "report"} | {f"init@{m}" for m in p["models"]} | {f"average@{m}" for m in p["models"]}
+    expected = (
+        {"prepare", "ensemble", "tune", "plots", "report"}
+        | {f"init@{m}" for m in p["models"]}
+        | {f"average@{m}" for m in p["models"]}
+    )
     for m in p["models"]:
         for f in p["cv"]["folds"]:
             expected |= {f"train@{m}-{f}", f"predict@{m}-{f}"}
@@ -102,9 +124,17 @@ def test_eval_metric_agrees_with_dialsum_score(project, capsys):
 def test_forced_rerun_is_byte_identical(project):
     """Determinism: re-running training, prediction and the ensemble from scratch gives the same bytes."""
     dst, _ = project
-    files = ["predictions/tiny-bart/0/dev.csv", "predictions/tiny-bart/0/test.csv", "predictions/tiny-bart/0/oof.csv",
-             "metrics/train/tiny-bart-0.json", "metrics/predict/tiny-bart-0.json", "metrics/ensemble.json",
-             "submission.csv", "predictions/ensemble/test.csv", "data/processed/train.csv"]
+    files = [
+        "predictions/tiny-bart/0/dev.csv",
+        "predictions/tiny-bart/0/test.csv",
+        "predictions/tiny-bart/0/oof.csv",
+        "metrics/train/tiny-bart-0.json",
+        "metrics/predict/tiny-bart-0.json",
+        "metrics/ensemble.json",
+        "submission.csv",
+        "predictions/ensemble/test.csv",
+        "data/processed/train.csv",
+    ]
     before = {f: (dst / f).read_bytes() for f in files}
     for stage in ("prepare", "train@tiny-bart-0", "predict@tiny-bart-0", "ensemble"):
         run([sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], dst)
@@ -130,8 +160,14 @@ def test_killed_training_resumes_from_its_checkpoint(project):
     ckpts = dst / "checkpoints/tiny-bart/0"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(dst / "src"))
     try:
-        proc = subprocess.Popen([sys.executable, "stages/train.py", "--model", "tiny-bart", "--fold", "0"], cwd=dst,
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "stages/train.py", "--model", "tiny-bart", "--fold", "0"],
+            cwd=dst,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.time() + 300
         while time.time() < deadline and not list(ckpts.glob("checkpoint-*/trainer_state.json")):
             time.sleep(0.2)
@@ -171,7 +207,10 @@ def test_accelerate_launcher_trains_in_two_gloo_processes(project, tmp_path):
     bs = p["training"]["batch_size"]
     assert metrics["steps"] == -(-rows // (bs * 2)) and metrics["rouge_sum"] >= 0  # 2 ranks split each epoch
     assert (work / "models/tiny-bart/0/model.safetensors").exists()
-    rank0, rank1 = (work / "logs/train@tiny-bart-0.log").read_text(), (work / "logs/train@tiny-bart-0.rank1.log").read_text()
+    rank0, rank1 = (
+        (work / "logs/train@tiny-bart-0.log").read_text(),
+        (work / "logs/train@tiny-bart-0.rank1.log").read_text(),
+    )
     assert "rank 0 of 2 processes" in rank0 and "rank 1 of 2 processes" in rank1
     assert rank0.index("launching 2 processes") < rank0.index("rank 0 of 2")  # one log for the launcher + rank 0
 
@@ -215,8 +254,22 @@ def test_exp_run_changes_metrics(project):
     run([sys.executable, "-m", "dvc", "remote", "add", "-d", "-f", "team", str(dst.parent / "dvc-remote")], dst)
     run("git add -A && git -c user.email=t@t -c user.name=t commit -qm baseline", dst)
     # one source instead of four: the ensemble changes, training is restored from DVC's cache (quick)
-    out = run([sys.executable, "-m", "dvc", "exp", "run", "-n", "llama-fold0", "-S", "models=[tiny-llama]",
-               "-S", "cv.folds=[0]"], dst).stdout
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "run",
+            "-n",
+            "llama-fold0",
+            "-S",
+            "models=[tiny-llama]",
+            "-S",
+            "cv.folds=[0]",
+        ],
+        dst,
+    ).stdout
     assert not any(s.startswith(("train@", "predict@")) for s in stages_run(out))
     show = run([sys.executable, "-m", "dvc", "exp", "show", "--csv"], dst).stdout
     assert "llama-fold0" in show and "rouge_sum" in show
@@ -245,7 +298,9 @@ def test_report_compares_a_revision_with_an_experiment(project):
     assert shown == pytest.approx(want, abs=2e-4)
     assert "models" in page and "paired-bootstrap 95 % interval" in page
     assert run("git status --porcelain && md5sum submission.csv params.yaml", dst).stdout == before  # untouched
-    same = (dst / run(cli + ["llama-fold0", "workspace"], dst).stdout.strip().splitlines()[-1]).read_text(encoding="utf-8")
+    same = (dst / run(cli + ["llama-fold0", "workspace"], dst).stdout.strip().splitlines()[-1]).read_text(
+        encoding="utf-8"
+    )
     assert "<b>+0.0000</b>" in same and "0 dialogues improved, 0 degraded" in same
     bad = run(cli + ["HEAD", "no-such-exp"], dst, check=False)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no-such-exp" in bad.stderr
@@ -262,7 +317,9 @@ def test_team_shares_results_through_a_dvc_remote(project, tmp_path):
     run("git reset -q --hard && git clean -qfd -e models -e predictions -e data -e metrics", dst)
     run(dvc + ["checkout", "-f"], dst)
     assert "team" in run(dvc + ["remote", "list"], dst).stdout
-    run("git -c user.email=t@t -c user.name=t tag -a dialsum-models@v0.1.0 -m register", dst)  # GTO reads annotated tags
+    run(
+        "git -c user.email=t@t -c user.name=t tag -a dialsum-models@v0.1.0 -m register", dst
+    )  # GTO reads annotated tags
     run(["git", "init", "-q", "--bare", str(origin)], dst)
     run(f"git remote add origin {origin} && git push -q origin HEAD:refs/heads/main --tags", dst)
     run(dvc + ["push"], dst)
@@ -272,15 +329,22 @@ def test_team_shares_results_through_a_dvc_remote(project, tmp_path):
     run(dvc + ["pull"], clone)
     assert "up to date" in run(dvc + ["status"], clone).stdout
     assert stages_run(run(dvc + ["repro"], clone).stdout) == set()  # no GPU hour spent twice
-    shared = ["submission.csv", "metrics/ensemble.json", "predictions/ensemble/test.csv",
-              "models/tiny-bart/0/model.safetensors", "data/processed/train.csv"]
+    shared = [
+        "submission.csv",
+        "metrics/ensemble.json",
+        "predictions/ensemble/test.csv",
+        "models/tiny-bart/0/model.safetensors",
+        "data/processed/train.csv",
+    ]
     assert [f for f in shared if (clone / f).read_bytes() != (dst / f).read_bytes()] == []
     for private in ("logs", "wandb", "checkpoints"):  # per machine, never shared
         assert not (clone / private).exists()
 
     got = tmp_path / "artifact"
     run(dvc + ["artifacts", "get", str(dst), "dialsum-models", "--rev", "v0.1.0", "-o", str(got)], tmp_path)
-    assert (got / "tiny-bart/0/model.safetensors").read_bytes() == (dst / "models/tiny-bart/0/model.safetensors").read_bytes()
+    assert (got / "tiny-bart/0/model.safetensors").read_bytes() == (
+        dst / "models/tiny-bart/0/model.safetensors"
+    ).read_bytes()
 
     run(dvc + ["exp", "push", "origin", "llama-fold0"], dst)
     run(dvc + ["exp", "pull", "origin", "llama-fold0"], clone)
@@ -328,9 +392,22 @@ def test_dialsum_summarize_and_env(project, capsys):
     p = yaml.safe_load((dst / "params.yaml").read_text())
     for m in p["models"]:
         out = dst / f"adhoc-{m}.csv"
-        assert dialsum(["summarize", "--model", str(dst / f"models/{m}/{p['cv']['folds'][0]}"),
-                        "--input", str(dst / "data/sample/test.csv"), "--output", str(out),
-                        "--params", str(dst / "params.yaml")]) == 0
+        assert (
+            dialsum(
+                [
+                    "summarize",
+                    "--model",
+                    str(dst / f"models/{m}/{p['cv']['folds'][0]}"),
+                    "--input",
+                    str(dst / "data/sample/test.csv"),
+                    "--output",
+                    str(out),
+                    "--params",
+                    str(dst / "params.yaml"),
+                ]
+            )
+            == 0
+        )
         got = pd.read_csv(out, keep_default_na=False)
         assert list(got["fname"]) == list(pd.read_csv(dst / "data/sample/test.csv")["fname"])
         assert (got["summary"].str.len() > 0).all()
@@ -346,8 +423,9 @@ def test_ensemble_strategies_never_retrain(project):
         out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", f"ensemble.strategy={strategy}"], dst).stdout
         ran = stages_run(out)
         # auto is the default the fixture ran with: DVC may restore its ensemble from the run cache
-        assert (ran or strategy == "auto") and all(s in ("ensemble", "plots", "report") or s.startswith("average@")
-                                                   for s in ran), ran
+        assert (ran or strategy == "auto") and all(
+            s in ("ensemble", "plots", "report") or s.startswith("average@") for s in ran
+        ), ran
         ens = json.loads((dst / "metrics/ensemble.json").read_text())
         assert ens["strategy"] == strategy and {"gain", "best_single", "models", "sources"} <= set(ens)
         if strategy == "stacking":  # fitted on exactly the out-of-fold rows of the folds that ran (and kept
@@ -359,8 +437,21 @@ def test_ensemble_strategies_never_retrain(project):
         # stacking, four sources generate and the stacker is re-fitted from the stored out-of-fold
         # predictions; for weighted_avg, each model's folds are averaged token by token in one beam search
         adhoc = dst / f"adhoc-ensemble-{strategy}.csv"
-        assert dialsum(["summarize", "--ensemble", "--input", str(dst / "data/processed/dev.csv"),
-                        "--output", str(adhoc), "--params", str(dst / "params.yaml")]) == 0
+        assert (
+            dialsum(
+                [
+                    "summarize",
+                    "--ensemble",
+                    "--input",
+                    str(dst / "data/processed/dev.csv"),
+                    "--output",
+                    str(adhoc),
+                    "--params",
+                    str(dst / "params.yaml"),
+                ]
+            )
+            == 0
+        )
         got = pd.read_csv(adhoc, keep_default_na=False)
         stage = pd.read_csv(dst / "predictions/ensemble/dev.csv", keep_default_na=False)
         assert list(got["fname"]) == list(stage["fname"]) and list(got["summary"]) == list(stage["summary"])
@@ -372,8 +463,24 @@ def test_ensemble_strategies_never_retrain(project):
 def test_tta_views_reach_the_ensemble(project):
     dst, _ = project
     # two sources keep it quick; each summarises every dialogue and its views
-    run([sys.executable, "-m", "dvc", "exp", "run", "-S", "tta.strategies=[reorder,mask]", "-S", "tta.num_aug=1",
-         "-S", "ensemble.strategy=majority_vote", "-S", "models=[tiny-bart]"], dst)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "run",
+            "-S",
+            "tta.strategies=[reorder,mask]",
+            "-S",
+            "tta.num_aug=1",
+            "-S",
+            "ensemble.strategy=majority_vote",
+            "-S",
+            "models=[tiny-bart]",
+        ],
+        dst,
+    )
     ens = json.loads((dst / "metrics/ensemble.json").read_text())
     assert {"orig", "reorder-0", "mask-0"} <= set(ens["views"]) and ens["candidates_per_dialogue"] > 2
     dev = pd.read_csv(dst / "predictions/tiny-bart/0/dev.csv", keep_default_na=False)
@@ -398,8 +505,21 @@ def test_candidate_pools_reach_the_ensemble_and_selection_never_regenerates(proj
 def _pools_in_the_pipeline(dst):
     common = ["-S", "models=[tiny-bart]", "-S", "tta.strategies=[]", "-S", "generation.candidates.k=4"]
     for method in ("beam", "diverse", "sample"):
-        out = run([sys.executable, "-m", "dvc", "exp", "run", *common, "-S", f"generation.candidates.method={method}",
-                   "-S", "ensemble.strategy=auto"], dst).stdout
+        out = run(
+            [
+                sys.executable,
+                "-m",
+                "dvc",
+                "exp",
+                "run",
+                *common,
+                "-S",
+                f"generation.candidates.method={method}",
+                "-S",
+                "ensemble.strategy=auto",
+            ],
+            dst,
+        ).stdout
         assert not any(s.startswith("train@") for s in stages_run(out))
         for f in (0, 1):
             dev = pd.read_csv(dst / f"predictions/tiny-bart/{f}/dev.csv", keep_default_na=False)
@@ -410,8 +530,21 @@ def _pools_in_the_pipeline(dst):
         kept = 2 - len(ens["collapsed"]) if len(ens["collapsed"]) < 2 else 2  # all collapsed: all kept
         assert ens["candidates_per_dialogue"] == 4 * kept, ens
         assert ens["auto"]["chosen_on"] == "oof" and ens["auto"]["chosen"] in ens["auto"]["rouge_sum_by_option"]
-    out = run([sys.executable, "-m", "dvc", "exp", "run", *common, "-S", "generation.candidates.method=sample",
-               "-S", "ensemble.strategy=stacking"], dst).stdout
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "run",
+            *common,
+            "-S",
+            "generation.candidates.method=sample",
+            "-S",
+            "ensemble.strategy=stacking",
+        ],
+        dst,
+    ).stdout
     ran = stages_run(out)  # average@ only records that it does not average
     assert "ensemble" in ran and all(s in ("ensemble", "plots", "report") or s.startswith("average@") for s in ran), ran
 
@@ -433,9 +566,28 @@ def test_tune_stage_resumes_its_study_through_dvc(project):
 def test_qlora_gptneox_experiment(project):
     """Issue 4's acceptance line: a 4-bit Polyglot-architecture stand-in through the whole pipeline."""
     dst, _ = project
-    run([sys.executable, "-m", "dvc", "exp", "run", "-n", "qlora", "-S", "models=[tiny-gptneox]",
-         "-S", "cv.folds=[0]", "-S", "zoo.tiny-gptneox.quantization=4bit", "-S", "training.epochs=1",
-         "-S", "generation.max_new_tokens=16"], dst)  # 4-bit generation on a CPU is slow; short is enough
+    run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "run",
+            "-n",
+            "qlora",
+            "-S",
+            "models=[tiny-gptneox]",
+            "-S",
+            "cv.folds=[0]",
+            "-S",
+            "zoo.tiny-gptneox.quantization=4bit",
+            "-S",
+            "training.epochs=1",
+            "-S",
+            "generation.max_new_tokens=16",
+        ],
+        dst,
+    )  # 4-bit generation on a CPU is slow; short is enough
     out = dst / "models/tiny-gptneox/0"
     assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
     ens = json.loads((dst / "metrics/ensemble.json").read_text())
@@ -466,19 +618,55 @@ def test_replicas_run_through_the_pipeline_and_load_in_plain_transformers(projec
     dst, _ = project
     kobart_tok = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kobart-tokenizer"
     for kind in ("kobart", "solar", "polyglot"):
-        run([sys.executable, "-m", "dialsum.cli", "replica", kind, "--out", f"models/replicas/{kind}", "--layers", "1",
-             "--d-model", "64", "--tokenizer", str(kobart_tok)], dst)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "dialsum.cli",
+                "replica",
+                kind,
+                "--out",
+                f"models/replicas/{kind}",
+                "--layers",
+                "1",
+                "--d-model",
+                "64",
+                "--tokenizer",
+                str(kobart_tok),
+            ],
+            dst,
+        )
     names = ["kobart-replica", "solar-replica", "polyglot-replica"]
-    out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", f"models=[{','.join(names)}]", "-S", "cv.folds=[0]",
-               "-S", "training.epochs=1", "-S", "generation.max_new_tokens=12", "-S", "tta.strategies=[]"], dst).stdout
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "run",
+            "-S",
+            f"models=[{','.join(names)}]",
+            "-S",
+            "cv.folds=[0]",
+            "-S",
+            "training.epochs=1",
+            "-S",
+            "generation.max_new_tokens=12",
+            "-S",
+            "tta.strategies=[]",
+        ],
+        dst,
+    ).stdout
     assert {f"init@{m}" for m in names} | {f"{s}@{m}-0" for m in names for s in ("train", "predict")} <= stages_run(out)
     ens = json.loads((dst / "metrics/ensemble.json").read_text())
     assert sorted(ens["sources"]) == sorted(f"{m}/0" for m in names)
     monkeypatch.chdir(dst)  # the adapter names its base by the zoo entry's relative path
     dialogue = pd.read_csv(dst / "data/processed/dev.csv")["dialogue"][0]
-    for name, load in (("kobart-replica", AutoModelForSeq2SeqLM.from_pretrained),
-                       ("solar-replica", AutoPeftModelForCausalLM.from_pretrained),
-                       ("polyglot-replica", AutoModelForCausalLM.from_pretrained)):
+    for name, load in (
+        ("kobart-replica", AutoModelForSeq2SeqLM.from_pretrained),
+        ("solar-replica", AutoPeftModelForCausalLM.from_pretrained),
+        ("polyglot-replica", AutoModelForCausalLM.from_pretrained),
+    ):
         folder = dst / f"models/{name}/0"
         assert (folder / ("adapter_model.safetensors" if name == "solar-replica" else "model.safetensors")).exists()
         model, tok = load(str(folder)).eval(), AutoTokenizer.from_pretrained(folder)
@@ -497,7 +685,22 @@ def test_exp_run_tune_in_a_fresh_clone(tmp_path, root=Path(__file__).resolve().p
     not being in the clone's cache)."""
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(root), str(clone)], tmp_path)
-    out = run([sys.executable, "-m", "dvc", "exp", "run", "tune", "-S", "tune.n_trials=1", "-S", "debug.subsample=40",
-               "-S", "training.epochs=1"], clone)
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "run",
+            "tune",
+            "-S",
+            "tune.n_trials=1",
+            "-S",
+            "debug.subsample=40",
+            "-S",
+            "training.epochs=1",
+        ],
+        clone,
+    )
     assert stages_run(out.stdout) == {"prepare", "tune"}
     assert json.loads((clone / "metrics/tune.json").read_text())["n_trials"] == 1

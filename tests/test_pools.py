@@ -1,5 +1,6 @@
 """Issue 22: candidate pools per member (n-best, diverse beams, sampling) and choosing among them (MBR, a
 reranker, `auto` that is never below the best member on out-of-fold rows)."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,10 +9,18 @@ from dialsum import ensemble as E
 from dialsum import generation, models
 from dialsum.metrics import CachedTokenizer, Scorer
 
-TEXTS = ["#Person1#: 안녕하세요, 내일 오후 3시에 예약할게요. 전화번호는 #PhoneNumber#입니다.",
-         "#Person2#: 네, 예약되었습니다. 성함이 어떻게 되세요?"]
-BART = {"family": "seq2seq", "pretrained": None, "vocab_size": 400, "max_source_len": 64, "max_target_len": 16,
-        "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}}
+TEXTS = [
+    "#Person1#: 안녕하세요, 내일 오후 3시에 예약할게요. 전화번호는 #PhoneNumber#입니다.",
+    "#Person2#: 네, 예약되었습니다. 성함이 어떻게 되세요?",
+]
+BART = {
+    "family": "seq2seq",
+    "pretrained": None,
+    "vocab_size": 400,
+    "max_source_len": 64,
+    "max_target_len": 16,
+    "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
+}
 LLAMA = {**BART, "family": "causal", "arch": {"type": "llama", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}}
 TOK = CachedTokenizer("whitespace")
 
@@ -47,12 +56,12 @@ def test_pools_are_k_candidates_deterministic_and_start_with_the_plain_summary(t
     if method != "beam":  # the extra candidates are not copies of the first
         assert any(len({c[0] for c in p}) > 1 for p in pool)
     if method == "sample":  # another seed, other samples
-        other = generation.summarize_pool(model, tok, family, DIALOGUES,
-                                          {**gen, "candidates": {**gen["candidates"], "seed": 8}}, 64, progress=False)
+        other = generation.summarize_pool(
+            model, tok, family, DIALOGUES, {**gen, "candidates": {**gen["candidates"], "seed": 8}}, 64, progress=False
+        )
         assert [p[1:] for p in other] != [p[1:] for p in pool]
     else:  # beam-based pools do not depend on how the inputs were batched
-        small = generation.summarize_pool(model, tok, family, DIALOGUES, {**gen, "batch_tokens": 1}, 64,
-                                          progress=False)
+        small = generation.summarize_pool(model, tok, family, DIALOGUES, {**gen, "batch_tokens": 1}, 64, progress=False)
         assert [[c[0] for c in p] for p in small] == [[c[0] for c in p] for p in pool]
 
 
@@ -64,7 +73,7 @@ def test_diverse_groups_penalise_what_earlier_groups_chose():
     history: dict = {}
     g0 = generation._HammingDiversity(history, ["a"], 0, 2.0, start=1, num_beams=2)
     scores = torch.zeros(2, 5)
-    g0(torch.tensor([[0], [0]]), scores)            # position 0: nothing recorded yet
+    g0(torch.tensor([[0], [0]]), scores)  # position 0: nothing recorded yet
     assert torch.equal(g0(torch.tensor([[0, 3], [0, 4]]), scores), scores)  # position 1; records 3 and 4
     g1 = generation._HammingDiversity(history, ["a"], 1, 2.0, start=1, num_beams=2)
     out = g1(torch.tensor([[0], [0]]), torch.zeros(2, 5))  # group 1 chooses position 0
@@ -87,15 +96,35 @@ def test_summarize_views_writes_a_candidate_index(tiny):
 
 # --- choosing among pools ---------------------------------------------------------------------------------
 
+
 def pool_frame(fname, rows):
     """rows: (model, fold, candidate, summary, logprob)"""
-    return pd.DataFrame([{"fname": fname, "model": m, "source": f"{m}/{f}", "view": "orig", "candidate": c,
-                          "summary": s, "logprob": lp} for m, f, c, s, lp in rows])
+    return pd.DataFrame(
+        [
+            {
+                "fname": fname,
+                "model": m,
+                "source": f"{m}/{f}",
+                "view": "orig",
+                "candidate": c,
+                "summary": s,
+                "logprob": lp,
+            }
+            for m, f, c, s, lp in rows
+        ]
+    )
 
 
 def test_mbr_over_a_hand_made_pool_picks_the_consensus_and_breaks_ties_by_model_score():
-    c = pool_frame("d", [("a", 0, 0, "철수 가 병원 에 간다", -0.9), ("a", 0, 1, "철수 가 병원 에 간다 오늘", -0.5),
-                         ("a", 0, 2, "영희 가 시장 에 간다", -0.1), ("b", 0, 0, "철수 가 병원 에 간다 내일", -0.7)])
+    c = pool_frame(
+        "d",
+        [
+            ("a", 0, 0, "철수 가 병원 에 간다", -0.9),
+            ("a", 0, 1, "철수 가 병원 에 간다 오늘", -0.5),
+            ("a", 0, 2, "영희 가 시장 에 간다", -0.1),
+            ("b", 0, 0, "철수 가 병원 에 간다 내일", -0.7),
+        ],
+    )
     g = E.build_groups(c, TOK, ["d"])
     out = E.select(g, lambda g: E.weighted_consensus(g.sim, np.ones(len(g.cands))))
     assert out["summary"][0] == "철수 가 병원 에 간다" and out["candidate"][0] == 0  # closest to all others
@@ -106,8 +135,13 @@ def test_mbr_over_a_hand_made_pool_picks_the_consensus_and_breaks_ties_by_model_
 
 def test_pool_features_see_the_dialogue():
     dialogue = "#Person1#: 내일 병원 에 가요 #Person2#: 몇 시 에 가요"
-    c = pool_frame("d", [("a", 0, 0, "#Person1# 이 내일 병원 에 간다", -0.2),
-                         ("a", 0, 1, "#Person3# 이 어제 학교 에 간다 간다 간다", -0.4)])
+    c = pool_frame(
+        "d",
+        [
+            ("a", 0, 0, "#Person1# 이 내일 병원 에 간다", -0.2),
+            ("a", 0, 1, "#Person3# 이 어제 학교 에 간다 간다 간다", -0.4),
+        ],
+    )
     g = E.build_groups(c, TOK, ["d"], {"d": dialogue})[0]
     X = E.candidate_features(g, ["a"], {"a": 1.0}, TOK)
     assert X.shape[0] == 2
@@ -133,10 +167,23 @@ def collapsed_world(n=40, seed=0):
             refs[fname], dialogues[fname] = [ref], f"#Person1#: {ref} #Person2#: 네"
             noisy = ref.split()
             noisy[int(rng.integers(0, 6))] = "음"
-            for m, text in (("good", " ".join(noisy)), ("echo", wrong), ("echo2", wrong + " 요"),
-                            ("flat", "두 사람 이 이야기 한다")):
-                rows.append({"fname": fname, "model": m, "source": f"{m}/0", "view": "orig", "candidate": 0,
-                             "summary": text, "logprob": -1.0})
+            for m, text in (
+                ("good", " ".join(noisy)),
+                ("echo", wrong),
+                ("echo2", wrong + " 요"),
+                ("flat", "두 사람 이 이야기 한다"),
+            ):
+                rows.append(
+                    {
+                        "fname": fname,
+                        "model": m,
+                        "source": f"{m}/0",
+                        "view": "orig",
+                        "candidate": 0,
+                        "summary": text,
+                        "logprob": -1.0,
+                    }
+                )
         frames[split] = pd.DataFrame(rows)
     return frames, refs, dialogues
 
@@ -152,8 +199,18 @@ def test_auto_is_never_below_the_best_member_and_flags_the_collapsed_one():
     models = ["good", "echo", "echo2"]
     oof_scores = {"good/0": 2.0, "echo/0": 0.5, "echo2/0": 0.5}
     cfg = {"crossfit_folds": 5, "blend_trials": 16}
-    out, info = E.combine("auto", cfg, models, {"dev": groups["dev"], "test": groups["test"]}, groups["oof"],
-                          refs, "oof", oof_scores, scorer, 0)
+    out, info = E.combine(
+        "auto",
+        cfg,
+        models,
+        {"dev": groups["dev"], "test": groups["test"]},
+        groups["oof"],
+        refs,
+        "oof",
+        oof_scores,
+        scorer,
+        0,
+    )
     table = info["auto"]["rouge_sum_by_option"]
     best_single = max(v for k, v in table.items() if k.startswith("single:"))
     assert table[info["auto"]["chosen"]] >= best_single and info["auto"]["chosen_on"] == "oof"
@@ -161,8 +218,9 @@ def test_auto_is_never_below_the_best_member_and_flags_the_collapsed_one():
     dev_sum = scorer.score(list(out["dev"]["summary"]), [refs[f] for f in out["dev"]["fname"]])["rouge_sum"]
     mv = E.select(groups["dev"], lambda g: E.weighted_consensus(g.sim, np.ones(len(g.cands))))
     mv_sum = scorer.score(list(mv["summary"]), [refs[f] for f in mv["fname"]])["rouge_sum"]
-    good = scorer.score(list(frames["dev"].query("model == 'good'")["summary"]),
-                        [refs[f] for f in order["dev"]])["rouge_sum"]
+    good = scorer.score(list(frames["dev"].query("model == 'good'")["summary"]), [refs[f] for f in order["dev"]])[
+        "rouge_sum"
+    ]
     assert dev_sum >= good - 1e-9 > mv_sum
 
 
@@ -176,9 +234,18 @@ def test_fitted_strategies_never_see_dev_or_test_references_when_oof_exists(monk
     monkeypatch.setattr(scorer, "per_row", lambda preds, rs: seen.extend(r for x in rs for r in x) or real(preds, rs))
     oof_refs = {f: refs[f] for f in order["oof"]}
     for strategy in ("auto", "stacking", "blending"):
-        out, info = E.combine(strategy, {"crossfit_folds": 4}, ["good", "echo", "echo2", "flat"],
-                              {"dev": groups["dev"], "test": groups["test"]}, groups["oof"], oof_refs, "oof", {},
-                              scorer, 0)
+        out, info = E.combine(
+            strategy,
+            {"crossfit_folds": 4},
+            ["good", "echo", "echo2", "flat"],
+            {"dev": groups["dev"], "test": groups["test"]},
+            groups["oof"],
+            oof_refs,
+            "oof",
+            {},
+            scorer,
+            0,
+        )
         assert len(out["dev"]) == 20 and "crossfitted_on" not in info
     held_out = {r for s in ("dev", "test") for f in order[s] for r in refs[f]}
     assert seen and not (set(seen) & held_out)
@@ -190,10 +257,30 @@ def test_fold_full_only_learns_on_dev_cross_fitted_and_says_so():
     order = {s: list(dict.fromkeys(f["fname"])) for s, f in frames.items()}
     groups = {s: E.build_groups(frames[s], TOK, order[s], dialogues) for s in ("dev", "test")}
     dev_refs = {f: refs[f] for f in order["dev"]}
-    out, info = E.combine("stacking", {"crossfit_folds": 4}, ["good", "echo", "echo2", "flat"], groups,
-                          groups["dev"], dev_refs, "dev", {}, scorer, 0)
+    out, info = E.combine(
+        "stacking",
+        {"crossfit_folds": 4},
+        ["good", "echo", "echo2", "flat"],
+        groups,
+        groups["dev"],
+        dev_refs,
+        "dev",
+        {},
+        scorer,
+        0,
+    )
     assert info["crossfitted_on"].startswith("dev (4 folds") and info["fitted_on"]["dev_dialogues"] == 20
     assert len(out["test"]) == 20
-    out, info = E.combine("auto", {"crossfit_folds": 4}, ["good", "echo", "echo2", "flat"], groups, groups["dev"],
-                          dev_refs, "dev", {}, scorer, 0)
+    out, info = E.combine(
+        "auto",
+        {"crossfit_folds": 4},
+        ["good", "echo", "echo2", "flat"],
+        groups,
+        groups["dev"],
+        dev_refs,
+        "dev",
+        {},
+        scorer,
+        0,
+    )
     assert info["auto"]["chosen_on"].startswith("dev (no out-of-fold rows")

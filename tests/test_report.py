@@ -1,4 +1,5 @@
 """The HTML report: diagnostics on hand-made summaries, and the rendered page read back with html.parser."""
+
 import json
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,9 +22,11 @@ def test_foreign_tags_and_role_swap():
     assert report.foreign_tags(dialogue, "#Person3# books a table for #Person1#.") == ["#Person3#"]
     assert report.foreign_tags(dialogue, "#Person2# books a table for #Person1#.") == []
     refs = [["#Person1# asks #Person2# to book a table for two."]] * 3
-    summaries = ["#Person2# asks #Person1# to book a table for two.",  # roles swapped
-                 "#Person1# asks #Person2# to book a table for two.",  # right
-                 "Someone books a table."]                             # no tags: nothing to swap
+    summaries = [
+        "#Person2# asks #Person1# to book a table for two.",  # roles swapped
+        "#Person1# asks #Person2# to book a table for two.",  # right
+        "Someone books a table.",
+    ]  # no tags: nothing to swap
     flags = report.diagnose([dialogue] * 3, refs, summaries, SCORER, report.Settings())
     assert ["role_swap" in f for f in flags] == [True, False, False]
 
@@ -31,32 +34,44 @@ def test_foreign_tags_and_role_swap():
 def test_role_swap_in_korean_rechooses_particles():
     assert report.swap_roles("#Person1#은 #Person2#에게 책을 빌려준다.") == "#Person2#는 #Person1#에게 책을 빌려준다."
     refs = [["#Person1#은 #Person2#에게 책을 빌려준다."]]
-    flags = report.diagnose(["#Person1#: 책 있어?\n#Person2#: 응."], refs, ["#Person2#는 #Person1#에게 책을 빌려준다."],
-                            Scorer("morpheme"), report.Settings())
+    flags = report.diagnose(
+        ["#Person1#: 책 있어?\n#Person2#: 응."],
+        refs,
+        ["#Person2#는 #Person1#에게 책을 빌려준다."],
+        Scorer("morpheme"),
+        report.Settings(),
+    )
     assert flags == [["role_swap"]]
 
 
 def test_length_empty_repeat_duplicate_and_ratio_checks():
     d = "#Person1#: hi\n#Person2#: hello"
     ref = ["#Person1# greets #Person2# and they talk about the weather today."]  # 11 words
-    summaries = ["#Person1# greets #Person2# about the weather.",                        # fine
-                 "",                                                                    # empty
-                 "the weather is nice the weather is nice today",                       # repeats
-                 "#Person1# greets.",                                                   # too short (2/11)
-                 " ".join(["#Person1# greets #Person2# and they talk about it."] * 3),  # too long, repeats
-                 "#Person1# greets #Person2# about the weather."]                       # duplicate of row 0
+    summaries = [
+        "#Person1# greets #Person2# about the weather.",  # fine
+        "",  # empty
+        "the weather is nice the weather is nice today",  # repeats
+        "#Person1# greets.",  # too short (2/11)
+        " ".join(["#Person1# greets #Person2# and they talk about it."] * 3),  # too long, repeats
+        "#Person1# greets #Person2# about the weather.",
+    ]  # duplicate of row 0
     tokens, limits = [9, 0, 10, 3, 64, 9], [65] * 6
     flags = report.diagnose([d] * 6, [ref] * 6, summaries, SCORER, report.Settings(), tokens, limits)
-    assert flags == [["duplicate"], ["empty"], ["repeats"], ["too_short"],
-                     ["length_limit", "repeats", "too_long"], ["duplicate"]]
+    assert flags == [
+        ["duplicate"],
+        ["empty"],
+        ["repeats"],
+        ["too_short"],
+        ["length_limit", "repeats", "too_long"],
+        ["duplicate"],
+    ]
     # without token counts the length check is skipped, not guessed
     assert "length_limit" not in report.diagnose([d], [ref], [summaries[4]], SCORER, report.Settings())[0]
 
 
 def test_overlap_marks():
     marks = report.overlap_marks("Tom buys a red bag, then leaves.", ["Tom buys a bag."])
-    assert marks == [("Tom", "b"), ("buys", "b"), ("a", "b"), ("red", ""), ("bag,", "u"), ("then", ""),
-                     ("leaves.", "")]
+    assert marks == [("Tom", "b"), ("buys", "b"), ("a", "b"), ("red", ""), ("bag,", "u"), ("then", ""), ("leaves.", "")]
 
 
 def test_paired_bootstrap_brackets_the_mean():
@@ -103,36 +118,84 @@ class Page(HTMLParser):
 
 def _workspace(root: Path) -> dict:
     """A run's outputs, written by hand: 4 dev dialogues, sources a/0 (a pool with token counts) and b/0."""
-    dev = pd.DataFrame({
-        "fname": ["d1", "d2", "d3", "d4"],
-        "dialogue": ["#Person1#: Book a table?\n#Person2#: Sure.", f"#Person1#: {HOSTILE}\n#Person2#: ok",
-                     "#Person1#: hi\n#Person2#: hello", "#Person1#: bye\n#Person2#: bye"],
-        "summary": ["#Person1# asks #Person2# to book a table.", "#Person1# sends a script tag.",
-                    "#Person1# greets #Person2#.", "They say goodbye."],
-        "topic": ["booking", "web", "greeting", "greeting"]})
-    a = pd.DataFrame({"fname": ["d1", "d2", "d3", "d4"], "view": "orig", "candidate": 0,
-                      "summary": ["#Person2# asks #Person1# to book a table.",  # role swap
-                                  f"#Person1# sends {HOSTILE}",
-                                  "#Person3# greets #Person2#.",                # foreign tag
-                                  "They say goodbye."],
-                      "logprob": -0.5, "tokens": [9, 12, 64, 4]})          # d3 at the limit (65 - 1)
-    b = pd.DataFrame({"fname": ["d1", "d2", "d3", "d4"], "view": "orig",
-                      "summary": ["#Person1# asks #Person2# to book a table.", "", "#Person1# greets #Person2#.",
-                                  "They say goodbye."], "logprob": -0.4})
-    ens = pd.DataFrame({"fname": ["d1", "d2", "d3", "d4"],
-                        "summary": [b.summary[0], a.summary[1], a.summary[2], b.summary[3]],
-                        "source": ["b/0", "a/0", "a/0", "b/0"], "view": "orig", "candidate": 0, "score": 1.0})
-    for path, df in (("data/processed/dev.csv", dev), ("predictions/a/0/dev.csv", a),
-                     ("predictions/b/0/dev.csv", b), ("predictions/ensemble/dev.csv", ens)):
+    dev = pd.DataFrame(
+        {
+            "fname": ["d1", "d2", "d3", "d4"],
+            "dialogue": [
+                "#Person1#: Book a table?\n#Person2#: Sure.",
+                f"#Person1#: {HOSTILE}\n#Person2#: ok",
+                "#Person1#: hi\n#Person2#: hello",
+                "#Person1#: bye\n#Person2#: bye",
+            ],
+            "summary": [
+                "#Person1# asks #Person2# to book a table.",
+                "#Person1# sends a script tag.",
+                "#Person1# greets #Person2#.",
+                "They say goodbye.",
+            ],
+            "topic": ["booking", "web", "greeting", "greeting"],
+        }
+    )
+    a = pd.DataFrame(
+        {
+            "fname": ["d1", "d2", "d3", "d4"],
+            "view": "orig",
+            "candidate": 0,
+            "summary": [
+                "#Person2# asks #Person1# to book a table.",  # role swap
+                f"#Person1# sends {HOSTILE}",
+                "#Person3# greets #Person2#.",  # foreign tag
+                "They say goodbye.",
+            ],
+            "logprob": -0.5,
+            "tokens": [9, 12, 64, 4],
+        }
+    )  # d3 at the limit (65 - 1)
+    b = pd.DataFrame(
+        {
+            "fname": ["d1", "d2", "d3", "d4"],
+            "view": "orig",
+            "summary": [
+                "#Person1# asks #Person2# to book a table.",
+                "",
+                "#Person1# greets #Person2#.",
+                "They say goodbye.",
+            ],
+            "logprob": -0.4,
+        }
+    )
+    ens = pd.DataFrame(
+        {
+            "fname": ["d1", "d2", "d3", "d4"],
+            "summary": [b.summary[0], a.summary[1], a.summary[2], b.summary[3]],
+            "source": ["b/0", "a/0", "a/0", "b/0"],
+            "view": "orig",
+            "candidate": 0,
+            "score": 1.0,
+        }
+    )
+    for path, df in (
+        ("data/processed/dev.csv", dev),
+        ("predictions/a/0/dev.csv", a),
+        ("predictions/b/0/dev.csv", b),
+        ("predictions/ensemble/dev.csv", ens),
+    ):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(root / path, index=False)
     scores = {k: 0.5 for k in report.KEYS}
-    metrics = {**scores, "strategy": "auto", "best_single": "b/0", "gain": 0.0, "collapsed": {},
-               "sources": {"a/0": scores, "b/0": scores}}
+    metrics = {
+        **scores,
+        "strategy": "auto",
+        "best_single": "b/0",
+        "gain": 0.0,
+        "collapsed": {},
+        "sources": {"a/0": scores, "b/0": scores},
+    }
     (root / "metrics").mkdir()
     (root / "metrics/ensemble.json").write_text(json.dumps(metrics))
-    return stand_in_params(["a", "b"], metrics={"tokenize": "whitespace"}, generation={"max_new_tokens": 100},
-                           report={"worst_n": 2})
+    return stand_in_params(
+        ["a", "b"], metrics={"tokenize": "whitespace"}, generation={"max_new_tokens": 100}, report={"worst_n": 2}
+    )
 
 
 def test_page_has_every_row_and_source_escapes_text_and_counts_diagnostics(tmp_path):
@@ -148,9 +211,17 @@ def test_page_has_every_row_and_source_escapes_text_and_counts_diagnostics(tmp_p
     assert page.scripts == 1 and "<script>alert" not in html and html.count("&lt;script&gt;alert") >= 3
     assert "".join(page.text).count(HOSTILE) >= 2 and "src=x onerror" not in html.replace("&lt;img src=x onerror", "")
     # b/0 has no token counts and no tokenizer here: its length check is skipped, a/0's uses the pool's column
-    expected = {("role_swap", "a/0"): 1, ("foreign_tag", "a/0"): 1, ("length_limit", "a/0"): 1,
-                ("empty", "b/0"): 1, ("role_swap", "b/0"): 0, ("foreign_tag", "ensemble"): 1,
-                ("length_limit", "ensemble"): 1, ("empty", "ensemble"): 0, ("role_swap", "ensemble"): 0}
+    expected = {
+        ("role_swap", "a/0"): 1,
+        ("foreign_tag", "a/0"): 1,
+        ("length_limit", "a/0"): 1,
+        ("empty", "b/0"): 1,
+        ("role_swap", "b/0"): 0,
+        ("foreign_tag", "ensemble"): 1,
+        ("length_limit", "ensemble"): 1,
+        ("empty", "ensemble"): 0,
+        ("role_swap", "ensemble"): 0,
+    }
     assert {k: page.counts[k] for k in expected} == expected
     assert {r["fname"]: r["flags"] for r in page.rows}["d3"] == ["foreign_tag", "length_limit"]
     # the table's per-row ROUGE is the metrics' scorer: its mean is the corpus score

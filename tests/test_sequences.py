@@ -4,6 +4,7 @@ KoBART's released tokenizer (../shared/fixtures/kobart-tokenizer) adds no </s>; 
 carry their checkpoints' special-token behaviour. Every family must get labels ending in exactly one EOS,
 tags that round-trip glued to their particles, and a model that learns to stop.
 """
+
 import copy
 import inspect
 
@@ -16,16 +17,21 @@ from dialsum import models, replica, sequences
 KOBART_TOKENIZER = ROOT.parent / "shared" / "fixtures" / "kobart-tokenizer"
 SAMPLE = pd.read_csv(ROOT / "data" / "sample" / "train.csv", dtype=str, keep_default_na=False)
 TEXTS = list(SAMPLE["dialogue"]) + list(SAMPLE["summary"])
-GLUED = ["#Person1#과 #Person2#는 내일 만나기로 했다.", "#Person2#가 #Person1#에게 #PhoneNumber#로 연락한다.",
-         "안녕 #Person1#의 친구, #Address#에서 보자."]
+GLUED = [
+    "#Person1#과 #Person2#는 내일 만나기로 했다.",
+    "#Person2#가 #Person1#에게 #PhoneNumber#로 연락한다.",
+    "안녕 #Person1#의 친구, #Address#에서 보자.",
+]
 
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory):
     """Narrow replicas of the three families (the published tokenizer conventions, random weights)."""
     root = tmp_path_factory.mktemp("replicas")
-    return {kind: replica.build(kind, root / kind, TEXTS, layers=2, d_model=128, tokenizer_path=KOBART_TOKENIZER)
-            for kind in replica.KINDS}
+    return {
+        kind: replica.build(kind, root / kind, TEXTS, layers=2, d_model=128, tokenizer_path=KOBART_TOKENIZER)
+        for kind in replica.KINDS
+    }
 
 
 def init_tokenizer(path, tmp):
@@ -45,14 +51,20 @@ def test_replica_tokenizers_have_the_checkpoints_conventions(replicas):
     assert kobart("안녕하세요")["input_ids"][0] not in (kobart.bos_token_id, kobart.eos_token_id)  # adds nothing
     assert (kobart.bos_token_id, kobart.eos_token_id, kobart.pad_token_id) == (0, 1, 3)
     cfg = AutoConfig.from_pretrained(replicas["kobart"])
-    assert (cfg.d_model, cfg.vocab_size, cfg.decoder_start_token_id, cfg.max_position_embeddings) == (128, 30000, 1, 1026)
+    assert (cfg.d_model, cfg.vocab_size, cfg.decoder_start_token_id, cfg.max_position_embeddings) == (
+        128,
+        30000,
+        1,
+        1026,
+    )
 
     solar = AutoTokenizer.from_pretrained(replicas["solar"])
     ids = solar("안녕하세요")["input_ids"]
     assert ids[0] == solar.bos_token_id == 1 and ids[-1] != solar.eos_token_id == 2  # BOS added, no EOS
     assert solar.pad_token is None and solar.unk_token_id == 0
-    assert "### Assistant:" in solar.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
-                                                         add_generation_prompt=True)
+    assert "### Assistant:" in solar.apply_chat_template(
+        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
+    )
     cfg = AutoConfig.from_pretrained(replicas["solar"])
     assert (cfg.model_type, cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id) == ("llama", 32000, 1, 2)
 
@@ -104,13 +116,15 @@ def post_processor_variants():
     base = models.train_tokenizer(TEXTS, 800, "seq2seq")
     out = {}
     for name, (bos, eos) in {"none": ("<s>", "</s>"), "bart": ("<s>", "</s>"), "bert": ("[CLS]", "[SEP]")}.items():
-        tok = PreTrainedTokenizerFast(tokenizer_object=copy.deepcopy(base.backend_tokenizer), pad_token="<pad>",
-                                      unk_token="<unk>")
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=copy.deepcopy(base.backend_tokenizer), pad_token="<pad>", unk_token="<unk>"
+        )
         tok.add_special_tokens({"bos_token": bos, "eos_token": eos})
         b, e = tok.convert_tokens_to_ids([bos, eos])
         single = {"none": "$A", "bart": f"{bos} $A {eos}", "bert": f"{bos} $A {eos}"}[name]
         tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-            single=single, special_tokens=[(bos, b), (eos, e)])
+            single=single, special_tokens=[(bos, b), (eos, e)]
+        )
         sequences.prepare_tokenizer(tok)
         out[name] = tok
     return out
@@ -178,8 +192,11 @@ def test_features_carry_only_keys_the_model_accepts(replicas, tmp_path):
     assert set(feats[0]) == {"input_ids", "attention_mask", "labels"}
     assert "token_type_ids" not in inspect.signature(bart.forward).parameters
 
-    for kind, cls, family in (("kobart", AutoModelForSeq2SeqLM, "seq2seq"), ("solar", AutoModelForCausalLM, "causal"),
-                              ("polyglot", AutoModelForCausalLM, "causal")):
+    for kind, cls, family in (
+        ("kobart", AutoModelForSeq2SeqLM, "seq2seq"),
+        ("solar", AutoModelForCausalLM, "causal"),
+        ("polyglot", AutoModelForCausalLM, "causal"),
+    ):
         tok = init_tokenizer(replicas[kind], tmp_path / kind)
         model = cls.from_pretrained(replicas[kind])
         entry = {"family": family, "pretrained": str(replicas[kind]), "max_source_len": 64, "max_target_len": 16}
@@ -192,9 +209,18 @@ def overfit_params(kind):
     from dialsum.params import load
 
     params = load(ROOT / "params.yaml").model_dump(exclude_unset=True)  # as written: a dict to edit
-    params["training"].update(epochs=80, batch_size=8, eval_every_epochs=80, resume="never", learning_rate=3e-3,
-                              warmup_ratio=0.0, label_smoothing=0.0, early_stopping_patience=0, best_by="loss",
-                              lr_scheduler="constant")
+    params["training"].update(
+        epochs=80,
+        batch_size=8,
+        eval_every_epochs=80,
+        resume="never",
+        learning_rate=3e-3,
+        warmup_ratio=0.0,
+        label_smoothing=0.0,
+        early_stopping_patience=0,
+        best_by="loss",
+        lr_scheduler="constant",
+    )
     params["metrics"]["tokenize"] = "whitespace"
     return params
 
@@ -208,8 +234,15 @@ def test_overfit_each_family_reproduces_its_references_and_stops(replicas, kind,
     from dialsum.training import train
 
     rows = SAMPLE.head(8).reset_index(drop=True)
-    entry = {"family": family, "pretrained": str(replicas[kind]), "max_source_len": 96, "max_target_len": 48,
-             "lora": None, "quantization": "none", "trust_remote_code": False}
+    entry = {
+        "family": family,
+        "pretrained": str(replicas[kind]),
+        "max_source_len": 96,
+        "max_target_len": 48,
+        "lora": None,
+        "quantization": "none",
+        "trust_remote_code": False,
+    }
     params = overfit_params(kind)
     params["zoo"][f"{kind}-replica"] = entry
     init = tmp_path / "init"
@@ -219,7 +252,8 @@ def test_overfit_each_family_reproduces_its_references_and_stops(replicas, kind,
     model, tok, fam = models.load_for_inference(out, entry)
     assert fam == family
     tok.padding_side = "left"
-    preds, _ = generation.summarize(model, tok, family, list(rows["dialogue"]), {"num_beams": 1, "max_new_tokens": 60},
-                                    96, progress=False)
+    preds, _ = generation.summarize(
+        model, tok, family, list(rows["dialogue"]), {"num_beams": 1, "max_new_tokens": 60}, 96, progress=False
+    )
     misses = [(p, r) for p, r in zip(preds, rows["summary"]) if p != " ".join(r.split())]
     assert not misses, f"{len(misses)} of 8 differ, e.g. {misses[:2]}"

@@ -1,4 +1,5 @@
 """W&B with no account and no network: the run logs offline, is finished, and leaks no secret."""
+
 import time
 
 import pandas as pd
@@ -17,14 +18,23 @@ def _tiny_run(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     params = load(ROOT / "params.yaml").model_dump(exclude_unset=True)  # as written: a dict to edit
     params["tracking"]["wandb"].update(enabled=True, tags=["unit"], group="g1", mode="auto")
-    e = {**params["zoo"]["tiny-bart"], "vocab_size": 300, "max_source_len": 48, "max_target_len": 12,
-         "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}}
+    e = {
+        **params["zoo"]["tiny-bart"],
+        "vocab_size": 300,
+        "max_source_len": 48,
+        "max_target_len": 12,
+        "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
+    }
     params["zoo"]["tiny-bart"] = e
     params["training"].update(epochs=2, batch_size=4, eval_every_epochs=1, resume="never")
     params["metrics"]["tokenize"] = "whitespace"
-    df = pd.DataFrame({"fname": [f"t{i}" for i in range(8)],
-                       "dialogue": [f"#Person1#: {i}번 방에 오세요. #Person2#: 네." for i in range(8)],
-                       "summary": [f"#Person1#은 {i}번 방에 오라고 한다." for i in range(8)]})
+    df = pd.DataFrame(
+        {
+            "fname": [f"t{i}" for i in range(8)],
+            "dialogue": [f"#Person1#: {i}번 방에 오세요. #Person2#: 네." for i in range(8)],
+            "summary": [f"#Person1#은 {i}번 방에 오라고 한다." for i in range(8)],
+        }
+    )
     models.build_init(e, list(df["dialogue"]) + list(df["summary"]), tmp_path / "init", seed=0)
     return params, df
 

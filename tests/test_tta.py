@@ -1,4 +1,5 @@
 """TTA / augmentation transforms: invertibility, tags kept, seeded, and the paraphrase guard."""
+
 import random
 
 import pytest
@@ -7,8 +8,10 @@ from dialsum import tta
 from dialsum.data import TAG_RE
 from dialsum.params import ParamsError
 
-D = ("#Person1#: 음, 이번 과학 시험 몇 점 받았어?\n#Person2#: 87점 받았어. 글쎄요, 생각보다 낮아서 속상해.\n"
-     "#Person3#: 어, 정말요? 전화번호는 #PhoneNumber#예요.\n#Person1#: 네, 알겠습니다. 내일 전화할게.")
+D = (
+    "#Person1#: 음, 이번 과학 시험 몇 점 받았어?\n#Person2#: 87점 받았어. 글쎄요, 생각보다 낮아서 속상해.\n"
+    "#Person3#: 어, 정말요? 전화번호는 #PhoneNumber#예요.\n#Person1#: 네, 알겠습니다. 내일 전화할게."
+)
 S = "#Person2#는 과학 시험에서 87점을 받아 속상해하고, #Person1#과 #Person3#은 내일 통화하기로 한다."
 
 
@@ -26,8 +29,10 @@ def test_reorder_permutes_identities_only_and_inverts_with_particles():
 
 
 def test_particles_follow_the_tag_number():
-    assert tta.fix_particles("#Person2#은 #Person1#는 #Person3#가 #Person6#와 #Person1#으로 #Person2#을") == \
-        "#Person2#는 #Person1#은 #Person3#이 #Person6#과 #Person1#로 #Person2#를"
+    assert (
+        tta.fix_particles("#Person2#은 #Person1#는 #Person3#가 #Person6#와 #Person1#으로 #Person2#을")
+        == "#Person2#는 #Person1#은 #Person3#이 #Person6#과 #Person1#로 #Person2#를"
+    )
     assert tta.fix_particles("#Person2#이다") == "#Person2#이다"  # not a particle: a following syllable
 
 
@@ -78,9 +83,13 @@ def test_training_augmentation_never_leaks_into_its_own_fold():
 
     from dialsum.data import assign_folds, split_fold
 
-    train = pd.DataFrame({"fname": [f"t{i}" for i in range(20)],
-                          "dialogue": [f"#Person1#: 음, {i}번 방 예약할게요.\n#Person2#: 네, 알겠습니다." for i in range(20)],
-                          "summary": [f"#Person1#은 {i}번 방을 예약한다." for i in range(20)]})
+    train = pd.DataFrame(
+        {
+            "fname": [f"t{i}" for i in range(20)],
+            "dialogue": [f"#Person1#: 음, {i}번 방 예약할게요.\n#Person2#: 네, 알겠습니다." for i in range(20)],
+            "summary": [f"#Person1#은 {i}번 방을 예약한다." for i in range(20)],
+        }
+    )
     train["fold"] = assign_folds(train, 4, seed=0)
     aug = tta.augment_rows(train, {"strategies": ["reorder", "mask"], "factor": 1}, seed=0)
     assert len(aug) == 40 and set(aug["orig_fname"]) == set(train["fname"])

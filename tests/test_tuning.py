@@ -1,4 +1,5 @@
 """Optuna study: search space checks, pruning, resume, every sampler and pruner, two workers, apply."""
+
 import os
 import shutil
 import subprocess
@@ -38,7 +39,9 @@ def small_data(tmp_path_factory):
 
 
 def test_search_space_mistakes_are_one_line_params_errors():
-    with pytest.raises(ParamsError, match="tune.search_space.training.learning_rat .*unknown key training.learning_rat"):
+    with pytest.raises(
+        ParamsError, match="tune.search_space.training.learning_rat .*unknown key training.learning_rat"
+    ):
         tuning.check_space(base_params(search_space={"training.learning_rat": {"low": 1e-4, "high": 1e-3}}))
     with pytest.raises(ParamsError, match="low <= high"):
         tuning.check_space(base_params(search_space={"training.learning_rate": {"low": 1e-2, "high": 1e-3}}))
@@ -53,8 +56,9 @@ def test_search_space_mistakes_are_one_line_params_errors():
 def test_overrides_follow_params_key_paths():
     p = base_params()
     # a zoo name with a dot, and a null lora block that becomes a mapping
-    out = tuning.apply_overrides(p, {"zoo.solar-10.7b.lora.r": 64, "zoo.tiny-bart.lora.r": 8,
-                                     "training.learning_rate": 0.01})
+    out = tuning.apply_overrides(
+        p, {"zoo.solar-10.7b.lora.r": 64, "zoo.tiny-bart.lora.r": 8, "training.learning_rate": 0.01}
+    )
     assert out.zoo["solar-10.7b"].lora.r == 64 and out.zoo["solar-10.7b"].lora.alpha == 32
     assert out.zoo["tiny-bart"].lora.model_dump(exclude_unset=True) == {"r": 8}
     assert out.training.learning_rate == 0.01 and p.training.learning_rate is None
@@ -66,17 +70,24 @@ def test_study_identity(small_data):
     p = base_params()
     name = tuning.study_name(p, train_df, val_df)
     assert name.startswith("tiny-bart-fold0-")
-    more = override(p, {"tune.n_trials": 50, "tune.timeout": 60, "tune.n_jobs": 2,
-                        "tune.enqueue": [{"training.learning_rate": 0.01}]})
+    more = override(
+        p,
+        {"tune.n_trials": 50, "tune.timeout": 60, "tune.n_jobs": 2, "tune.enqueue": [{"training.learning_rate": 0.01}]},
+    )
     assert tuning.study_name(more, train_df, val_df) == name  # how many / where: same study, resumed
-    for change in ({"sampler": "gp"}, {"train_rows": 7}, {"search_space": {"training.warmup_ratio": {"low": 0, "high": 1}}}):
+    for change in (
+        {"sampler": "gp"},
+        {"train_rows": 7},
+        {"search_space": {"training.warmup_ratio": {"low": 0, "high": 1}}},
+    ):
         other = override(p, {f"tune.{k}": v for k, v in change.items()})
         assert tuning.study_name(other, train_df, val_df) != name, change
     assert tuning.study_name(p, train_df.iloc[:-1], val_df) != name  # other data, other study
     beams = override(p, {"generation.num_beams": p.generation.num_beams + 3})
     assert tuning.study_name(beams, train_df, val_df) == name  # generation is not part of this objective...
-    gen = override(p, {"tune.search_space": {**p.tune.search_space,
-                                             "generation.length_penalty": {"low": 0.5, "high": 2.0}}})
+    gen = override(
+        p, {"tune.search_space": {**p.tune.search_space, "generation.length_penalty": {"low": 0.5, "high": 2.0}}}
+    )
     gen_beams = override(gen, {"generation.num_beams": p.generation.num_beams + 3})
     assert tuning.study_name(gen_beams, train_df, val_df) != tuning.study_name(gen, train_df, val_df)  # ...unless tuned
     named = override(p, {"tune.study_name": "mine"})
@@ -94,18 +105,23 @@ def test_bad_trial_is_pruned_and_the_study_resumes(small_data, tmp_path):
     train_df, val_df, init = small_data
     storage = f"sqlite:///{tmp_path}/study.db"
     space = {"training.learning_rate": {"type": "float", "low": 1e-8, "high": 1e-2, "log": True}}
-    p = base_params(search_space=space, sampler="random", pruner="median", n_startup_trials=1, n_warmup_steps=2,
-                    epochs=6, enqueue=[{"training.learning_rate": 0.01}])
-    study = tuning.run_study(p, train_df, val_df, init, tmp_path / "work", n_trials=1, storage=storage,
-                             progress=False)
+    p = base_params(
+        search_space=space,
+        sampler="random",
+        pruner="median",
+        n_startup_trials=1,
+        n_warmup_steps=2,
+        epochs=6,
+        enqueue=[{"training.learning_rate": 0.01}],
+    )
+    study = tuning.run_study(p, train_df, val_df, init, tmp_path / "work", n_trials=1, storage=storage, progress=False)
     good = study.trials[0]
     assert good.state == optuna.trial.TrialState.COMPLETE and good.value > 0
     assert sorted(good.intermediate_values) == [1, 2, 3, 4, 5, 6]  # a report after every epoch
 
     # Re-run with a larger study: the same study grows by one trial, built to be bad (no learning).
     p = override(p, {"tune.enqueue": [{"training.learning_rate": 0.01}, {"training.learning_rate": 1e-8}]})
-    study = tuning.run_study(p, train_df, val_df, init, tmp_path / "work", n_trials=2, storage=storage,
-                             progress=False)
+    study = tuning.run_study(p, train_df, val_df, init, tmp_path / "work", n_trials=2, storage=storage, progress=False)
     assert [t.number for t in study.trials] == [0, 1]
     assert study.trials[0].params == good.params and study.trials[0].value == good.value
     bad = study.trials[1]
@@ -115,8 +131,7 @@ def test_bad_trial_is_pruned_and_the_study_resumes(small_data, tmp_path):
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())  # scratch cleaned
 
     # Same n_trials again: nothing to do.
-    again = tuning.run_study(p, train_df, val_df, init, tmp_path / "work", n_trials=2, storage=storage,
-                             progress=False)
+    again = tuning.run_study(p, train_df, val_df, init, tmp_path / "work", n_trials=2, storage=storage, progress=False)
     assert len(again.trials) == 2
 
     summary = tuning.write_outputs(study, p, tmp_path / "out", tmp_path / "tune.json")
@@ -126,16 +141,20 @@ def test_bad_trial_is_pruned_and_the_study_resumes(small_data, tmp_path):
     assert (tmp_path / "out/plots/optimization_history.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("sampler,pruner", [("tpe", "median"), ("gp", "percentile"), ("cmaes", "hyperband"),
-                                            ("random", "none")])
+@pytest.mark.parametrize(
+    "sampler,pruner", [("tpe", "median"), ("gp", "percentile"), ("cmaes", "hyperband"), ("random", "none")]
+)
 def test_every_sampler_and_pruner_runs(small_data, tmp_path, sampler, pruner):
     train_df, val_df, init = small_data
-    space = {"training.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-             "training.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
-             "model.lora.r": {"type": "categorical", "choices": [4, 8]}}
+    space = {
+        "training.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+        "training.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
+        "model.lora.r": {"type": "categorical", "choices": [4, 8]},
+    }
     p = base_params(search_space=space, sampler=sampler, pruner=pruner, epochs=2, train_rows=24, val_rows=8)
-    study = tuning.run_study(p, train_df, val_df, init, tmp_path / "w", n_trials=2,
-                             storage=f"sqlite:///{tmp_path}/s.db", progress=False)
+    study = tuning.run_study(
+        p, train_df, val_df, init, tmp_path / "w", n_trials=2, storage=f"sqlite:///{tmp_path}/s.db", progress=False
+    )
     assert len(study.trials) == 2
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
     assert all(t.params["zoo.tiny-bart.lora.r"] in (4, 8) for t in study.trials)
@@ -143,12 +162,15 @@ def test_every_sampler_and_pruner_runs(small_data, tmp_path, sampler, pruner):
 
 def test_best_params_apply_back_to_params(small_data, tmp_path):
     train_df, val_df, init = small_data
-    space = {"training.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-             "model.lora.r": {"type": "categorical", "choices": [4, 8]},
-             "generation.num_beams": {"type": "int", "low": 1, "high": 2}}
+    space = {
+        "training.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+        "model.lora.r": {"type": "categorical", "choices": [4, 8]},
+        "generation.num_beams": {"type": "int", "low": 1, "high": 2},
+    }
     p = base_params(search_space=space, sampler="random", pruner="none", epochs=1, train_rows=16, val_rows=8)
-    study = tuning.run_study(p, train_df, val_df, init, tmp_path / "w", n_trials=2,
-                             storage=f"sqlite:///{tmp_path}/s.db", progress=False)
+    study = tuning.run_study(
+        p, train_df, val_df, init, tmp_path / "w", n_trials=2, storage=f"sqlite:///{tmp_path}/s.db", progress=False
+    )
     tuning.write_outputs(study, p, tmp_path / "tuning", tmp_path / "tune.json")
     best_file = tmp_path / "tuning/best_params.yaml"
     nested = yaml.safe_load(best_file.read_text())
@@ -178,8 +200,10 @@ def test_two_workers_share_one_study(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT / "src"))
     subprocess.run([sys.executable, "stages/prepare.py"], cwd=tmp_path, env=env, check=True, capture_output=True)
     cmd = [sys.executable, "-m", "dialsum.cli", "tune", "worker"]
-    workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]
+    workers = [
+        subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [w.communicate(timeout=600) for w in workers]
     assert all(w.returncode == 0 for w in workers), [o[1][-2000:] for o in outs]
     storage = f"sqlite:///{tmp_path}/tuning/study.db"
@@ -191,6 +215,7 @@ def test_two_workers_share_one_study(tmp_path):
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
     logs = sorted((tmp_path / "logs").glob("tune@worker-*.log"))
-    ran = [sum("finished with value" in line or "rouge_sum" in line for line in f.read_text().splitlines())
-           for f in logs]
+    ran = [
+        sum("finished with value" in line or "rouge_sum" in line for line in f.read_text().splitlines()) for f in logs
+    ]
     assert len(logs) == 2 and all(n > 0 for n in ran), ran  # both workers did trials

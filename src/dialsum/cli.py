@@ -1,4 +1,5 @@
 """``dialsum`` command line: sample, score, summarize, env, tiny-models, replica, memory, tune, report."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,10 +28,12 @@ def cmd_score(a) -> int:
         missing_pred = sorted(set(ref["fname"]) - set(pred["fname"]))
         missing_ref = sorted(set(pred["fname"]) - set(ref["fname"]))
         if missing_pred or missing_ref:
-            side, names, where = ((a.pred, missing_pred, "in predictions") if missing_pred
-                                  else (a.ref, missing_ref, "in references"))
-            raise DataError(f"{side}: {len(names)} fname(s) missing {where}, e.g. {names[0]!r}; "
-                            "refusing to score a partial set")
+            side, names, where = (
+                (a.pred, missing_pred, "in predictions") if missing_pred else (a.ref, missing_ref, "in references")
+            )
+            raise DataError(
+                f"{side}: {len(names)} fname(s) missing {where}, e.g. {names[0]!r}; refusing to score a partial set"
+            )
         if pred["fname"].duplicated().any():
             raise DataError(f"{a.pred}: duplicate fname {pred['fname'][pred['fname'].duplicated()].iloc[0]!r}")
         ref = ref.set_index("fname").loc[list(pred["fname"])].reset_index()
@@ -85,8 +88,9 @@ def cmd_summarize(a) -> int:
             params = load(a.params)
             if a.num_beams:
                 params = override(params, {"generation.num_beams": a.num_beams})
-            out, info = summarize_new(params, df.assign(dialogue=[clean_text(d) for d in df["dialogue"]]),
-                                      Path(a.params).resolve().parent)
+            out, info = summarize_new(
+                params, df.assign(dialogue=[clean_text(d) for d in df["dialogue"]]), Path(a.params).resolve().parent
+            )
         except (ParamsError, DataError, FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -107,8 +111,9 @@ def cmd_summarize(a) -> int:
     model, tok, family = models.load_for_inference(Path(a.model))
     tok.padding_side = "left"
     dialogues = [clean_text(d) for d in df["dialogue"]]
-    texts, _ = generation.summarize(model, tok, family, dialogues, gen, a.max_source_len,
-                                    a.batch_size or gen.batch_size, desc="summarize")
+    texts, _ = generation.summarize(
+        model, tok, family, dialogues, gen, a.max_source_len, a.batch_size or gen.batch_size, desc="summarize"
+    )
     write_csv(a.output, pd.DataFrame({"fname": df["fname"], "summary": texts}))
     print(f"{len(texts)} summaries -> {a.output}")
     return 0
@@ -120,17 +125,27 @@ def cmd_env(a) -> int:
 
     import torch
 
-    rows = [("python", platform.python_version()), ("platform", platform.platform()),
-            ("torch", torch.__version__), ("cuda available", torch.cuda.is_available())]
+    rows = [
+        ("python", platform.python_version()),
+        ("platform", platform.platform()),
+        ("torch", torch.__version__),
+        ("cuda available", torch.cuda.is_available()),
+    ]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             rows.append((f"gpu {i}", f"{p.name}, {p.total_memory / 2**30:.1f} GiB, capability {p.major}.{p.minor}"))
-        rows += [("cuda", torch.version.cuda), ("bf16 supported", torch.cuda.is_bf16_supported()),
-                 ("fp16 supported", True)]
+        rows += [
+            ("cuda", torch.version.cuda),
+            ("bf16 supported", torch.cuda.is_bf16_supported()),
+            ("fp16 supported", True),
+        ]
     else:
-        rows += [("gpu", "none (CPU only: training runs in fp32)"), ("bf16 supported", False),
-                 ("fp16 supported", False)]
+        rows += [
+            ("gpu", "none (CPU only: training runs in fp32)"),
+            ("bf16 supported", False),
+            ("fp16 supported", False),
+        ]
     try:
         import bitsandbytes as bnb
 
@@ -143,8 +158,11 @@ def cmd_env(a) -> int:
             rows.append((pkg, md.version(pkg)))
         except md.PackageNotFoundError:
             rows.append((pkg, "not installed"))
-    mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else (
-        "fp16" if torch.cuda.is_available() else "no (fp32)")
+    mp = (
+        "bf16"
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        else ("fp16" if torch.cuda.is_available() else "no (fp32)")
+    )
     rows.append(("mixed precision (auto)", mp))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -184,8 +202,7 @@ def cmd_tiny_models(a) -> int:
         out = Path(a.out) / name
         with atomic_dir(out) as tmp:
             models.build_init(scratch[name], texts, tmp, a.seed)
-        print(f"{name} ({scratch[name].arch.type}): {out}  "
-              f"(use: dvc exp run -S zoo.{name}.pretrained={out})")
+        print(f"{name} ({scratch[name].arch.type}): {out}  (use: dvc exp run -S zoo.{name}.pretrained={out})")
     return 0
 
 
@@ -204,8 +221,10 @@ def cmd_replica(a) -> int:
     except (DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{a.kind} replica: {a.out}  (use it as a zoo entry's `pretrained: {a.out}`; params.yaml's "
-          f"{a.kind}-replica expects models/replicas/{a.kind})")
+    print(
+        f"{a.kind} replica: {a.out}  (use it as a zoo entry's `pretrained: {a.out}`; params.yaml's "
+        f"{a.kind}-replica expects models/replicas/{a.kind})"
+    )
     return 0
 
 
@@ -217,8 +236,11 @@ def cmd_report(a) -> int:
         if a.compare:
             path = report.write_compare(a.compare[0], a.compare[1], Path(a.repo), Path(a.out) if a.out else None)
         else:
-            path = report.write_index(load(Path(a.repo) / a.params),
-                                      Path(a.out) if a.out else Path(a.repo) / "reports/index.html", Path(a.repo))
+            path = report.write_index(
+                load(Path(a.repo) / a.params),
+                Path(a.out) if a.out else Path(a.repo) / "reports/index.html",
+                Path(a.repo),
+            )
     except (report.ReportError, ParamsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -231,8 +253,10 @@ def cmd_memory(a) -> int:
     from .params import load
 
     print(format_table(zoo_table(load(a.params).zoo)))
-    print("\nWeights only; add activations (batch x length; gradient checkpointing cuts them) and the CUDA "
-          "context (~0.5 GiB). LoRA AdamW state = fp32 weight + grad + m + v of the adapter parameters.")
+    print(
+        "\nWeights only; add activations (batch x length; gradient checkpointing cuts them) and the CUDA "
+        "context (~0.5 GiB). LoRA AdamW state = fp32 weight + grad + m + v of the adapter parameters."
+    )
     return 0
 
 
@@ -254,10 +278,17 @@ def cmd_tune_worker(a) -> int:
         init = Path("tuning/init")
         if not (init / "tokenizer.json").exists():
             init = tuning.build_init(params, Path(f"tuning/init-{os.getpid()}"))
-        study = tuning.run_study(params, train_df, val_df, init, Path(f"tuning/trials/worker-{os.getpid()}"),
-                                 n_trials=a.n_trials, progress=False,
-                                 # a seed of its own, or every worker would propose the same settings
-                                 sampler_seed=params.tune.seed + os.getpid())
+        study = tuning.run_study(
+            params,
+            train_df,
+            val_df,
+            init,
+            Path(f"tuning/trials/worker-{os.getpid()}"),
+            n_trials=a.n_trials,
+            progress=False,
+            # a seed of its own, or every worker would propose the same settings
+            sampler_seed=params.tune.seed + os.getpid(),
+        )
     except (ParamsError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -323,29 +354,43 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("summarize", help="summaries for new dialogues with a trained model folder or the ensemble")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", help="a trained folder, e.g. models/tiny-bart/full")
-    which.add_argument("--ensemble", action="store_true",
-                       help="every model x fold of params.yaml combined by ensemble.strategy, as the final stage")
+    which.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="every model x fold of params.yaml combined by ensemble.strategy, as the final stage",
+    )
     p.add_argument("--input", required=True, help="CSV with fname,dialogue")
     p.add_argument("--output", required=True)
-    p.add_argument("--params", default="params.yaml",
-                   help="generation settings (and, with --ensemble, the models, folds, TTA and strategy)")
+    p.add_argument(
+        "--params",
+        default="params.yaml",
+        help="generation settings (and, with --ensemble, the models, folds, TTA and strategy)",
+    )
     p.add_argument("--num-beams", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="most dialogues per generate call (default: generation.batch_size; generation.batch_tokens "
-                        "bounds the tokens)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="most dialogues per generate call (default: generation.batch_size; generation.batch_tokens "
+        "bounds the tokens)",
+    )
     p.add_argument("--max-source-len", type=int, default=512)
     p.set_defaults(fn=cmd_summarize)
 
-    p = sub.add_parser("schema", help="params.yaml's JSON schema: every key, its type, bounds and default (editors "
-                                       "complete and check params.yaml with it: see its first line)")
+    p = sub.add_parser(
+        "schema",
+        help="params.yaml's JSON schema: every key, its type, bounds and default (editors "
+        "complete and check params.yaml with it: see its first line)",
+    )
     p.add_argument("--out", default=None, help="write it to this file (params.schema.json) instead of printing it")
     p.set_defaults(fn=cmd_schema)
 
     p = sub.add_parser("env", help="torch / CUDA / GPU / bf16 / bitsandbytes / versions report")
     p.set_defaults(fn=cmd_env)
 
-    p = sub.add_parser("tiny-models", help="build the offline stand-ins (random weights, tokenizer trained on "
-                                           "TRAIN) as HF folders")
+    p = sub.add_parser(
+        "tiny-models", help="build the offline stand-ins (random weights, tokenizer trained on TRAIN) as HF folders"
+    )
     p.add_argument("--train", default="data/sample/train.csv")
     p.add_argument("--out", default="models/tiny")
     p.add_argument("--params", default="params.yaml")
@@ -353,24 +398,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("names", nargs="*", help="zoo entries (default: every from-scratch entry)")
     p.set_defaults(fn=cmd_tiny_models)
 
-    p = sub.add_parser("replica", help="a random-weight replica of KoBART / SOLAR-Instruct / Polyglot-ko: published "
-                                       "architecture, the checkpoint's tokenizer conventions (usable as pretrained:)")
+    p = sub.add_parser(
+        "replica",
+        help="a random-weight replica of KoBART / SOLAR-Instruct / Polyglot-ko: published "
+        "architecture, the checkpoint's tokenizer conventions (usable as pretrained:)",
+    )
     p.add_argument("kind", choices=["kobart", "solar", "polyglot"])
     p.add_argument("--out", required=True)
     p.add_argument("--layers", type=int, default=None, help="layers (per stack); default: the published depth")
     p.add_argument("--d-model", type=int, default=None, help="hidden width; default: the published width")
-    p.add_argument("--tokenizer", default="../shared/fixtures/kobart-tokenizer", help="kobart: KoBART's tokenizer folder")
-    p.add_argument("--train", default="data/sample/train.csv", help="solar/polyglot: text their tokenizer is trained on")
-    p.add_argument("--vocab-size", type=int, default=4000, help="solar/polyglot: tokenizer size (the model keeps the "
-                                                                  "published embedding size)")
+    p.add_argument(
+        "--tokenizer", default="../shared/fixtures/kobart-tokenizer", help="kobart: KoBART's tokenizer folder"
+    )
+    p.add_argument(
+        "--train", default="data/sample/train.csv", help="solar/polyglot: text their tokenizer is trained on"
+    )
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=4000,
+        help="solar/polyglot: tokenizer size (the model keeps the published embedding size)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_replica)
 
-    p = sub.add_parser("report", help="HTML error analysis of the dev split (the report stage's page), or "
-                                       "--compare A B: two revisions or experiments dialogue by dialogue")
-    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
-                   help="git revisions, DVC experiment names or `workspace`; writes reports/compare-A-B.html")
-    p.add_argument("--out", default=None, help="the HTML file (default: reports/index.html or reports/compare-A-B.html in --repo)")
+    p = sub.add_parser(
+        "report",
+        help="HTML error analysis of the dev split (the report stage's page), or "
+        "--compare A B: two revisions or experiments dialogue by dialogue",
+    )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="git revisions, DVC experiment names or `workspace`; writes reports/compare-A-B.html",
+    )
+    p.add_argument(
+        "--out", default=None, help="the HTML file (default: reports/index.html or reports/compare-A-B.html in --repo)"
+    )
     p.add_argument("--repo", default=".", help="the dialsum project (a DVC repo)")
     p.add_argument("--params", default="params.yaml", help="without --compare: the run's params (in --repo)")
     p.set_defaults(fn=cmd_report)

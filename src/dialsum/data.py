@@ -3,6 +3,7 @@
 Errors are :class:`DataError` with one line naming the file and, where it applies, the row (1-based data
 row, as a spreadsheet would show it after the header) and the column.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,17 @@ from .paths import PROCESSED
 log = logging.getLogger(__name__)
 
 SPEAKER_TAGS = [f"#Person{i}#" for i in range(1, 8)]
-PII_TAGS = ["#PhoneNumber#", "#Address#", "#DateOfBirth#", "#PassportNumber#", "#SSN#", "#CardNumber#",
-            "#CarNumber#", "#Email#", "#AccountNumber#"]
+PII_TAGS = [
+    "#PhoneNumber#",
+    "#Address#",
+    "#DateOfBirth#",
+    "#PassportNumber#",
+    "#SSN#",
+    "#CardNumber#",
+    "#CarNumber#",
+    "#Email#",
+    "#AccountNumber#",
+]
 TAG_RE = re.compile(r"#[A-Za-z][A-Za-z0-9]*#")
 
 
@@ -46,7 +56,9 @@ def read_csv(path: str | Path, split: str, on_invalid: str = "error") -> pd.Data
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (undecodable byte at offset {e.start}); save it as UTF-8 CSV") from None
+        raise DataError(
+            f"{path}: not UTF-8 text (undecodable byte at offset {e.start}); save it as UTF-8 CSV"
+        ) from None
     if "\x00" in text:
         raise DataError(f"{path}: contains NUL bytes; this is not a CSV text file")
     try:
@@ -145,8 +157,9 @@ def assign_folds(df: pd.DataFrame, n_splits: int, seed: int) -> pd.Series:
     return folds
 
 
-def split_fold(train: pd.DataFrame, dev: pd.DataFrame, fold,
-               augmented: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_fold(
+    train: pd.DataFrame, dev: pd.DataFrame, fold, augmented: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rows to train on, rows to validate on) for a fold index or ``"full"`` (all train / dev).
 
     Augmented copies carry their original's fold: fold k trains on the copies of the other folds' rows
@@ -166,8 +179,11 @@ def split_fold(train: pd.DataFrame, dev: pd.DataFrame, fold,
 
 def references(df: pd.DataFrame) -> list[list[str]]:
     """Reference summaries per row: ``summary`` or ``summary1..K``."""
-    cols = ["summary"] if "summary" in df.columns else sorted(
-        (c for c in df.columns if re.fullmatch(r"summary\d+", c)), key=lambda c: int(c[7:]))
+    cols = (
+        ["summary"]
+        if "summary" in df.columns
+        else sorted((c for c in df.columns if re.fullmatch(r"summary\d+", c)), key=lambda c: int(c[7:]))
+    )
     if not cols:
         raise DataError("no summary or summary1..K column to score against")
     return [[r for r in row if r.strip()] for row in df[cols].itertuples(index=False, name=None)]
@@ -183,16 +199,29 @@ def load_processed(folder: str | Path = PROCESSED) -> dict[str, pd.DataFrame]:
         out[split] = pd.read_csv(path, dtype=str, keep_default_na=False)
     out["train"]["fold"] = out["train"]["fold"].astype(int)
     aug = folder / "augmented.csv"
-    out["augmented"] = (pd.read_csv(aug, dtype=str, keep_default_na=False) if aug.exists()
-                        else pd.DataFrame(columns=["fname", "orig_fname", "fold", "view", "dialogue", "summary"]))
+    out["augmented"] = (
+        pd.read_csv(aug, dtype=str, keep_default_na=False)
+        if aug.exists()
+        else pd.DataFrame(columns=["fname", "orig_fname", "fold", "view", "dialogue", "summary"])
+    )
     out["augmented"]["fold"] = out["augmented"]["fold"].astype(int)
     return out
 
 
 # ------------------------------------------------- Korean particles (the sample generator, TTA role swaps)
 # Numbers read as Sino-Korean: does the syllable end in a consonant (받침)?
-_DIGIT_FINAL = {"0": True, "1": True, "2": False, "3": True, "4": False, "5": False, "6": True,
-                "7": True, "8": True, "9": False}
+_DIGIT_FINAL = {
+    "0": True,
+    "1": True,
+    "2": False,
+    "3": True,
+    "4": False,
+    "5": False,
+    "6": True,
+    "7": True,
+    "8": True,
+    "9": False,
+}
 
 
 def has_final_consonant(word: str) -> bool:

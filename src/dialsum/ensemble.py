@@ -20,6 +20,7 @@ Similarities: each distinct text is tokenized once and its n-gram counts built o
 Counter intersection. ROUGE-L is left out of the vote on purpose: its LCS is quadratic in pure Python and
 ranks candidates almost as ROUGE-1/2 do.
 """
+
 from __future__ import annotations
 
 import json
@@ -96,14 +97,16 @@ def consensus_scores(candidates: Sequence[str], tokenizer: CachedTokenizer) -> n
 class Group:
     """The candidates of one dialogue (every source x view x pool candidate), their pairwise similarities
     and the dialogue itself (for reference-free features; may be empty)."""
+
     fname: str
     cands: pd.DataFrame
     sim: np.ndarray
     dialogue: str = ""
 
 
-def build_groups(cands: pd.DataFrame, tokenizer: CachedTokenizer, order: Sequence[str],
-                 dialogues: dict | None = None) -> list[Group]:
+def build_groups(
+    cands: pd.DataFrame, tokenizer: CachedTokenizer, order: Sequence[str], dialogues: dict | None = None
+) -> list[Group]:
     """One :class:`Group` per fname in ``order`` from ``cands`` [fname, source, model, view, summary, ...];
     ``dialogues`` (fname -> text) feeds the features that compare a summary with its dialogue."""
     tokenizer.tokenize_many(cands["summary"].unique())  # one batch: kiwipiepy is much faster that way
@@ -114,8 +117,7 @@ def build_groups(cands: pd.DataFrame, tokenizer: CachedTokenizer, order: Sequenc
         if g is None:
             raise ValueError(f"no candidate summary for {fname}")
         g = g.reset_index(drop=True)
-        out.append(Group(fname, g, similarity_matrix(list(g["summary"]), tokenizer),
-                         (dialogues or {}).get(fname, "")))
+        out.append(Group(fname, g, similarity_matrix(list(g["summary"]), tokenizer), (dialogues or {}).get(fname, "")))
     return out
 
 
@@ -136,9 +138,16 @@ def select(groups: list[Group], score) -> pd.DataFrame:
         s = np.asarray(score(g), dtype=float)
         best = pick(g, s)
         c = g.cands.iloc[best]
-        rows.append({"fname": g.fname, "summary": c["summary"], "source": c["source"],
-                     "view": c.get("view", "orig"), "candidate": int(c.get("candidate", 0)),
-                     "score": round(float(s[best]), 6)})
+        rows.append(
+            {
+                "fname": g.fname,
+                "summary": c["summary"],
+                "source": c["source"],
+                "view": c.get("view", "orig"),
+                "candidate": int(c.get("candidate", 0)),
+                "score": round(float(s[best]), 6),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -146,7 +155,8 @@ def mbr_select(cands: pd.DataFrame, tokenizer: CachedTokenizer, order: Sequence[
     """``majority_vote`` on a candidate frame (kept for callers that have no groups yet)."""
     groups = build_groups(cands, tokenizer, order)
     return select(groups, lambda g: weighted_consensus(g.sim, np.ones(len(g.cands)))).rename(
-        columns={"score": "consensus"})
+        columns={"score": "consensus"}
+    )
 
 
 def vote_weights(cands: pd.DataFrame, weights: dict) -> np.ndarray:
@@ -188,8 +198,14 @@ def candidate_features(g: Group, models: Sequence[str], model_score: dict, token
     cols = [
         *[(c["model"] == m).astype(float).to_numpy() for m in models],
         np.array([model_score.get(m, 0.0) for m in c["model"]]),
-        lengths, lengths / median, consensus, logprob, lp_rank, rank,
-        np.array([novelty(t, 1, src1) for t in toks]), np.array([novelty(t, 2, src2) for t in toks]),
+        lengths,
+        lengths / median,
+        consensus,
+        logprob,
+        lp_rank,
+        rank,
+        np.array([novelty(t, 1, src1) for t in toks]),
+        np.array([novelty(t, 2, src2) for t in toks]),
         np.array([len(set(TAG.findall(t)) - tags) if g.dialogue else 0 for t in c["summary"]], dtype=float),
         np.array([repeated(t) for t in toks]),
         *[np.array([v == t for v in view_type], dtype=float) for t in VIEW_TYPES],
@@ -197,23 +213,30 @@ def candidate_features(g: Group, models: Sequence[str], model_score: dict, token
     return np.stack(cols, axis=1)
 
 
-def fit_stacker(groups: list[Group], targets: list[np.ndarray], models: Sequence[str], model_score: dict,
-                tokenizer: CachedTokenizer, seed: int):
+def fit_stacker(
+    groups: list[Group],
+    targets: list[np.ndarray],
+    models: Sequence[str],
+    model_score: dict,
+    tokenizer: CachedTokenizer,
+    seed: int,
+):
     """A regressor from OOF candidates' features to their ROUGE against the OOF reference."""
     from sklearn.ensemble import GradientBoostingRegressor
 
     X = np.concatenate([candidate_features(g, models, model_score, tokenizer) for g in groups])
     y = np.concatenate(targets)
-    reg = GradientBoostingRegressor(n_estimators=150, max_depth=3, learning_rate=0.05, subsample=1.0,
-                                    random_state=seed)
+    reg = GradientBoostingRegressor(n_estimators=150, max_depth=3, learning_rate=0.05, subsample=1.0, random_state=seed)
     reg.fit(X, y)
     return reg
 
 
 # --- blending ---------------------------------------------------------------------------------------------
 
-def fit_blend(groups: list[Group], targets: list[np.ndarray], models: Sequence[str], n_trials: int,
-              seed: int) -> tuple[dict, float]:
+
+def fit_blend(
+    groups: list[Group], targets: list[np.ndarray], models: Sequence[str], n_trials: int, seed: int
+) -> tuple[dict, float]:
     """Per-model vote weights maximising the mean OOF ROUGE of the weighted-MBR choice.
 
     Tries equal weights, each model alone, and ``n_trials`` seeded Dirichlet draws; the first best wins.
@@ -233,6 +256,7 @@ def fit_blend(groups: list[Group], targets: list[np.ndarray], models: Sequence[s
 
 # --- one entry point for the ensemble stage and `dialsum summarize --ensemble` ----------------------------
 
+
 def collapsed_sources(cands: pd.DataFrame, ratio: float) -> dict:
     """Sources whose own summaries (original view, candidate 0) are near-constant: fewer distinct texts than
     ``ratio`` x their dialogues, or only one (``ratio`` 0: none). Reference-free, so it may look at dev and
@@ -248,8 +272,9 @@ def collapsed_sources(cands: pd.DataFrame, ratio: float) -> dict:
 
 def candidate_targets(groups: list[Group], refs: dict, scorer) -> list[np.ndarray]:
     """Each candidate's mean ROUGE-1/2/L F1 against its dialogue's references (``refs``: fname -> [ref])."""
-    return [scorer.per_row(list(g.cands["summary"]), [refs[g.fname]] * len(g.cands))[:, :3].mean(axis=1)
-            for g in groups]
+    return [
+        scorer.per_row(list(g.cands["summary"]), [refs[g.fname]] * len(g.cands))[:, :3].mean(axis=1) for g in groups
+    ]
 
 
 def _is_single(g: Group, model: str) -> np.ndarray:
@@ -258,15 +283,26 @@ def _is_single(g: Group, model: str) -> np.ndarray:
     return ((c["model"] == model) & (c["view"] == "orig") & (cand == 0)).to_numpy()
 
 
-def fit_strategy(strategy: str, cfg: dict, models: Sequence[str], groups: list[Group], targets: list[np.ndarray],
-                 source_scores: dict, tok: CachedTokenizer, seed: int) -> tuple:
+def fit_strategy(
+    strategy: str,
+    cfg: dict,
+    models: Sequence[str],
+    groups: list[Group],
+    targets: list[np.ndarray],
+    source_scores: dict,
+    tok: CachedTokenizer,
+    seed: int,
+) -> tuple:
     """``(score(group) -> array, info)`` for ``strategy``, fitted (stacking, blending) on ``groups`` and their
     candidates' ``targets`` only. ``source_scores`` maps sources (``model/fold``) to their OOF ``rouge_sum``.
 
     ``single:<model>`` is that model alone: its original view's first candidate, from the fold with the best
     OOF score where a dialogue has several."""
-    model_oof = {m: float(np.mean([v for s, v in source_scores.items() if s.split("/")[0] == m]))
-                 for m in models if any(s.split("/")[0] == m for s in source_scores)}
+    model_oof = {
+        m: float(np.mean([v for s, v in source_scores.items() if s.split("/")[0] == m]))
+        for m in models
+        if any(s.split("/")[0] == m for s in source_scores)
+    }
     cfg = section(Ensemble, cfg, "ensemble")
     weights = dict(cfg.weights or {})
     info: dict = {}
@@ -279,6 +315,7 @@ def fit_strategy(strategy: str, cfg: dict, models: Sequence[str], groups: list[G
             if not mine.any():  # the model has no candidate here (a collapsed fold left out): MBR instead
                 return weighted_consensus(g.sim, np.ones(len(g.cands)))
             return mine * (2.0 + np.array([rank.get(s, 0.0) for s in g.cands["source"]]))
+
         return single, info
     if strategy in ("majority_vote", "averaging"):
         return (lambda g: weighted_consensus(g.sim, np.ones(len(g.cands)))), info
@@ -301,23 +338,34 @@ def fit_strategy(strategy: str, cfg: dict, models: Sequence[str], groups: list[G
     return (lambda g: weighted_consensus(g.sim, np.array([bw.get(m, 0.0) for m in g.cands["model"]]))), info
 
 
-def crossfit(strategy: str, cfg: dict, models, groups: list[Group], targets: list[np.ndarray], source_scores: dict,
-             tok: CachedTokenizer, seed: int, folds: int) -> tuple[list[float], dict]:
+def crossfit(
+    strategy: str,
+    cfg: dict,
+    models,
+    groups: list[Group],
+    targets: list[np.ndarray],
+    source_scores: dict,
+    tok: CachedTokenizer,
+    seed: int,
+    folds: int,
+) -> tuple[list[float], dict]:
     """Scores ``strategy`` on ``groups`` without letting a fitted strategy see the dialogue it chooses for:
     each of ``folds`` seeded parts of the dialogues is chosen for by a fit on the others. Returns the
     per-group ``{id(group): score array}`` and the mean target of the choices (x 3: a rouge_sum)."""
     fitted = strategy in ("stacking", "blending")
     if fitted and len(groups) < 2:
-        raise ValueError(f"ensemble.strategy = {strategy} needs at least 2 scored dialogues to cross-fit on, "
-                         f"got {len(groups)}")
+        raise ValueError(
+            f"ensemble.strategy = {strategy} needs at least 2 scored dialogues to cross-fit on, got {len(groups)}"
+        )
     folds = min(folds, len(groups))
     parts = np.random.default_rng(seed).permutation(len(groups)) % folds if fitted else np.zeros(len(groups), int)
     scores, values = {}, []
     for f in sorted(set(parts.tolist())):
         held = [i for i in range(len(groups)) if parts[i] == f]
         fit_on = [i for i in range(len(groups)) if parts[i] != f] if fitted else []
-        score, _ = fit_strategy(strategy, cfg, models, [groups[i] for i in fit_on], [targets[i] for i in fit_on],
-                                source_scores, tok, seed)
+        score, _ = fit_strategy(
+            strategy, cfg, models, [groups[i] for i in fit_on], [targets[i] for i in fit_on], source_scores, tok, seed
+        )
         for i in held:
             s = np.asarray(score(groups[i]), dtype=float)
             scores[id(groups[i])] = s
@@ -336,8 +384,18 @@ def options(models: Sequence[str], groups: list[Group], weighted: bool) -> list[
     return opts
 
 
-def combine(strategy: str, cfg: dict, models: Sequence[str], pools: dict, fit_groups: list[Group],
-            fit_refs: dict, fit_on: str, source_scores: dict, scorer, seed: int) -> tuple[dict, dict]:
+def combine(
+    strategy: str,
+    cfg: dict,
+    models: Sequence[str],
+    pools: dict,
+    fit_groups: list[Group],
+    fit_refs: dict,
+    fit_on: str,
+    source_scores: dict,
+    scorer,
+    seed: int,
+) -> tuple[dict, dict]:
     """The ensemble: one summary per dialogue for every split of ``pools`` ({split: [Group]}).
 
     Fitted strategies (and ``auto``'s choice) learn from ``fit_groups`` with references ``fit_refs``:
@@ -356,11 +414,14 @@ def combine(strategy: str, cfg: dict, models: Sequence[str], pools: dict, fit_gr
             runs[o] = crossfit(o, cfg, models, fit_groups, targets, source_scores, tok, seed, folds)
         table = {o: round(run[1], 6) for o, run in runs.items()}
         chosen = max(table, key=lambda o: table[o])  # first best: a model alone wins ties
-        info["auto"] = {"chosen": chosen, "chosen_on": fit_on if fit_on == "oof" else
-                        "dev (no out-of-fold rows: cross-fitted on dev, so its dev score is optimistic)",
-                        "rouge_sum_by_option": table}
-        log.info("auto: %s (rouge_sum on %s: %s)", chosen, fit_on,
-                 ", ".join(f"{k} {v:.4f}" for k, v in table.items()))
+        info["auto"] = {
+            "chosen": chosen,
+            "chosen_on": fit_on
+            if fit_on == "oof"
+            else "dev (no out-of-fold rows: cross-fitted on dev, so its dev score is optimistic)",
+            "rouge_sum_by_option": table,
+        }
+        log.info("auto: %s (rouge_sum on %s: %s)", chosen, fit_on, ", ".join(f"{k} {v:.4f}" for k, v in table.items()))
         strategy = chosen
     score, fitted = fit_strategy(strategy, cfg, models, fit_groups, targets, source_scores, tok, seed)
     if "fitted_on" in fitted:
@@ -454,17 +515,47 @@ def summarize_new(params: Params | dict, df: pd.DataFrame, root: Path = Path("."
             tok, family = loaded[0][1], loaded[0][2]
             tok.padding_side = "left"
             texts, lps = generation.summarize_averaged(
-                [x[0] for x in loaded], fold_weights(params, m, folds, root), tok, family, dialogues, gen,
-                entry.max_source_len, gen.batch_size, entry.prompt, desc=f"{m} averaged")
-            pool.append(pd.DataFrame({"fname": fnames, "view": "orig", "summary": texts, "logprob": lps,
-                                      "source": f"{m}/avg", "model": m}))
+                [x[0] for x in loaded],
+                fold_weights(params, m, folds, root),
+                tok,
+                family,
+                dialogues,
+                gen,
+                entry.max_source_len,
+                gen.batch_size,
+                entry.prompt,
+                desc=f"{m} averaged",
+            )
+            pool.append(
+                pd.DataFrame(
+                    {
+                        "fname": fnames,
+                        "view": "orig",
+                        "summary": texts,
+                        "logprob": lps,
+                        "source": f"{m}/avg",
+                        "model": m,
+                    }
+                )
+            )
             continue
         for f, d in zip(folds, dirs):
             model, tok, family = models.load_for_inference(d, entry)
             tok.padding_side = "left"
-            out = generation.summarize_views(model, tok, family, fnames, dialogues, augmenter, "input", gen,
-                                             entry.max_source_len, gen.batch_size, entry.prompt,
-                                             desc=f"{m}/{f}")
+            out = generation.summarize_views(
+                model,
+                tok,
+                family,
+                fnames,
+                dialogues,
+                augmenter,
+                "input",
+                gen,
+                entry.max_source_len,
+                gen.batch_size,
+                entry.prompt,
+                desc=f"{m}/{f}",
+            )
             pool.append(out.assign(source=f"{m}/{f}", model=m))
             del model
     pool = pd.concat(pool, ignore_index=True)
@@ -484,11 +575,15 @@ def summarize_new(params: Params | dict, df: pd.DataFrame, root: Path = Path("."
         split = "oof" if not stored["oof"].empty else "dev"
         frame = proc["train"] if split == "oof" else proc["dev"]
         fit_refs = dict(zip(frame["fname"], data.references(frame)))
-        fit_groups = build_groups(stored[split], scorer.tokenizer, list(dict.fromkeys(stored[split]["fname"])),
-                                  dict(zip(frame["fname"], frame["dialogue"])))
+        fit_groups = build_groups(
+            stored[split],
+            scorer.tokenizer,
+            list(dict.fromkeys(stored[split]["fname"])),
+            dict(zip(frame["fname"], frame["dialogue"])),
+        )
         fit_on = split
     groups = build_groups(pool, scorer.tokenizer, fnames, dict(zip(fnames, dialogues)))
-    out, info = combine(strategy, cfg, params.models, {"input": groups}, fit_groups, fit_refs, fit_on,
-                        oof_scores, scorer, params.seed)
-    return out["input"], {"strategy": strategy, "sources": sorted(set(pool["source"])), "collapsed": collapsed,
-                          **info}
+    out, info = combine(
+        strategy, cfg, params.models, {"input": groups}, fit_groups, fit_refs, fit_on, oof_scores, scorer, params.seed
+    )
+    return out["input"], {"strategy": strategy, "sources": sorted(set(pool["source"])), "collapsed": collapsed, **info}

@@ -1,4 +1,5 @@
 """Encoding inputs and batched, length-sorted generation for both model families."""
+
 from __future__ import annotations
 
 import functools
@@ -18,9 +19,15 @@ log = logging.getLogger(__name__)
 def generation_kwargs(gen: dict | Generation, max_target_len: int | None = None) -> dict:
     """``model.generate`` keyword arguments from ``generation`` (a mapping or the typed section)."""
     g = section(Generation, gen, "generation")
-    kw = dict(num_beams=g.num_beams, max_new_tokens=g.max_new_tokens, min_new_tokens=g.min_new_tokens,
-              do_sample=g.do_sample, repetition_penalty=g.repetition_penalty,
-              no_repeat_ngram_size=g.no_repeat_ngram_size, length_penalty=g.length_penalty)
+    kw = dict(
+        num_beams=g.num_beams,
+        max_new_tokens=g.max_new_tokens,
+        min_new_tokens=g.min_new_tokens,
+        do_sample=g.do_sample,
+        repetition_penalty=g.repetition_penalty,
+        no_repeat_ngram_size=g.no_repeat_ngram_size,
+        length_penalty=g.length_penalty,
+    )
     if g.do_sample:
         kw.update(temperature=g.temperature, top_p=g.top_p)
     if max_target_len:
@@ -28,8 +35,9 @@ def generation_kwargs(gen: dict | Generation, max_target_len: int | None = None)
     return kw
 
 
-def token_batches(lengths: list[int], max_count: int, max_tokens: int | None, num_beams: int = 1,
-                  max_new_tokens: int = 0) -> list[list[int]]:
+def token_batches(
+    lengths: list[int], max_count: int, max_tokens: int | None, num_beams: int = 1, max_new_tokens: int = 0
+) -> list[list[int]]:
     """Consecutive index batches over ``lengths`` (sorted longest first) whose cost stays within
     ``max_tokens``: dialogues x beams x (padded source + new tokens), the size of what generation holds per
     layer (encoder states or prompt cache, beam caches, scores). Long inputs get small batches, short ones
@@ -39,8 +47,9 @@ def token_batches(lengths: list[int], max_count: int, max_tokens: int | None, nu
         if batches:
             b = batches[-1]
             width = max(lengths[b[0]], n)
-            if len(b) < max_count and (not max_tokens or (len(b) + 1) * num_beams * (width + max_new_tokens)
-                                       <= max_tokens):
+            if len(b) < max_count and (
+                not max_tokens or (len(b) + 1) * num_beams * (width + max_new_tokens) <= max_tokens
+            ):
                 b.append(i)
                 continue
         batches.append([i])
@@ -75,9 +84,19 @@ def beam_cache(model, num_beams: int) -> dict:
 
 
 @torch.no_grad()
-def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, max_source_len: int,
-              batch_size: int = 32, prompt: str | None = None, desc: str = "generate",
-              progress: bool = True, processor=None) -> tuple[list[str], list[float]]:
+def summarize(
+    model,
+    tokenizer,
+    family: str,
+    dialogues: list[str],
+    gen: dict,
+    max_source_len: int,
+    batch_size: int = 32,
+    prompt: str | None = None,
+    desc: str = "generate",
+    progress: bool = True,
+    processor=None,
+) -> tuple[list[str], list[float]]:
     """Summaries and their mean token log-probability, in input order.
 
     Inputs are sorted by length and cut into :func:`token_batches` (at most ``batch_size`` dialogues and
@@ -92,14 +111,18 @@ def summarize(model, tokenizer, family: str, dialogues: list[str], gen: dict, ma
     kw = generation_kwargs(gen)
     out_text: list[str] = [""] * len(dialogues)
     out_lp: list[float] = [0.0] * len(dialogues)
-    batches = token_batches([len(encoded[i]) for i in order], batch_size,
-                            section(Generation, gen, "generation").batch_tokens, kw["num_beams"], kw["max_new_tokens"])
+    batches = token_batches(
+        [len(encoded[i]) for i in order],
+        batch_size,
+        section(Generation, gen, "generation").batch_tokens,
+        kw["num_beams"],
+        kw["max_new_tokens"],
+    )
     batches = [[order[j] for j in b] for b in batches]
     fits = None  # after an out-of-memory error: the most dialogues that then fitted in one call
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        for part in (batch[k:k + fits] for k in range(0, len(batch), fits)) if fits else [batch]:
-            texts, lps, _, fitted = _generate_halving(model, tokenizer, conv, [encoded[i] for i in part], kw,
-                                                      processor)
+        for part in (batch[k : k + fits] for k in range(0, len(batch), fits)) if fits else [batch]:
+            texts, lps, _, fitted = _generate_halving(model, tokenizer, conv, [encoded[i] for i in part], kw, processor)
             if fitted < len(part):
                 fits = fitted
             for j, i in enumerate(part):
@@ -133,8 +156,11 @@ def _generate_halving(model, tokenizer, conv, seqs: list[list[int]], kw: dict, p
         if len(seqs) == 1:
             raise
         if not _halved:
-            log.warning("out of memory generating %d dialogues at once: halving the batch and retrying "
-                        "(lower generation.batch_tokens to avoid the retries)", len(seqs))
+            log.warning(
+                "out of memory generating %d dialogues at once: halving the batch and retrying "
+                "(lower generation.batch_tokens to avoid the retries)",
+                len(seqs),
+            )
             _halved = True
     if torch.cuda.is_available():  # outside the handler: the traceback no longer holds the failed tensors
         torch.cuda.empty_cache()
@@ -171,20 +197,35 @@ def _generate_batch(model, tokenizer, conv, seqs: list[list[int]], kw: dict, pro
     # sampled and diversity-penalised candidates are scored by the model's own distribution (before
     # temperature, top-p or penalties), from the raw logits along each returned sequence's beam path
     kw = dict(kw)
-    raw = kw.pop("raw_logprobs", False) or kw.get("do_sample", False) or \
-        getattr(extra.get("logits_processor", [None])[0], "penalizes", False)
-    res = model.generate(**inputs, **kw, **extra, return_dict_in_generate=True, output_scores=True,
-                         pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **({"output_logits": True} if raw else {}))
+    raw = (
+        kw.pop("raw_logprobs", False)
+        or kw.get("do_sample", False)
+        or getattr(extra.get("logits_processor", [None])[0], "penalizes", False)
+    )
+    res = model.generate(
+        **inputs,
+        **kw,
+        **extra,
+        return_dict_in_generate=True,
+        output_scores=True,
+        pad_token_id=pad,
+        eos_token_id=tokenizer.eos_token_id,
+        **({"output_logits": True} if raw else {}),
+    )
     new = res.sequences[:, width:] if conv.family == "causal" else res.sequences
     if not raw and getattr(res, "sequences_scores", None) is not None:
         lps = res.sequences_scores.tolist()
     else:
         # raw logits need a log-softmax; a processor's averaged log-probs are taken as they are
         normalize = processor is None or not getattr(proc, "logprobs", True) or raw
-        trans = model.compute_transition_scores(res.sequences, res.logits if raw else res.scores,
-                                                getattr(res, "beam_indices", None), normalize_logits=normalize)
+        trans = model.compute_transition_scores(
+            res.sequences,
+            res.logits if raw else res.scores,
+            getattr(res, "beam_indices", None),
+            normalize_logits=normalize,
+        )
         # up to and including the first EOS (whether or not the pad token is the EOS, as in most causal LMs)
-        is_eos = new[:, -trans.shape[1]:] == tokenizer.eos_token_id
+        is_eos = new[:, -trans.shape[1] :] == tokenizer.eos_token_id
         valid = torch.isfinite(trans) & ((is_eos.long().cumsum(1) - is_eos.long()) == 0)
         lps = [(t[v].sum() / max(int(v.sum()), 1)).item() for t, v in zip(trans, valid)]
     texts = [decode(tokenizer, row.tolist(), conv) for row in new]
@@ -241,9 +282,18 @@ class _HammingDiversity:
 
 
 @torch.no_grad()
-def summarize_pool(model, tokenizer, family: str, dialogues: list[str], gen: dict, max_source_len: int,
-                   batch_size: int = 32, prompt: str | None = None, desc: str = "generate",
-                   progress: bool = True) -> list[list[tuple[str, float, int]]]:
+def summarize_pool(
+    model,
+    tokenizer,
+    family: str,
+    dialogues: list[str],
+    gen: dict,
+    max_source_len: int,
+    batch_size: int = 32,
+    prompt: str | None = None,
+    desc: str = "generate",
+    progress: bool = True,
+) -> list[list[tuple[str, float, int]]]:
     """``generation.candidates.k`` candidates per dialogue, each ``(summary, mean token log-prob, tokens)``,
     in input order; batching as :func:`summarize` (the budget counts every beam of a call).
 
@@ -266,22 +316,34 @@ def summarize_pool(model, tokenizer, family: str, dialogues: list[str], gen: dic
     nb = kw["num_beams"]
     group_beams = int(cand.group_beams or nb)
     beams = {"beam": max(nb, k), "diverse": group_beams, "sample": max(nb, k - 1)}[method]
-    batches = token_batches([len(encoded[i]) for i in order], batch_size,
-                            section(Generation, gen, "generation").batch_tokens, beams,
-                            kw["max_new_tokens"])
+    batches = token_batches(
+        [len(encoded[i]) for i in order],
+        batch_size,
+        section(Generation, gen, "generation").batch_tokens,
+        beams,
+        kw["max_new_tokens"],
+    )
     pool: list[list[tuple[str, float, int]]] = [[] for _ in dialogues]
 
     def run(batch, kw_call, per_input, processor=None):
         # every candidate of a pool is scored alike: the raw model's mean token log-prob
-        texts, lps, lens, _ = _generate_halving(model, tokenizer, conv, [encoded[i] for i in batch],
-                                                {**kw_call, "raw_logprobs": k > 1}, processor, list(batch))
+        texts, lps, lens, _ = _generate_halving(
+            model,
+            tokenizer,
+            conv,
+            [encoded[i] for i in batch],
+            {**kw_call, "raw_logprobs": k > 1},
+            processor,
+            list(batch),
+        )
         for j, i in enumerate(batch):
             rows = range(j * per_input, (j + 1) * per_input)
             pool[i] += [(texts[r], lps[r], lens[r]) for r in rows]
         return lens
 
-    for number, batch in enumerate(tqdm([[order[j] for j in b] for b in batches], desc=desc,
-                                        disable=not progress, leave=False)):
+    for number, batch in enumerate(
+        tqdm([[order[j] for j in b] for b in batches], desc=desc, disable=not progress, leave=False)
+    ):
         if k == 1:
             run(batch, kw, 1)
         elif method == "beam":
@@ -289,8 +351,14 @@ def summarize_pool(model, tokenizer, family: str, dialogues: list[str], gen: dic
         elif method == "sample":
             torch.manual_seed(int(cand.seed) * 1_000_003 + number)  # before candidate 0 (do_sample: true)
             run(batch, kw, 1)
-            sampling = {**kw, "do_sample": True, "num_beams": 1, "num_return_sequences": k - 1,
-                        "temperature": cand.temperature, "top_p": cand.top_p}
+            sampling = {
+                **kw,
+                "do_sample": True,
+                "num_beams": 1,
+                "num_return_sequences": k - 1,
+                "temperature": cand.temperature,
+                "top_p": cand.top_p,
+            }
             if cand.epsilon:
                 sampling["epsilon_cutoff"] = cand.epsilon
             run(batch, sampling, k - 1)
@@ -298,16 +366,19 @@ def summarize_pool(model, tokenizer, family: str, dialogues: list[str], gen: dic
             history: dict = {}
             start = None if conv.family == "causal" else 1
             for g in range(k):
+
                 def processor(inputs, num_beams, width, keys, g=g):
-                    return _HammingDiversity(history, keys, g, cand.diversity_penalty,
-                                             width if start is None else start, num_beams)
+                    return _HammingDiversity(
+                        history, keys, g, cand.diversity_penalty, width if start is None else start, num_beams
+                    )
+
                 lens = run(batch, {**kw, "num_beams": group_beams}, 1, processor)
                 # an input whose search ended keeps being extended while others in its batch run: what its
                 # beams "chose" after its own end is not part of its search and would make the pool depend on
                 # the batching. Alone, its last token (position n - 1) is never recorded either (no call
                 # follows it), so later groups see positions 0 .. n - 2 only, batched or not
                 for i, n in zip(batch, lens):
-                    history[i][g] = history[i][g][:max(n - 1, 0)]
+                    history[i][g] = history[i][g][: max(n - 1, 0)]
     model.train(was_training)
     return pool
 
@@ -334,7 +405,9 @@ class _AveragedLogProbs:
         self.prev = None  # input_ids of the previous step
         if family == "seq2seq":
             for m in others:
-                enc = m.get_encoder()(input_ids=batch_inputs["input_ids"], attention_mask=batch_inputs["attention_mask"])
+                enc = m.get_encoder()(
+                    input_ids=batch_inputs["input_ids"], attention_mask=batch_inputs["attention_mask"]
+                )
                 self.encoded.append(enc.last_hidden_state.repeat_interleave(num_beams, dim=0))
 
     def _parents(self, input_ids):
@@ -367,14 +440,18 @@ class _AveragedLogProbs:
                 cache = beam_cache(m, self.num_beams).get("past_key_values")
                 step = input_ids
             if self.family == "seq2seq":
-                out = m(encoder_outputs=BaseModelOutput(last_hidden_state=self.encoded[k]),
-                        attention_mask=self.mask, decoder_input_ids=step, past_key_values=cache, use_cache=True)
+                out = m(
+                    encoder_outputs=BaseModelOutput(last_hidden_state=self.encoded[k]),
+                    attention_mask=self.mask,
+                    decoder_input_ids=step,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
             else:
                 gen_len = input_ids.shape[1] - self.prompt_width
                 mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], gen_len)], dim=1)
-                pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step.shape[1]:]
-                out = m(input_ids=step, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                        use_cache=True)
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step.shape[1] :]
+                out = m(input_ids=step, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
             self.caches[k] = out.past_key_values
             logits = out.logits[:, -1, :vocab].float()
             if logits.shape[-1] < vocab:  # padded embedding rows of another size: never valid tokens
@@ -385,9 +462,19 @@ class _AveragedLogProbs:
         return (total / sum(self.weights)).masked_fill(primary == float("-inf"), float("-inf"))
 
 
-def summarize_averaged(members, weights, tokenizer, family: str, dialogues: list[str], gen: dict,
-                       max_source_len: int, batch_size: int = 32, prompt: str | None = None,
-                       desc: str = "averaged generate", progress: bool = True) -> tuple[list[str], list[float]]:
+def summarize_averaged(
+    members,
+    weights,
+    tokenizer,
+    family: str,
+    dialogues: list[str],
+    gen: dict,
+    max_source_len: int,
+    batch_size: int = 32,
+    prompt: str | None = None,
+    desc: str = "averaged generate",
+    progress: bool = True,
+) -> tuple[list[str], list[float]]:
     """:func:`summarize` with several models that share ``tokenizer`` (the folds of one model): one beam
     search whose next-token log-probabilities are the ``weights``-weighted mean of all members'."""
     for m in members[1:]:
@@ -396,13 +483,35 @@ def summarize_averaged(members, weights, tokenizer, family: str, dialogues: list
     def processor(inputs, num_beams, width, keys):
         return _AveragedLogProbs(members[1:], list(weights), family, inputs, num_beams, width)
 
-    return summarize(members[0], tokenizer, family, dialogues, gen, max_source_len, batch_size, prompt, desc,
-                     progress, processor=processor if len(members) > 1 else None)
+    return summarize(
+        members[0],
+        tokenizer,
+        family,
+        dialogues,
+        gen,
+        max_source_len,
+        batch_size,
+        prompt,
+        desc,
+        progress,
+        processor=processor if len(members) > 1 else None,
+    )
 
 
-def summarize_views(model, tokenizer, family: str, fnames, dialogues, augmenter, key_prefix: str, gen: dict,
-                    max_source_len: int, batch_size: int = 32, prompt: str | None = None,
-                    desc: str = "generate") -> pd.DataFrame:
+def summarize_views(
+    model,
+    tokenizer,
+    family: str,
+    fnames,
+    dialogues,
+    augmenter,
+    key_prefix: str,
+    gen: dict,
+    max_source_len: int,
+    batch_size: int = 32,
+    prompt: str | None = None,
+    desc: str = "generate",
+) -> pd.DataFrame:
     """Summaries of every dialogue and of its TTA views [fname, view, summary, logprob], view summaries mapped
     back to the original speakers; with ``generation.candidates.k`` > 1, k rows per view [fname, view,
     candidate, summary, logprob, tokens] (see :func:`summarize_pool`). Views are seeded by ``key_prefix/fname``, so every model x fold
@@ -412,13 +521,24 @@ def summarize_views(model, tokenizer, family: str, fnames, dialogues, augmenter,
         rows.append((fname, "orig", dialogue, None))
         rows += [(fname, v.name, v.dialogue, v.inverse) for v in augmenter.views(f"{key_prefix}/{fname}", dialogue)]
     if candidate_settings(gen).k > 1:
-        pool = summarize_pool(model, tokenizer, family, [r[2] for r in rows], gen, max_source_len, batch_size,
-                              prompt, desc=desc)
-        out = [(r[0], r[1], c, r[3](t) if r[3] else t, round(lp, 6), n)
-               for r, cands in zip(rows, pool) for c, (t, lp, n) in enumerate(cands)]
+        pool = summarize_pool(
+            model, tokenizer, family, [r[2] for r in rows], gen, max_source_len, batch_size, prompt, desc=desc
+        )
+        out = [
+            (r[0], r[1], c, r[3](t) if r[3] else t, round(lp, 6), n)
+            for r, cands in zip(rows, pool)
+            for c, (t, lp, n) in enumerate(cands)
+        ]
         return pd.DataFrame(out, columns=["fname", "view", "candidate", "summary", "logprob", "tokens"])
-    texts, lps = summarize(model, tokenizer, family, [r[2] for r in rows], gen, max_source_len, batch_size, prompt,
-                           desc=desc)
+    texts, lps = summarize(
+        model, tokenizer, family, [r[2] for r in rows], gen, max_source_len, batch_size, prompt, desc=desc
+    )
     texts = [inv(t) if inv else t for t, (_, _, _, inv) in zip(texts, rows)]
-    return pd.DataFrame({"fname": [r[0] for r in rows], "view": [r[1] for r in rows], "summary": texts,
-                         "logprob": [round(x, 6) for x in lps]})
+    return pd.DataFrame(
+        {
+            "fname": [r[0] for r in rows],
+            "view": [r[1] for r in rows],
+            "summary": texts,
+            "logprob": [round(x, 6) for x in lps],
+        }
+    )

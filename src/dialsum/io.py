@@ -1,5 +1,6 @@
 """Crash-safe writes: every output goes to a temporary sibling first and is renamed into place, so an
 interrupted stage never leaves a half-written file that DVC would cache as good."""
+
 from __future__ import annotations
 
 import json

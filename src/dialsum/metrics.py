@@ -17,6 +17,7 @@ Corpus scores are the mean over dialogues of per-dialogue F1; with several refer
 each metric takes the ``max`` or the ``mean`` over references, per dialogue. ``rouge_sum`` =
 rouge1 + rouge2 + rougeL. ``bleu`` is sacrebleu's corpus BLEU on the same tokens, scaled to 0–1.
 """
+
 from __future__ import annotations
 
 import re
@@ -89,8 +90,8 @@ def _split_tags(text: str) -> list[tuple[str, bool]]:
     """Split around ``#Tag#`` so kiwipiepy never sees (and never splits) a tag."""
     out, pos = [], 0
     for m in TAG_RE.finditer(text):
-        if text[pos:m.start()].strip():
-            out.append((text[pos:m.start()], False))
+        if text[pos : m.start()].strip():
+            out.append((text[pos : m.start()], False))
         out.append((m.group(0), True))
         pos = m.end()
     if text[pos:].strip():
@@ -143,8 +144,9 @@ class Scorer:
         hyps = [" ".join(self.tokenizer.tokenize(p)) for p in preds]
         k = max(len(rs) for rs in refs)
         # sacrebleu wants K equally long reference streams; a row with fewer refs repeats its first.
-        streams = [[" ".join(self.tokenizer.tokenize(rs[j] if j < len(rs) else rs[0])) for rs in refs]
-                   for j in range(k)]
+        streams = [
+            [" ".join(self.tokenizer.tokenize(rs[j] if j < len(rs) else rs[0])) for rs in refs] for j in range(k)
+        ]
         return sacrebleu.corpus_bleu(hyps, streams, tokenize="none").score / 100.0
 
     def score(self, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> dict:

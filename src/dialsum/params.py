@@ -5,6 +5,7 @@ index past ``cv.n_splits`` or a model missing from ``zoo`` stops the stage with 
 before any work is done. A key left out takes the default written here (``dialsum schema`` lists them all;
 params.yaml points editors at that schema, ``params.schema.json``, for completion and checking).
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema,
-                      WrapValidator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    WrapValidator,
+    model_validator,
+)
 
 
 class ParamsError(ValueError):
@@ -55,29 +65,43 @@ def _keep_int(v: Any, handler) -> Any:
 
 Num = Annotated[float, WrapValidator(_keep_int)]
 Text = Annotated[str, AfterValidator(_non_blank)]
-Fold = Annotated[Union[int, str], PlainValidator(_fold),
-                 WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"const": "full"}]})]
-BatchSize = Annotated[Union[int, str], PlainValidator(_batch_size),
-                      WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]})]
+Fold = Annotated[
+    Union[int, str],
+    PlainValidator(_fold),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"const": "full"}]}),
+]
+BatchSize = Annotated[
+    Union[int, str],
+    PlainValidator(_batch_size),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]}),
+]
 # the choices below are dialsum's lists of what exists: the modules doing the work import them from here
 AUGMENTATIONS = ("reorder", "mask", "synonym", "paraphrase")  # dialsum.tta
-TOKENIZE_MODES = ("morpheme", "whitespace", "default")          # dialsum.metrics
-ENSEMBLE_STRATEGIES = ("auto", "averaging", "weighted_avg", "majority_vote", "rouge_weighted", "stacking",
-                       "blending")                              # dialsum.ensemble
-SAMPLERS = ("tpe", "gp", "random", "cmaes")                     # dialsum.tuning
+TOKENIZE_MODES = ("morpheme", "whitespace", "default")  # dialsum.metrics
+ENSEMBLE_STRATEGIES = (
+    "auto",
+    "averaging",
+    "weighted_avg",
+    "majority_vote",
+    "rouge_weighted",
+    "stacking",
+    "blending",
+)  # dialsum.ensemble
+SAMPLERS = ("tpe", "gp", "random", "cmaes")  # dialsum.tuning
 PRUNERS = ("median", "percentile", "hyperband", "none")
 Strategy = Literal[AUGMENTATIONS]
 
 
 class Section(BaseModel):
     """A params.yaml mapping: unknown keys are errors, values are checked, missing keys take defaults."""
+
     model_config = ConfigDict(extra="forbid", strict=True)  # strict: no "5" for 5, no true for 1
 
 
 # ------------------------------------------------------------------------------------------------------ sections
 class Clean(Section):
     normalize_speakers: bool = True  # "# Person 1 #", "#person1#", "Person1:" -> "#Person1#:"
-    remove_noise: bool = True        # literal "\n", <br>, repeated spaces/punctuation, control characters
+    remove_noise: bool = True  # literal "\n", <br>, repeated spaces/punctuation, control characters
 
 
 class Augmentation(Section):
@@ -106,8 +130,8 @@ class Lora(Section):
     r: int = Field(8, ge=1)
     alpha: Num = Field(16, ge=0)
     dropout: Num = Field(0.05, ge=0, le=1)
-    target_modules: Any = "auto"   # auto | a module name | a list of names
-    merge: bool = False            # merge the adapter into the saved model
+    target_modules: Any = "auto"  # auto | a module name | a list of names
+    merge: bool = False  # merge the adapter into the saved model
 
 
 class Arch(Section):
@@ -122,7 +146,9 @@ class Training(Section):
     epochs: Num = Field(12, ge=0)
     batch_size: BatchSize = 16
     eval_batch_size: int = Field(64, ge=1)
-    learning_rate: Optional[Annotated[float, Field(ge=0), WrapValidator(_keep_int)]] = None  # null = the zoo entry's learning_rate
+    learning_rate: Optional[Annotated[float, Field(ge=0), WrapValidator(_keep_int)]] = (
+        None  # null = the zoo entry's learning_rate
+    )
     weight_decay: Num = Field(0.01, ge=0)
     warmup_ratio: Num = Field(0.05, ge=0, le=1)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"] = "linear"
@@ -136,7 +162,7 @@ class Training(Section):
     save_total_limit: int = Field(2, ge=1)
     eval_num_beams: int = Field(1, ge=1)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
-    resume: Text = "auto"          # auto | never | <checkpoint path>
+    resume: Text = "auto"  # auto | never | <checkpoint path>
     launcher: Literal["python", "accelerate"] = "python"
     num_processes: int = Field(1, ge=1)
     accelerate_config: Optional[Text] = None
@@ -145,12 +171,12 @@ class Training(Section):
 class ZooEntry(Section):
     # (fields in the order params.yaml writes them: dumps of an entry keep the file's order)
     family: Literal["seq2seq", "causal"]
-    pretrained: Optional[Text] = None   # hub id or local path; null = `encoder` or `arch`
-    encoder: Optional[Text] = None      # a warm-started encoder-decoder: hub id, path or package:<module>
-    decoder: Optional[Text] = None      # null = same as encoder
+    pretrained: Optional[Text] = None  # hub id or local path; null = `encoder` or `arch`
+    encoder: Optional[Text] = None  # a warm-started encoder-decoder: hub id, path or package:<module>
+    decoder: Optional[Text] = None  # null = same as encoder
     tie_encoder_decoder: bool = False
     freeze_encoder: bool = False
-    arch: Optional[Arch] = None         # from scratch (random init, tokenizer trained on the train split)
+    arch: Optional[Arch] = None  # from scratch (random init, tokenizer trained on the train split)
     vocab_size: int = Field(2000, ge=256)
     max_source_len: int = Field(ge=8)
     max_target_len: int = Field(ge=4)
@@ -159,7 +185,7 @@ class ZooEntry(Section):
     quantization: Literal["none", "8bit", "4bit"] = "none"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
-    tokenizer: Optional[Text] = None    # null = the checkpoint's own
+    tokenizer: Optional[Text] = None  # null = the checkpoint's own
     prompt: Optional[Text] = None
     # an entry may override `training` keys for its own runs (an LLM: 1 epoch; a small seq2seq: 20)
     training: Optional[Training] = None
@@ -167,8 +193,10 @@ class ZooEntry(Section):
     @model_validator(mode="after")
     def _source(self):
         if self.pretrained is None and self.arch is None and not self.encoder:
-            raise ValueError("needs `pretrained` (hub id or path), `encoder` (a warm-started encoder-decoder) "
-                             "or `arch` (from scratch)")
+            raise ValueError(
+                "needs `pretrained` (hub id or path), `encoder` (a warm-started encoder-decoder) "
+                "or `arch` (from scratch)"
+            )
         if self.encoder and self.family != "seq2seq":
             raise ValueError("encoder: needs family: seq2seq")
         if self.freeze_encoder and self.family != "seq2seq":
@@ -179,7 +207,7 @@ class ZooEntry(Section):
 
 
 class Candidates(Section):
-    k: int = Field(1, ge=1, le=64)      # candidates per input; 1 = one summary
+    k: int = Field(1, ge=1, le=64)  # candidates per input; 1 = one summary
     method: Literal["beam", "diverse", "sample"] = "beam"
     diversity_penalty: Num = Field(1.0, ge=0)
     group_beams: Optional[Annotated[int, Field(ge=1)]] = None
@@ -199,8 +227,10 @@ class Generation(Section):
     repetition_penalty: Num = Field(1.0, ge=0)
     no_repeat_ngram_size: int = Field(0, ge=0)
     length_penalty: Num = 1.0
-    batch_size: int = Field(64, ge=1)             # at most this many dialogues per generate call
-    batch_tokens: Optional[Annotated[int, Field(ge=1)]] = 32768  # and at most this many beams x padded tokens (null = off)
+    batch_size: int = Field(64, ge=1)  # at most this many dialogues per generate call
+    batch_tokens: Optional[Annotated[int, Field(ge=1)]] = (
+        32768  # and at most this many beams x padded tokens (null = off)
+    )
     candidates: Candidates = Candidates()
 
 
@@ -226,7 +256,7 @@ class Ensemble(Section):
 
 
 class Tune(Section):
-    model: Optional[Text] = None     # the zoo entry to tune (required to tune)
+    model: Optional[Text] = None  # the zoo entry to tune (required to tune)
     fold: Fold = 0
     n_trials: int = Field(10, ge=1)
     timeout: Optional[Annotated[float, Field(ge=0), WrapValidator(_keep_int)]] = None
@@ -273,6 +303,7 @@ class Report(Section):
 
 class Params(Section):
     """The whole of params.yaml."""
+
     model_config = ConfigDict(extra="forbid", strict=True, title="dialsum params.yaml")
 
     seed: int = Field(42, ge=0)
@@ -341,17 +372,32 @@ def _known(loc: tuple) -> list[str]:
     return sorted(node.model_fields) if isinstance(node, type) else []
 
 
-_TYPES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
-          "string_type": "a string", "dict_type": "a mapping", "model_type": "a mapping", "list_type": "a list"}
-_BOUNDS = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">", "less_than": "<",
-           "too_short": "at least", "too_long": "at most"}
+_TYPES = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "list_type": "a list",
+}
+_BOUNDS = {
+    "greater_than_equal": ">=",
+    "less_than_equal": "<=",
+    "greater_than": ">",
+    "less_than": "<",
+    "too_short": "at least",
+    "too_long": "at most",
+}
 
 
 def _one_line(e: ValidationError, prefix: tuple = ()) -> str:
     """The first problem as ``params.yaml: <key> <what is wrong>, got <value>`` (the form the hand-written
     checks had, so messages and docs did not change)."""
     err = e.errors(include_url=False)[0]
-    loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("int", "str", "float"))))
+    loc = prefix + tuple(
+        p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("int", "str", "float")))
+    )
     kind, got = err["type"], _show(err.get("input"))
     if kind == "extra_forbidden":
         known = _known(loc)
@@ -470,8 +516,9 @@ def _walk(tree: dict, key: str, create: bool) -> tuple[dict, str]:
     while True:
         if rest in node:
             return node, rest
-        head = next((k for k in sorted(node, key=len, reverse=True)
-                     if isinstance(k, str) and rest.startswith(k + ".")), None)
+        head = next(
+            (k for k in sorted(node, key=len, reverse=True) if isinstance(k, str) and rest.startswith(k + ".")), None
+        )
         if head is None:
             if not create:
                 raise ParamsError(f"params.yaml: {key} does not exist in params")
@@ -483,7 +530,7 @@ def _walk(tree: dict, key: str, create: bool) -> tuple[dict, str]:
             node[head] = {}
         if not isinstance(node[head], dict):
             raise ParamsError(f"params.yaml: {key} does not exist in params")
-        node, rest = node[head], rest[len(head) + 1:]
+        node, rest = node[head], rest[len(head) + 1 :]
 
 
 def override(params: Params | dict, values: dict[str, Any]) -> Params:

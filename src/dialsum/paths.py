@@ -1,6 +1,7 @@
 """Where the stages write (and later stages, reports and the CLI read): every output path of dvc.yaml,
 spelled once. ``tests/test_deps.py`` checks that dvc.yaml's ``outs`` are these. Paths are relative to the
 project root; join them to ``root`` to read another checkout."""
+
 from __future__ import annotations
 
 from pathlib import Path

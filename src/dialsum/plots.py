@@ -1,5 +1,6 @@
 """PNG figures of a run (matplotlib, headless): dev ROUGE per source and per model, learning curves from
 dvclive, and length distributions of the data. ``dvc plots show`` renders them next to dvclive's curves."""
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,10 @@ def learning_curves(live_dirs: list[Path], out: Path) -> None:
     for d in live_dirs:
         m = d / "plots/metrics"
         # the Trainer logs the running train loss as `loss` (dvclive: loss.tsv) and eval ROUGE under eval/
-        for ax, files, col in ((a, [m / "loss.tsv", m / "train/loss.tsv"], "loss"),
-                               (b, [m / "eval/rouge_sum.tsv"], "rouge_sum")):
+        for ax, files, col in (
+            (a, [m / "loss.tsv", m / "train/loss.tsv"], "loss"),
+            (b, [m / "eval/rouge_sum.tsv"], "rouge_sum"),
+        ):
             f = next((f for f in files if f.exists()), None)
             if f is not None:
                 t = pd.read_csv(f, sep="\t")
@@ -85,8 +88,9 @@ def length_hist(frames: dict[str, pd.DataFrame], out: Path) -> None:
 def write_all(out_dir: Path, ensemble_json: Path, live_dirs: list[Path], frames: dict) -> list[Path]:
     ensemble = json.loads(Path(ensemble_json).read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / n for n in ("dev_rouge_by_source.png", "model_comparison.png", "learning_curves.png",
-                                    "lengths.png")]
+    paths = [
+        out_dir / n for n in ("dev_rouge_by_source.png", "model_comparison.png", "learning_curves.png", "lengths.png")
+    ]
     source_bars(ensemble, paths[0])
     model_bars(ensemble, paths[1])
     learning_curves([p for p in live_dirs if p.is_dir()], paths[2])

@@ -17,6 +17,7 @@ What is real and what is a stand-in (README, "Using real checkpoints"):
 
 ``layers`` / ``d_model`` shrink a replica for CPU tests; heads keep the published head width where they can.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,13 +37,17 @@ SOLAR_CHAT_TEMPLATE = (
     "{{'### System:\\n' + message['content']+'\\n\\n'}}{% endif %}{% elif message['role'] == 'user' %}"
     "{{'### User:\\n' + message['content']+'\\n\\n'}}{% elif message['role'] == 'assistant' %}"
     "{{'### Assistant:\\n'  + message['content']}}{% endif %}{% if loop.last and add_generation_prompt %}"
-    "{{ '### Assistant:\\n' }}{% endif %}{% endfor %}")
+    "{{ '### Assistant:\\n' }}{% endif %}{% endfor %}"
+)
 
 POLYGLOT_SPECIAL = ["<|sep|>", "<|acc|>", "<|endoftext|>", "<|tel|>", "<|rrn|>"]  # <|endoftext|> = 2 (eos)
 
 
-HUB = {"kobart": "gogamza/kobart-base-v2", "solar": "upstage/SOLAR-10.7B-Instruct-v1.0",
-       "polyglot": "EleutherAI/polyglot-ko-12.8b"}
+HUB = {
+    "kobart": "gogamza/kobart-base-v2",
+    "solar": "upstage/SOLAR-10.7B-Instruct-v1.0",
+    "polyglot": "EleutherAI/polyglot-ko-12.8b",
+}
 
 
 def _heads(d_model: int, head_dim: int) -> int:
@@ -67,16 +72,24 @@ def published_config(kind: str, layers: int | None = None, d_model: int | None =
         if d_model and d_model != d0:
             heads = _heads(d_model, d0 // heads0)
             ffn = cfg["encoder_ffn_dim"] * d_model // d0
-            cfg.update(d_model=d_model, encoder_attention_heads=heads, decoder_attention_heads=heads,
-                       encoder_ffn_dim=ffn, decoder_ffn_dim=ffn)
+            cfg.update(
+                d_model=d_model,
+                encoder_attention_heads=heads,
+                decoder_attention_heads=heads,
+                encoder_ffn_dim=ffn,
+                decoder_ffn_dim=ffn,
+            )
     else:
         d0, heads0 = cfg["hidden_size"], cfg["num_attention_heads"]
         if layers:
             cfg["num_hidden_layers"] = layers
         if d_model and d_model != d0:
             heads = _heads(d_model, d0 // heads0)
-            cfg.update(hidden_size=d_model, num_attention_heads=heads,
-                       intermediate_size=cfg["intermediate_size"] * d_model // d0)
+            cfg.update(
+                hidden_size=d_model,
+                num_attention_heads=heads,
+                intermediate_size=cfg["intermediate_size"] * d_model // d0,
+            )
             if "num_key_value_heads" in cfg:  # grouped-query attention keeps its group size where it can
                 kv = max(1, heads * cfg["num_key_value_heads"] // heads0)
                 while heads % kv:
@@ -90,8 +103,13 @@ def _bpe_vocab(texts: list[str], vocab_size: int, pre_tokenizer, special: list[s
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizer
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                                  special_tokens=special, initial_alphabet=list(alphabet))
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=special,
+        initial_alphabet=list(alphabet),
+    )
     tok.train_from_iterator(texts, trainer)
     model = json.loads(tok.to_str())["model"]
     return model["vocab"], [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
@@ -109,10 +127,12 @@ def solar_tokenizer(texts: list[str], vocab_size: int = 4000):
         vocab.setdefault(t, len(vocab))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                       special_tokens=[("<s>", 1)])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
     tok.add_special_tokens(special)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     fast.chat_template = SOLAR_CHAT_TEMPLATE
@@ -130,8 +150,12 @@ def polyglot_tokenizer(texts: list[str], vocab_size: int = 4000):
     tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(POLYGLOT_SPECIAL)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=[t for t in POLYGLOT_SPECIAL if t != "<|endoftext|>"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=[t for t in POLYGLOT_SPECIAL if t != "<|endoftext|>"],
+    )
 
 
 def kobart_tokenizer(path: str | Path = KOBART_TOKENIZER):
@@ -143,8 +167,16 @@ def kobart_tokenizer(path: str | Path = KOBART_TOKENIZER):
     return AutoTokenizer.from_pretrained(path)
 
 
-def build(kind: str, out: str | Path, texts: list[str], layers: int | None = None, d_model: int | None = None,
-          tokenizer_path: str | Path = KOBART_TOKENIZER, vocab_size: int = 4000, seed: int = 0) -> Path:
+def build(
+    kind: str,
+    out: str | Path,
+    texts: list[str],
+    layers: int | None = None,
+    d_model: int | None = None,
+    tokenizer_path: str | Path = KOBART_TOKENIZER,
+    vocab_size: int = 4000,
+    seed: int = 0,
+) -> Path:
     """Write a ``save_pretrained`` folder (safetensors + tokenizer) that loads like the hub checkpoint."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 

@@ -27,6 +27,7 @@ Diagnostics, per summary (counted for the ensemble and every source):
 The compare report scores both runs' ensemble summaries on the dialogues they share and gives, per
 dialogue, the rouge_sum change; the mean change comes with a paired-bootstrap 95 % interval.
 """
+
 from __future__ import annotations
 
 import base64
@@ -99,7 +100,7 @@ def swap_roles(summary: str) -> str:
 
 def repeats(summary: str, n: int = 3) -> bool:
     words = summary.split()
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return len(grams) != len(set(grams))
 
 
@@ -111,9 +112,16 @@ def length_ratio(summary: str, refs: list[str]) -> float:
     return words(summary) / max(1.0, float(np.mean([words(r) for r in refs])))
 
 
-def diagnose(dialogues: list[str], refs: list[list[str]], summaries: list[str], scorer: Scorer,
-             settings: Settings, tokens: list[int] | None = None, limits: list[int] | None = None,
-             rows: np.ndarray | None = None) -> list[list[str]]:
+def diagnose(
+    dialogues: list[str],
+    refs: list[list[str]],
+    summaries: list[str],
+    scorer: Scorer,
+    settings: Settings,
+    tokens: list[int] | None = None,
+    limits: list[int] | None = None,
+    rows: np.ndarray | None = None,
+) -> list[list[str]]:
     """The diagnostics (keys of :data:`DIAGNOSTICS`) of each summary, in that order. ``tokens``/``limits``:
     each summary's token count and generation limit (``length_limit`` is skipped without them);
     ``rows``: the summaries' per-row ROUGE if already scored."""
@@ -122,8 +130,9 @@ def diagnose(dialogues: list[str], refs: list[list[str]], summaries: list[str], 
     todo = [i for i, (s, w) in enumerate(zip(summaries, swapped)) if s != w]
     gain = np.zeros(len(summaries))
     if todo:
-        gain[todo] = (scorer.per_row([swapped[i] for i in todo], [refs[i] for i in todo]).sum(axis=1)
-                      - rows[todo].sum(axis=1))
+        gain[todo] = scorer.per_row([swapped[i] for i in todo], [refs[i] for i in todo]).sum(axis=1) - rows[todo].sum(
+            axis=1
+        )
     seen: dict[str, int] = {}
     for s in summaries:
         if s.strip():
@@ -188,8 +197,9 @@ def _first_candidates(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop_duplicates("fname").set_index("fname")
 
 
-def _token_counts(root: Path, source: str, summaries: list[str], pred: pd.DataFrame,
-                  fnames: list[str]) -> list[int] | None:
+def _token_counts(
+    root: Path, source: str, summaries: list[str], pred: pd.DataFrame, fnames: list[str]
+) -> list[int] | None:
     if "tokens" in pred:
         return [int(pred.at[f, "tokens"]) for f in fnames]
     folder = root / paths.init_dir(source.split("/")[0])
@@ -217,8 +227,7 @@ def _flatten(obj, prefix: str = "") -> dict[str, str]:
 
 def run_params(params: dict) -> dict[str, str]:
     """The params that define a run's summaries, flattened (``generation.num_beams``: ``4``)."""
-    keep = {k: params[k] for k in ("models", "training", "generation", "tta", "ensemble", "metrics")
-            if k in params}
+    keep = {k: params[k] for k in ("models", "training", "generation", "tta", "ensemble", "metrics") if k in params}
     keep["cv.folds"] = params.get("cv", {}).get("folds")
     keep["zoo"] = {m: params["zoo"][m] for m in params.get("models", []) if m in params.get("zoo", {})}
     return _flatten(keep)
@@ -249,8 +258,13 @@ def _plots(table: pd.DataFrame, sources: list[str]) -> dict[str, str]:
         centers = table.groupby(bins, observed=True)["dialogue_words"].median()
         for name in [ENSEMBLE] + sources:
             means = table.groupby(bins, observed=True)[f"{name}_sum"].mean()
-            ax.plot(centers.values, means.values, marker="o", lw=2 if name == ENSEMBLE else 1,
-                    label=f"{name} (mean per length quintile)")
+            ax.plot(
+                centers.values,
+                means.values,
+                marker="o",
+                lw=2 if name == ENSEMBLE else 1,
+                label=f"{name} (mean per length quintile)",
+            )
     ax.set_xlabel("dialogue length (words)")
     ax.set_ylabel("rouge_sum")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -270,8 +284,14 @@ def by_topic(table: pd.DataFrame, sources: list[str], most: int = 30) -> list[di
     out = []
     for topic in sorted(counts.index, key=lambda t: (-counts[t], t))[:most]:
         sub = table[table["topic"] == topic]
-        out.append({"topic": topic, "n": int(counts[topic]), ENSEMBLE: float(sub[f"{ENSEMBLE}_sum"].mean()),
-                    **{s: float(sub[f"{s}_sum"].mean()) for s in sources}})
+        out.append(
+            {
+                "topic": topic,
+                "n": int(counts[topic]),
+                ENSEMBLE: float(sub[f"{ENSEMBLE}_sum"].mean()),
+                **{s: float(sub[f"{s}_sum"].mean()) for s in sources},
+            }
+        )
     return out
 
 
@@ -279,11 +299,13 @@ def _environment():
     from jinja2 import DictLoader, Environment, StrictUndefined
 
     folder = resources.files("dialsum") / "templates"
-    templates = {n: (folder / n).read_text(encoding="utf-8")
-                 for n in ("report_base.html.j2", "report_macros.html.j2", "report_index.html.j2",
-                           "report_compare.html.j2")}
-    env = Environment(loader=DictLoader(templates), autoescape=True, undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
+    templates = {
+        n: (folder / n).read_text(encoding="utf-8")
+        for n in ("report_base.html.j2", "report_macros.html.j2", "report_index.html.j2", "report_compare.html.j2")
+    }
+    env = Environment(
+        loader=DictLoader(templates), autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
     env.filters["f3"] = lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
     env.filters["f4"] = lambda v: "" if v is None else f"{v:.4f}"
     return env
@@ -305,11 +327,14 @@ def build_index(params: Params | dict, root: Path = Path("."), settings: Setting
     ens = _read(root / paths.ENSEMBLE_PREDICTIONS / "dev.csv").drop_duplicates("fname").set_index("fname")
     missing = [f for f in fnames if f not in ens.index]
     if missing:
-        raise ReportError(f"predictions/ensemble/dev.csv: no summary for {len(missing)} dev dialogues "
-                          f"(first: {missing[0]}); re-run `dvc repro ensemble`")
+        raise ReportError(
+            f"predictions/ensemble/dev.csv: no summary for {len(missing)} dev dialogues "
+            f"(first: {missing[0]}); re-run `dvc repro ensemble`"
+        )
     # natural order: lead2 before lead10
-    sources = sorted(metrics.get("sources", {}), key=lambda s: [int(t) if t.isdigit() else t
-                                                               for t in re.split(r"(\d+)", s)])
+    sources = sorted(
+        metrics.get("sources", {}), key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+    )
     summaries = {ENSEMBLE: [ens.at[f, "summary"] for f in fnames]}
     tokens: dict[str, list[int] | None] = {}
     for src in sources:
@@ -325,16 +350,29 @@ def build_index(params: Params | dict, root: Path = Path("."), settings: Setting
     ens_tokens = [by_source.get(s, {}).get(f, -1) for s, f in zip(chosen_src, fnames)]
     ens_limits = [_limit(params, s) if s.split("/")[0] in params.zoo else 10**9 for s in chosen_src]
 
-    table = pd.DataFrame({"fname": fnames, "topic": list(dev["topic"]) if "topic" in dev else [""] * len(fnames),
-                          "dialogue_words": [words(d) for d in dialogues]})
+    table = pd.DataFrame(
+        {
+            "fname": fnames,
+            "topic": list(dev["topic"]) if "topic" in dev else [""] * len(fnames),
+            "dialogue_words": [words(d) for d in dialogues],
+        }
+    )
     flags, rouge = {}, {}
     for name in tqdm([ENSEMBLE] + sources, desc="report: scoring", unit="source"):
         rows = scorer.per_row(summaries[name], refs)
         rouge[name] = rows
         table[f"{name}_sum"] = rows.sum(axis=1)
         lims = ens_limits if name == ENSEMBLE else [_limit(params, name)] * len(fnames)
-        flags[name] = diagnose(dialogues, refs, summaries[name], scorer, settings,
-                               ens_tokens if name == ENSEMBLE else tokens[name], lims, rows=rows)
+        flags[name] = diagnose(
+            dialogues,
+            refs,
+            summaries[name],
+            scorer,
+            settings,
+            ens_tokens if name == ENSEMBLE else tokens[name],
+            lims,
+            rows=rows,
+        )
 
     counts = {name: {k: sum(k in f for f in flags[name]) for k in DIAGNOSTICS} for name in flags}
     examples = {}
@@ -345,32 +383,71 @@ def build_index(params: Params | dict, root: Path = Path("."), settings: Setting
             if len(ex) >= 5:
                 break
         examples[k] = ex[:5]
-    ratios = {name: float(np.median([length_ratio(s, r) for s, r in zip(summaries[name], refs)]))
-              for name in summaries}
+    ratios = {name: float(np.median([length_ratio(s, r) for s, r in zip(summaries[name], refs)])) for name in summaries}
 
     rows_out = []
     for i, f in enumerate(tqdm(fnames, desc="report: rows", unit="dialogue", mininterval=2)):
-        rows_out.append({
-            "fname": f, "topic": table.at[i, "topic"], "dialogue": dialogues[i], "refs": refs[i],
-            "dialogue_words": int(table.at[i, "dialogue_words"]),
-            "chosen": {"marks": overlap_marks(summaries[ENSEMBLE][i], refs[i]), "source": chosen_src[i],
-                       "view": ens.at[f, "view"] if "view" in ens else "", "rouge": rouge[ENSEMBLE][i].tolist(),
-                       "sum": float(rouge[ENSEMBLE][i].sum()), "flags": flags[ENSEMBLE][i]},
-            "sources": [{"name": s, "marks": overlap_marks(summaries[s][i], refs[i]),
-                         "sum": float(rouge[s][i].sum()), "flags": flags[s][i]} for s in sources],
-            "flags": sorted({k for name in flags for k in flags[name][i]}, key=list(DIAGNOSTICS).index),
-        })
-    worst = sorted(range(len(fnames)), key=lambda i: (rows_out[i]["chosen"]["sum"], fnames[i]))[:settings.worst_n]
-    header = [{"name": f"ensemble ({metrics.get('strategy', '?')})", **{k: metrics.get(k) for k in KEYS},
-               "collapsed": False, "best": False}]
-    header += [{"name": s, **{k: metrics["sources"][s].get(k) for k in KEYS},
-                "collapsed": s in (metrics.get("collapsed") or {}), "best": s == metrics.get("best_single")}
-               for s in sources]
-    return {"metrics": metrics, "header": header, "params": run_params(written(params)), "sources": sources,
-            "rows": rows_out, "worst": [rows_out[i] for i in worst], "counts": counts, "examples": examples,
-            "ratios": ratios, "diagnostics": DIAGNOSTICS, "settings": settings, "plots": _plots(table, sources),
-            "topics": by_topic(table, sources),
-            "n": len(fnames)}
+        rows_out.append(
+            {
+                "fname": f,
+                "topic": table.at[i, "topic"],
+                "dialogue": dialogues[i],
+                "refs": refs[i],
+                "dialogue_words": int(table.at[i, "dialogue_words"]),
+                "chosen": {
+                    "marks": overlap_marks(summaries[ENSEMBLE][i], refs[i]),
+                    "source": chosen_src[i],
+                    "view": ens.at[f, "view"] if "view" in ens else "",
+                    "rouge": rouge[ENSEMBLE][i].tolist(),
+                    "sum": float(rouge[ENSEMBLE][i].sum()),
+                    "flags": flags[ENSEMBLE][i],
+                },
+                "sources": [
+                    {
+                        "name": s,
+                        "marks": overlap_marks(summaries[s][i], refs[i]),
+                        "sum": float(rouge[s][i].sum()),
+                        "flags": flags[s][i],
+                    }
+                    for s in sources
+                ],
+                "flags": sorted({k for name in flags for k in flags[name][i]}, key=list(DIAGNOSTICS).index),
+            }
+        )
+    worst = sorted(range(len(fnames)), key=lambda i: (rows_out[i]["chosen"]["sum"], fnames[i]))[: settings.worst_n]
+    header = [
+        {
+            "name": f"ensemble ({metrics.get('strategy', '?')})",
+            **{k: metrics.get(k) for k in KEYS},
+            "collapsed": False,
+            "best": False,
+        }
+    ]
+    header += [
+        {
+            "name": s,
+            **{k: metrics["sources"][s].get(k) for k in KEYS},
+            "collapsed": s in (metrics.get("collapsed") or {}),
+            "best": s == metrics.get("best_single"),
+        }
+        for s in sources
+    ]
+    return {
+        "metrics": metrics,
+        "header": header,
+        "params": run_params(written(params)),
+        "sources": sources,
+        "rows": rows_out,
+        "worst": [rows_out[i] for i in worst],
+        "counts": counts,
+        "examples": examples,
+        "ratios": ratios,
+        "diagnostics": DIAGNOSTICS,
+        "settings": settings,
+        "plots": _plots(table, sources),
+        "topics": by_topic(table, sources),
+        "n": len(fnames),
+    }
 
 
 def write_index(params: Params | dict, out: Path = paths.REPORT, root: Path = Path(".")) -> Path:
@@ -383,8 +460,9 @@ def write_index(params: Params | dict, out: Path = paths.REPORT, root: Path = Pa
 @dataclass
 class Run:
     """One side of a comparison: what a revision (or the workspace) holds."""
+
     label: str
-    rev: str                 # commit sha, or "workspace"
+    rev: str  # commit sha, or "workspace"
     params: dict
     metrics: dict
     dev: pd.DataFrame
@@ -406,8 +484,9 @@ def resolve(root: Path, name: str) -> str:
     try:
         repo = Repo(str(root))
     except NotDvcRepoError:
-        raise ReportError(f"{root}: not a DVC repository (run `dialsum report --compare` inside the project, or "
-                          "pass --repo)") from None
+        raise ReportError(
+            f"{root}: not a DVC repository (run `dialsum report --compare` inside the project, or pass --repo)"
+        ) from None
     with repo:
         try:
             return repo.scm.resolve_rev(name)
@@ -429,14 +508,25 @@ def load_run(root: Path, name: str) -> Run:
         fs = DVCFileSystem(str(root), rev=rev)  # git-tracked files from the commit, outputs from DVC's cache
     for path in RUN_FILES:
         try:
-            texts[path] = ((root / path).read_text(encoding="utf-8") if rev == "workspace"
-                           else fs.read_text(path, encoding="utf-8"))
+            texts[path] = (
+                (root / path).read_text(encoding="utf-8")
+                if rev == "workspace"
+                else fs.read_text(path, encoding="utf-8")
+            )
         except Exception as e:  # noqa: BLE001 - DVC/git raise many kinds; the user needs one line
-            raise ReportError(f"{name} ({rev[:10]}): cannot read {path} ({type(e).__name__}); is it in the "
-                              f"local DVC cache? `dvc pull` or re-run that revision first") from None
+            raise ReportError(
+                f"{name} ({rev[:10]}): cannot read {path} ({type(e).__name__}); is it in the "
+                f"local DVC cache? `dvc pull` or re-run that revision first"
+            ) from None
     csv = lambda p: pd.read_csv(_io.StringIO(texts[p]), dtype=str, keep_default_na=False)  # noqa: E731
-    return Run(name, rev, yaml.safe_load(texts["params.yaml"]), json.loads(texts[paths.ENSEMBLE_METRICS.as_posix()]),
-               csv(DEV), csv(ENSEMBLE_DEV).drop_duplicates("fname"))
+    return Run(
+        name,
+        rev,
+        yaml.safe_load(texts["params.yaml"]),
+        json.loads(texts[paths.ENSEMBLE_METRICS.as_posix()]),
+        csv(DEV),
+        csv(ENSEMBLE_DEV).drop_duplicates("fname"),
+    )
 
 
 def build_compare(a: Run, b: Run, settings: Settings) -> dict:
@@ -462,24 +552,50 @@ def build_compare(a: Run, b: Run, settings: Settings) -> dict:
     changed = [(k, pa.get(k, "—"), pb.get(k, "—")) for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k)]
     rows = []
     for i, f in enumerate(common):
-        rows.append({"fname": f, "topic": dev_a.at[i, "topic"] if "topic" in dev_a else "",
-                     "dialogue": dev_a.at[i, "dialogue"], "refs": refs_a[i], "delta": float(diff[i]),
-                     "a": {"marks": overlap_marks(sa[i], refs_a[i]), "sum": float(ra[i].sum()),
-                           "source": ea.at[f, "source"] if "source" in ea else ""},
-                     "b": {"marks": overlap_marks(sb[i], refs_b[i]), "sum": float(rb[i].sum()),
-                           "source": eb.at[f, "source"] if "source" in eb else ""}})
+        rows.append(
+            {
+                "fname": f,
+                "topic": dev_a.at[i, "topic"] if "topic" in dev_a else "",
+                "dialogue": dev_a.at[i, "dialogue"],
+                "refs": refs_a[i],
+                "delta": float(diff[i]),
+                "a": {
+                    "marks": overlap_marks(sa[i], refs_a[i]),
+                    "sum": float(ra[i].sum()),
+                    "source": ea.at[f, "source"] if "source" in ea else "",
+                },
+                "b": {
+                    "marks": overlap_marks(sb[i], refs_b[i]),
+                    "sum": float(rb[i].sum()),
+                    "source": eb.at[f, "source"] if "source" in eb else "",
+                },
+            }
+        )
     order = np.argsort(diff, kind="stable")
     n = settings.worst_n
-    means = {side: {k: float(v) for k, v in zip(("rouge1", "rouge2", "rougeL"), r.mean(axis=0))}
-             for side, r in (("a", ra), ("b", rb))}
+    means = {
+        side: {k: float(v) for k, v in zip(("rouge1", "rouge2", "rougeL"), r.mean(axis=0))}
+        for side, r in (("a", ra), ("b", rb))
+    }
     for m in means.values():
         m["rouge_sum"] = m["rouge1"] + m["rouge2"] + m["rougeL"]
-    return {"a": a, "b": b, "n": len(common), "only_a": len(a.dev) - len(common), "means": means,
-            "delta": float(diff.mean()), "ci": (lo, hi), "bootstrap": settings.bootstrap,
-            "improved": int((diff > 1e-9).sum()), "degraded": int((diff < -1e-9).sum()),
-            "changed_params": changed, "rows": rows, "diagnostics": DIAGNOSTICS,
-            "most_improved": [rows[i] for i in order[::-1][:n] if diff[i] > 1e-9],
-            "most_degraded": [rows[i] for i in order[:n] if diff[i] < -1e-9]}
+    return {
+        "a": a,
+        "b": b,
+        "n": len(common),
+        "only_a": len(a.dev) - len(common),
+        "means": means,
+        "delta": float(diff.mean()),
+        "ci": (lo, hi),
+        "bootstrap": settings.bootstrap,
+        "improved": int((diff > 1e-9).sum()),
+        "degraded": int((diff < -1e-9).sum()),
+        "changed_params": changed,
+        "rows": rows,
+        "diagnostics": DIAGNOSTICS,
+        "most_improved": [rows[i] for i in order[::-1][:n] if diff[i] > 1e-9],
+        "most_degraded": [rows[i] for i in order[:n] if diff[i] < -1e-9],
+    }
 
 
 def compare_path(a: str, b: str, folder: Path = Path("reports")) -> Path:
@@ -487,8 +603,9 @@ def compare_path(a: str, b: str, folder: Path = Path("reports")) -> Path:
     return folder / f"compare-{safe(a)}-{safe(b)}.html"
 
 
-def write_compare(a: str, b: str, root: Path = Path("."), out: Path | None = None,
-                  settings: Settings | None = None) -> Path:
+def write_compare(
+    a: str, b: str, root: Path = Path("."), out: Path | None = None, settings: Settings | None = None
+) -> Path:
     ra, rb = load_run(root, a), load_run(root, b)
     data = build_compare(ra, rb, settings or settings_of(rb.params))
     html = _environment().get_template("report_compare.html.j2").render(**data)

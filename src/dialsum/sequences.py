@@ -15,6 +15,7 @@ are put in by hand, once, by the checkpoint's convention (:class:`Conventions`):
 Tags (``#Person1#``) are added as normal tokens, and a Metaspace (``▁``) pre-tokenizer is told not to
 invent a word boundary after them, so ``#Person1#과`` decodes as ``#Person1#과``, not ``#Person1# 과``.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,15 +31,23 @@ DEFAULT_PROMPT = "다음 대화를 요약하세요.\n### 대화:\n{dialogue}\n##
 
 # Causal architectures whose pretraining put a BOS token before every document. Others: whatever the
 # tokenizer itself adds (its post-processor is the checkpoint author's statement of the convention).
-CAUSAL_BOS = {"llama": True, "mistral": True, "gemma": True, "gemma2": True, "gpt_neox": False, "gpt2": False,
-              "gptj": False, "qwen2": False}
+CAUSAL_BOS = {
+    "llama": True,
+    "mistral": True,
+    "gemma": True,
+    "gemma2": True,
+    "gpt_neox": False,
+    "gpt2": False,
+    "gptj": False,
+    "qwen2": False,
+}
 
 
 @dataclass(frozen=True)
 class Conventions:
     family: str
-    bos: int | None            # opens the source (seq2seq) / the prompt (causal); None = nothing
-    eos: int                   # closes the source (seq2seq) and every target
+    bos: int | None  # opens the source (seq2seq) / the prompt (causal); None = nothing
+    eos: int  # closes the source (seq2seq) and every target
     decoder_start: int | None  # seq2seq: the decoder's first input, never a label
 
 
@@ -71,8 +80,9 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def source_ids(tokenizer, dialogue: str, conv: Conventions, max_len: int,
-               prompt: str | None = None) -> tuple[list[int], bool]:
+def source_ids(
+    tokenizer, dialogue: str, conv: Conventions, max_len: int, prompt: str | None = None
+) -> tuple[list[int], bool]:
     """Token ids of the model input and whether the dialogue was truncated.
 
     seq2seq: the wrapped dialogue, cut inside the wrapping. causal: the prompt around the dialogue; only the
@@ -87,8 +97,9 @@ def source_ids(tokenizer, dialogue: str, conv: Conventions, max_len: int,
     template = prompt or DEFAULT_PROMPT
     head, tail = template.split("{dialogue}")
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": template.format(dialogue="\0")}],
-                                             add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": template.format(dialogue="\0")}], add_generation_prompt=True, tokenize=False
+        )
         head, tail = text.split("\0")
     head_ids, tail_ids = _ids(tokenizer, head), _ids(tokenizer, tail)
     if conv.bos is not None and head_ids[:1] != [conv.bos]:  # a template may have written it already
@@ -192,9 +203,14 @@ def glue_after_added_tokens(tokenizer) -> bool:
     steps = norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]
     prepend = [s for s in steps if s.get("type") == "Prepend" and s.get("prepend") == "▁"]
     if prepend and spec.get("pre_tokenizer") is None:
-        steps = [s for s in steps if s not in prepend
-                 and not (s.get("type") == "Replace" and s.get("content") == "▁"
-                          and s.get("pattern", {}).get("String") == " ")]
+        steps = [
+            s
+            for s in steps
+            if s not in prepend
+            and not (
+                s.get("type") == "Replace" and s.get("content") == "▁" and s.get("pattern", {}).get("String") == " "
+            )
+        ]
         spec["normalizer"] = {"type": "Sequence", "normalizers": steps} if steps else None
         spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}
         changed = True

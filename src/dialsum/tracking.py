@@ -1,4 +1,5 @@
 """Logging for stages: ``logs/<stage>[@item].log`` plus the console, and one-line errors for users."""
+
 from __future__ import annotations
 
 import logging
@@ -7,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Callable
-
 
 
 def setup_logging(stage: str, item: str | None = None, level: str = "INFO", log_dir: str | Path = "logs") -> Path:
@@ -112,8 +112,16 @@ def start_wandb(params: dict, name: str, extra_tags: tuple = ()):
     import wandb
 
     group = cfg.group or os.environ.get("DVC_EXP_NAME") or "dvc-repro"
-    run = wandb.init(project=cfg.project, entity=cfg.entity, name=name, group=group,
-                     tags=[*cfg.tags, *extra_tags], mode=mode, dir=".", reinit="finish_previous",
-                     config={k: v for k, v in written(params).items() if k != "tune"})
+    run = wandb.init(
+        project=cfg.project,
+        entity=cfg.entity,
+        name=name,
+        group=group,
+        tags=[*cfg.tags, *extra_tags],
+        mode=mode,
+        dir=".",
+        reinit="finish_previous",
+        config={k: v for k, v in written(params).items() if k != "tune"},
+    )
     logging.getLogger(__name__).info("W&B run %s (%s, group %s)", name, mode, group)
     return run

@@ -3,6 +3,7 @@
 The Trainer does the loop, checkpoints, best-model selection and early stopping; we only build the
 features, the collator and the arguments from params, and add ROUGE by generation to each evaluation.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -61,8 +62,21 @@ def launch_command(tcfg: dict | Training, script_args: list[str]) -> list[str] |
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     precision = next(iter(mixed_precision(tcfg.mixed_precision)), "no")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
-           "--mixed_precision", precision, "--dynamo_backend", "no", "--main_process_port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(n),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        precision,
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+    ]
     if tcfg.accelerate_config:
         cmd += ["--config_file", str(tcfg.accelerate_config)]
     elif n > 1:
@@ -153,6 +167,7 @@ def prepare_checkpoints(ckpt_dir: Path, signature: str, resume: str) -> str | No
 class EvalRouge:
     """The in-training evaluation's ROUGE: the model being trained summarizes the validation dialogues with
     dialsum's batched generation (as predict does, within the same token budget) and the scorer rates them."""
+
     tokenizer: Any
     family: str
     dialogues: list[str]
@@ -166,9 +181,17 @@ class EvalRouge:
 
     def generate(self, model) -> None:
         self.tokenizer.padding_side = "left"  # generation pads on the left, training on the right
-        self.predictions, _ = generation.summarize(model, self.tokenizer, self.family, self.dialogues, self.gen,
-                                                   self.max_source_len, self.batch_size, self.prompt,
-                                                   desc="eval generate")
+        self.predictions, _ = generation.summarize(
+            model,
+            self.tokenizer,
+            self.family,
+            self.dialogues,
+            self.gen,
+            self.max_source_len,
+            self.batch_size,
+            self.prompt,
+            desc="eval generate",
+        )
         self.tokenizer.padding_side = "right"
 
     def compute_metrics(self, _) -> dict:
@@ -189,9 +212,20 @@ class SummarizationTrainer(Seq2SeqTrainer):
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **kw)
 
 
-def train(params: Params | dict, model_name: str, fold, train_df: pd.DataFrame, val_df: pd.DataFrame,
-          init_dir: Path, out_dir: Path, ckpt_dir: Path, live_dir: Path | None = None,
-          signature: str = "", callbacks=(), track: bool = True) -> dict:
+def train(
+    params: Params | dict,
+    model_name: str,
+    fold,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    init_dir: Path,
+    out_dir: Path,
+    ckpt_dir: Path,
+    live_dir: Path | None = None,
+    signature: str = "",
+    callbacks=(),
+    track: bool = True,
+) -> dict:
     """Train, keep the best model by eval ``rouge_sum``, save it to ``out_dir``; returns eval metrics.
     ``callbacks``: extra Trainer callbacks (the tune stage's pruning); ``track``: a W&B run when enabled."""
     from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback
@@ -209,8 +243,9 @@ def train(params: Params | dict, model_name: str, fold, train_df: pd.DataFrame, 
 
     feats, truncated = build_features(train_df, tokenizer, entry, model.config)
     if truncated:
-        log.info("%d of %d training dialogues truncated to max_source_len=%d", truncated, len(feats),
-                 entry.max_source_len)
+        log.info(
+            "%d of %d training dialogues truncated to max_source_len=%d", truncated, len(feats), entry.max_source_len
+        )
     if tcfg.eval_rows:  # cheaper in-training evaluations on big validation sets; predict scores all
         val_df = val_df.head(tcfg.eval_rows).reset_index(drop=True)
     val_feats, _ = build_features(val_df, tokenizer, entry, model.config)
@@ -222,12 +257,24 @@ def train(params: Params | dict, model_name: str, fold, train_df: pd.DataFrame, 
     eval_steps = max(1, round(steps_per_epoch * tcfg.eval_every_epochs))  # fractions for long epochs
     lr = tcfg.learning_rate or entry.learning_rate
     args = _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr)
-    collator = DataCollatorForSeq2Seq(tokenizer, model=model if family == "seq2seq" else None,
-                                      label_pad_token_id=-100, pad_to_multiple_of=8)
-    rouge = EvalRouge(tokenizer, family, list(val_df["dialogue"]), references(val_df),
-                      Generation(num_beams=tcfg.eval_num_beams, max_new_tokens=entry.max_target_len,
-                                 batch_tokens=params.generation.batch_tokens),
-                      entry.max_source_len, tcfg.eval_batch_size, entry.prompt, Scorer.from_params(params))
+    collator = DataCollatorForSeq2Seq(
+        tokenizer, model=model if family == "seq2seq" else None, label_pad_token_id=-100, pad_to_multiple_of=8
+    )
+    rouge = EvalRouge(
+        tokenizer,
+        family,
+        list(val_df["dialogue"]),
+        references(val_df),
+        Generation(
+            num_beams=tcfg.eval_num_beams,
+            max_new_tokens=entry.max_target_len,
+            batch_tokens=params.generation.batch_tokens,
+        ),
+        entry.max_source_len,
+        tcfg.eval_batch_size,
+        entry.prompt,
+        Scorer.from_params(params),
+    )
 
     callbacks = list(callbacks)
     if tcfg.early_stopping_patience > 0:
@@ -238,14 +285,19 @@ def train(params: Params | dict, model_name: str, fold, train_df: pd.DataFrame, 
         callbacks.append(_dvclive_callback()(live=Live(str(live_dir), report=None, save_dvc_exp=False, dvcyaml=None)))
 
     trainer = SummarizationTrainer(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
-        processing_class=tokenizer, rouge=rouge, callbacks=callbacks,
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        rouge=rouge,
+        callbacks=callbacks,
         # The Trainer would keep every eval logit (vocab x length x rows); ROUGE needs none of them.
         preprocess_logits_for_metrics=lambda logits, labels: labels[:, :1],
     )
     resume_from = prepare_checkpoints(ckpt_dir, signature, tcfg.resume)
-    run = (start_wandb(params, f"{model_name}-{fold}", (model_name, f"fold-{fold}"))
-           if track and rank() == 0 else None)
+    run = start_wandb(params, f"{model_name}-{fold}", (model_name, f"fold-{fold}")) if track and rank() == 0 else None
     if trainer.args.world_size > 1:
         log.info("rank %d of %d processes (%s)", rank(), trainer.args.world_size, trainer.args.parallel_mode.value)
     try:
@@ -263,10 +315,18 @@ def train(params: Params | dict, model_name: str, fold, train_df: pd.DataFrame, 
         # the plots stage, which depends on dvclive/, would look changed in every clone
         for extra in ("metrics.json", "params.yaml"):
             (Path(live_dir) / extra).unlink(missing_ok=True)
-    result = {k.removeprefix("eval_"): round(float(v), 6) for k, v in metrics.items()
-              if k.removeprefix("eval_") in ("rouge1", "rouge2", "rougeL", "rouge_sum", "loss")}
-    result.update(n_train=len(train_df), n_val=len(val_df), truncated=truncated,
-                  best_step=_best_step(trainer), steps=trainer.state.global_step)
+    result = {
+        k.removeprefix("eval_"): round(float(v), 6)
+        for k, v in metrics.items()
+        if k.removeprefix("eval_") in ("rouge1", "rouge2", "rougeL", "rouge_sum", "loss")
+    }
+    result.update(
+        n_train=len(train_df),
+        n_val=len(val_df),
+        truncated=truncated,
+        best_step=_best_step(trainer),
+        steps=trainer.state.global_step,
+    )
     if out_dir is not None and trainer.is_world_process_zero():
         with atomic_dir(out_dir) as tmp:
             save_trained(trainer.model, tokenizer, tmp, entry)
@@ -342,14 +402,18 @@ def _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr):
         gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
         label_smoothing_factor=tcfg.label_smoothing,
         max_grad_norm=tcfg.max_grad_norm,
-        eval_strategy="steps", eval_steps=eval_steps,
-        save_strategy="steps", save_steps=eval_steps,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
         save_total_limit=tcfg.save_total_limit,
-        load_best_model_at_end=True, metric_for_best_model=best_by,
+        load_best_model_at_end=True,
+        metric_for_best_model=best_by,
         greater_is_better=best_by != "loss",
         logging_steps=max(1, min(10, steps_per_epoch)),
         train_sampling_strategy="group_by_length",
-        seed=params.seed, data_seed=params.seed,
+        seed=params.seed,
+        data_seed=params.seed,
         report_to=["wandb"] if params.tracking.wandb.enabled else [],
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),

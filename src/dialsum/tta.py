@@ -17,6 +17,7 @@ dialogue back to the original one:
 
 Tags (speaker and PII masks) are never altered except by ``reorder``.
 """
+
 from __future__ import annotations
 
 import random
@@ -35,18 +36,41 @@ STRATEGIES = AUGMENTATIONS
 PERSON_RE = re.compile(r"#Person(\d+)#")
 # particle pairs (after a final consonant / after a vowel); longest first so 이랑 wins over 이
 _PARTICLES = [("이랑", "랑"), ("으로", "로"), ("은", "는"), ("이", "가"), ("을", "를"), ("과", "와"), ("아", "야")]
-_PARTICLE_RE = re.compile(r"(#Person\d+#)(" + "|".join(sorted({p for pair in _PARTICLES for p in pair},
-                                                                     key=len, reverse=True)) + r")(?![가-힣])")
-FILLERS_KO = ["음", "어", "아", "에", "그", "저", "뭐", "글쎄요", "글쎄", "아이고", "어머", "음음", "흠", "저기", "있잖아"]
+_PARTICLE_RE = re.compile(
+    r"(#Person\d+#)("
+    + "|".join(sorted({p for pair in _PARTICLES for p in pair}, key=len, reverse=True))
+    + r")(?![가-힣])"
+)
+FILLERS_KO = [
+    "음",
+    "어",
+    "아",
+    "에",
+    "그",
+    "저",
+    "뭐",
+    "글쎄요",
+    "글쎄",
+    "아이고",
+    "어머",
+    "음음",
+    "흠",
+    "저기",
+    "있잖아",
+]
 FILLERS_EN = ["um", "uh", "erm", "er", "hmm", "well", "oh", "ah", "like", "you know", "i mean", "so", "okay so"]
 _FILLER_RE = re.compile(
-    r"(?<![\w#])(" + "|".join(re.escape(f) for f in sorted(FILLERS_KO + FILLERS_EN, key=len, reverse=True))
-    + r")(?:[,.…]+|(?=\s))\s*", re.IGNORECASE)
+    r"(?<![\w#])("
+    + "|".join(re.escape(f) for f in sorted(FILLERS_KO + FILLERS_EN, key=len, reverse=True))
+    + r")(?:[,.…]+|(?=\s))\s*",
+    re.IGNORECASE,
+)
 
 
 @dataclass
 class View:
     """One augmented dialogue and the way back for its summary."""
+
     name: str
     dialogue: str
     inverse: Callable[[str], str] = field(default=lambda s: s)  # summary of the view -> of the original
@@ -55,12 +79,14 @@ class View:
 
 def fix_particles(text: str) -> str:
     """Re-choose the particle after each ``#PersonN#`` for that number's reading (1 일 -> 은, 2 이 -> 는)."""
+
     def repl(m: re.Match) -> str:
         tag, particle = m.group(1), m.group(2)
         for with_final, without in _PARTICLES:
             if particle in (with_final, without):
                 return josa(tag, f"{with_final}/{without}")
         return m.group(0)
+
     return _PARTICLE_RE.sub(repl, text)
 
 
@@ -78,8 +104,12 @@ def reorder(dialogue: str, rng: random.Random) -> View:
         rng.shuffle(perm)
     mapping = dict(zip(people, perm))
     inverse = {v: k for k, v in mapping.items()}
-    return View("reorder", permute_speakers(dialogue, mapping), lambda s: permute_speakers(s, inverse),
-                lambda s: permute_speakers(s, mapping))
+    return View(
+        "reorder",
+        permute_speakers(dialogue, mapping),
+        lambda s: permute_speakers(s, inverse),
+        lambda s: permute_speakers(s, mapping),
+    )
 
 
 def mask(dialogue: str, rng: random.Random, fraction: float = 0.5) -> View:
@@ -92,7 +122,7 @@ def mask(dialogue: str, rng: random.Random, fraction: float = 0.5) -> View:
     out, last = [], 0
     for i, m in enumerate(hits):
         if i in drop:
-            out.append(dialogue[last:m.start()])
+            out.append(dialogue[last : m.start()])
             last = m.end()
     out.append(dialogue[last:])
     text = "".join(out)
@@ -125,8 +155,9 @@ def load_synonyms(extra: str | Path | None = None) -> dict[str, list[str]]:
 def synonym(dialogue: str, rng: random.Random, table: dict[str, list[str]], fraction: float = 0.3) -> View:
     """Replace a seeded ``fraction`` of the words found in ``table`` (whole words, outside tags)."""
     words = list(re.finditer(r"[^\s#,.!?]+|#[A-Za-z0-9]+#", dialogue))
-    hits = [m for m in words if not TAG_RE.fullmatch(m.group(0))
-            and (m.group(0) in table or m.group(0).lower() in table)]
+    hits = [
+        m for m in words if not TAG_RE.fullmatch(m.group(0)) and (m.group(0) in table or m.group(0).lower() in table)
+    ]
     if not hits:
         return View("synonym", dialogue)
     k = max(1, round(fraction * len(hits)))
@@ -138,7 +169,7 @@ def synonym(dialogue: str, rng: random.Random, table: dict[str, list[str]], frac
         syn = rng.choice(table.get(w) or table[w.lower()])
         if w[:1].isupper():
             syn = syn[:1].upper() + syn[1:]
-        out += [dialogue[last:m.start()], syn]
+        out += [dialogue[last : m.start()], syn]
         last = m.end()
     out.append(dialogue[last:])
     return View("synonym", "".join(out))
@@ -151,16 +182,20 @@ class Paraphraser:
         from .params import ParamsError
 
         if not model:
-            raise ParamsError("params.yaml: tta.strategies has paraphrase but tta.paraphrase_model is not set "
-                              "(a seq2seq paraphrase model: hub id or local path)")
+            raise ParamsError(
+                "params.yaml: tta.strategies has paraphrase but tta.paraphrase_model is not set "
+                "(a seq2seq paraphrase model: hub id or local path)"
+            )
         try:
             from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
             self.tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
             self.model = AutoModelForSeq2SeqLM.from_pretrained(model, trust_remote_code=trust_remote_code).eval()
         except (OSError, ValueError) as e:
-            raise ParamsError(f"params.yaml: tta.paraphrase_model {model!r} cannot be loaded "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+            raise ParamsError(
+                f"params.yaml: tta.paraphrase_model {model!r} cannot be loaded "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+            ) from None
 
     def __call__(self, dialogue: str, rng: random.Random) -> View:
         import torch
@@ -182,8 +217,16 @@ class Paraphraser:
 class Augmenter:
     """``views(fname, dialogue)``: ``num_aug`` seeded variants per strategy, identical on every run."""
 
-    def __init__(self, strategies: list[str], num_aug: int, seed: int, synonym_path: str | None = None,
-                 paraphrase_model: str | None = None, mask_fraction: float = 0.5, synonym_fraction: float = 0.3):
+    def __init__(
+        self,
+        strategies: list[str],
+        num_aug: int,
+        seed: int,
+        synonym_path: str | None = None,
+        paraphrase_model: str | None = None,
+        mask_fraction: float = 0.5,
+        synonym_fraction: float = 0.3,
+    ):
         self.strategies, self.num_aug, self.seed = list(strategies), num_aug, seed
         self.table = load_synonyms(synonym_path) if "synonym" in strategies else {}
         self.paraphraser = Paraphraser(paraphrase_model) if "paraphrase" in strategies else None
@@ -236,6 +279,14 @@ def augment_rows(train: pd.DataFrame, cfg: dict, seed: int) -> pd.DataFrame:
     rows = []
     for fname, dialogue, summary, fold in zip(train["fname"], train["dialogue"], train["summary"], train["fold"]):
         for v in aug.views(f"train/{fname}", dialogue):
-            rows.append({"fname": f"{fname}#{v.name}", "orig_fname": fname, "fold": int(fold), "view": v.name,
-                         "dialogue": v.dialogue, "summary": v.forward(summary)})
+            rows.append(
+                {
+                    "fname": f"{fname}#{v.name}",
+                    "orig_fname": fname,
+                    "fold": int(fold),
+                    "view": v.name,
+                    "dialogue": v.dialogue,
+                    "summary": v.forward(summary),
+                }
+            )
     return pd.DataFrame(rows, columns=cols)

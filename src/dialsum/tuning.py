@@ -7,6 +7,7 @@ processes (``dialsum tune worker``) — Optuna's storage is the queue, there is 
 Search-space keys are params.yaml key paths (``training.learning_rate``; ``model.`` is short for
 ``zoo.<tune.model>.``), so the best trial maps straight back onto ``dvc exp run -S key=value``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,8 +52,9 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
         # CMA-ES handles only numbers; categorical dimensions fall back to a seeded random sampler.
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False,
-                                            independent_sampler=optuna.samplers.RandomSampler(seed=seed))
+        return optuna.samplers.CmaEsSampler(
+            seed=seed, warn_independent_sampling=False, independent_sampler=optuna.samplers.RandomSampler(seed=seed)
+        )
     raise ParamsError(f"params.yaml: tune.sampler must be one of {', '.join(SAMPLERS)}; got {name!r}")
 
 
@@ -60,8 +62,7 @@ def make_pruner(name: str, max_epochs: int, n_startup_trials: int = 2, n_warmup_
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
     if name == "percentile":
-        return optuna.pruners.PercentilePruner(25.0, n_startup_trials=n_startup_trials,
-                                               n_warmup_steps=n_warmup_steps)
+        return optuna.pruners.PercentilePruner(25.0, n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(int(max_epochs), 1))
     if name == "none":
@@ -103,11 +104,13 @@ def suggest(trial: optuna.Trial, space: dict, model: str) -> dict:
         name = full_key(key, model)
         kind = spec.get("type", "float")
         if kind == "float":
-            values[name] = trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False),
-                                               step=spec.get("step"))
+            values[name] = trial.suggest_float(
+                name, spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step")
+            )
         elif kind == "int":
-            values[name] = trial.suggest_int(name, spec["low"], spec["high"], log=spec.get("log", False),
-                                             step=spec.get("step", 1))
+            values[name] = trial.suggest_int(
+                name, spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step", 1)
+            )
         elif kind == "categorical":
             values[name] = trial.suggest_categorical(name, spec["choices"])
         else:
@@ -163,8 +166,9 @@ def check_space(params: Params) -> None:
     for key, spec in t.search_space.items():
         name = full_key(key, t.model)
         if not name.startswith(("training.", "generation.", "zoo.")):
-            raise ParamsError(f"params.yaml: tune.search_space key {key} must start with training., "
-                              "generation., zoo. or model.")
+            raise ParamsError(
+                f"params.yaml: tune.search_space key {key} must start with training., generation., zoo. or model."
+            )
         if not isinstance(spec, dict):
             raise ParamsError(f"params.yaml: tune.search_space.{key} must be a mapping with type/low/high or choices")
         kind = spec.get("type", "float")
@@ -175,18 +179,30 @@ def check_space(params: Params) -> None:
         if kind not in ("float", "int", "categorical"):
             raise ParamsError(f"params.yaml: tune.search_space.{key}.type must be float, int or categorical")
         # The key must exist and accept the values: try both ends of the range.
-        for v in ([spec["low"], spec["high"]] if kind != "categorical" else spec["choices"]):
+        for v in [spec["low"], spec["high"]] if kind != "categorical" else spec["choices"]:
             try:
                 apply_overrides(params, {name: v})
             except ParamsError as e:
-                raise ParamsError(f"params.yaml: tune.search_space.{key} = {v!r} is not valid: "
-                                  f"{str(e).removeprefix('params.yaml: ')}") from None
+                raise ParamsError(
+                    f"params.yaml: tune.search_space.{key} = {v!r} is not valid: {str(e).removeprefix('params.yaml: ')}"
+                ) from None
 
 
 # What a trial's score depends on; n_trials, timeout, n_jobs, storage and enqueue only decide how many trials
 # run where, so changing them continues the same study.
-IDENTITY_KEYS = ("model", "fold", "sampler", "pruner", "n_startup_trials", "n_warmup_steps", "seed",
-                 "train_rows", "val_rows", "epochs", "search_space")
+IDENTITY_KEYS = (
+    "model",
+    "fold",
+    "sampler",
+    "pruner",
+    "n_startup_trials",
+    "n_warmup_steps",
+    "seed",
+    "train_rows",
+    "val_rows",
+    "epochs",
+    "search_space",
+)
 
 
 def study_name(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame) -> str:
@@ -200,8 +216,12 @@ def study_name(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame) -> 
         return t.study_name
     ident = {k: getattr(t, k) for k in IDENTITY_KEYS}
     # as written in params.yaml, so that a default added to dialsum.params does not orphan a study
-    ident.update(seed_all=params.seed, training=written(params.training), metrics=written(params.metrics),
-                 zoo=written(params.zoo[t.model]))
+    ident.update(
+        seed_all=params.seed,
+        training=written(params.training),
+        metrics=written(params.metrics),
+        zoo=written(params.zoo[t.model]),
+    )
     if any(full_key(k, t.model).startswith("generation.") for k in t.search_space):
         # only then do trials generate with `generation` (else in-training eval settings score them), and
         # only then is it part of the objective; otherwise a beam change would orphan the study
@@ -212,7 +232,9 @@ def study_name(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame) -> 
     return f"{t.model}-fold{t.fold}-{h.hexdigest()[:10]}"
 
 
-def create_study(params: Params, storage=None, sampler_seed: int | None = None, name: str | None = None) -> optuna.Study:
+def create_study(
+    params: Params, storage=None, sampler_seed: int | None = None, name: str | None = None
+) -> optuna.Study:
     """Create or load the study; ``sampler_seed`` defaults to ``tune.seed`` (extra workers pass their own, or
     two workers would propose the very same configurations)."""
     t = params.tune
@@ -227,9 +249,13 @@ def create_study(params: Params, storage=None, sampler_seed: int | None = None, 
     for attempt in range(6):
         try:
             return optuna.create_study(
-                study_name=name or t.study_name or "dialsum", storage=storage, sampler=make_sampler(t.sampler, seed),
+                study_name=name or t.study_name or "dialsum",
+                storage=storage,
+                sampler=make_sampler(t.sampler, seed),
                 pruner=make_pruner(t.pruner, max_epochs, t.n_startup_trials, t.n_warmup_steps),
-                direction="maximize", load_if_exists=True)
+                direction="maximize",
+                load_if_exists=True,
+            )
         except SQLAlchemyError as e:
             # Workers started together race to create the same new database schema; the loser retries.
             if attempt == 5:
@@ -243,9 +269,17 @@ def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def run_study(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, init_dir: Path, work_dir: Path,
-              n_trials: int | None = None, storage=None, progress: bool = True,
-              sampler_seed: int | None = None) -> optuna.Study:
+def run_study(
+    params: Params,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    init_dir: Path,
+    work_dir: Path,
+    n_trials: int | None = None,
+    storage=None,
+    progress: bool = True,
+    sampler_seed: int | None = None,
+) -> optuna.Study:
     """Run trials until the study holds ``n_trials`` finished (complete or pruned) trials.
 
     ``n_trials`` is the size of the *study*, not of this run: re-running adds only the missing trials, and
@@ -272,11 +306,21 @@ def run_study(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, init
                 study.enqueue_trial(full, skip_if_exists=True)
     remaining = target - finished(study)
     if remaining <= 0:
-        log.info("study %r already has %d finished trials (tune.n_trials = %d): nothing to run",
-                 name, finished(study), target)
+        log.info(
+            "study %r already has %d finished trials (tune.n_trials = %d): nothing to run",
+            name,
+            finished(study),
+            target,
+        )
         return study
-    log.info("study %r: %d finished, running %d more (sampler %s, pruner %s)", name,
-             finished(study), remaining, t.sampler, t.pruner)
+    log.info(
+        "study %r: %d finished, running %d more (sampler %s, pruner %s)",
+        name,
+        finished(study),
+        remaining,
+        t.sampler,
+        t.pruner,
+    )
     space = t.search_space
     tunes_generation = any(full_key(k, model).startswith("generation.") for k in space)
     scorer = Scorer.from_params(params)
@@ -286,24 +330,51 @@ def run_study(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, init
         base = params if not t.epochs else override(params, {"training.epochs": t.epochs})
         # Pruning needs a ROUGE after every epoch; a trial never resumes another's checkpoints; the study is
         # tracked by Optuna, not W&B.
-        trial_params = override(base, {**values, "training.eval_every_epochs": 1, "training.resume": "never",
-                                       "training.early_stopping_patience": 0, "tracking.wandb.enabled": False})
+        trial_params = override(
+            base,
+            {
+                **values,
+                "training.eval_every_epochs": 1,
+                "training.resume": "never",
+                "training.early_stopping_patience": 0,
+                "tracking.wandb.enabled": False,
+            },
+        )
         tdir = Path(work_dir) / f"trial-{trial.number}"
         shutil.rmtree(tdir, ignore_errors=True)
         log.info("trial %d: %s", trial.number, values)
         try:
             out_dir = tdir / "model" if tunes_generation else None
-            metrics = train(trial_params, model, t.fold, train_df, val_df, init_dir, out_dir, tdir / "ckpt",
-                            None, f"trial-{trial.number}", callbacks=[PruningCallback(trial)], track=False)
+            metrics = train(
+                trial_params,
+                model,
+                t.fold,
+                train_df,
+                val_df,
+                init_dir,
+                out_dir,
+                tdir / "ckpt",
+                None,
+                f"trial-{trial.number}",
+                callbacks=[PruningCallback(trial)],
+                track=False,
+            )
             value = metrics["rouge_sum"]
             if tunes_generation:
                 entry = trial_params.zoo[model]
                 m, tok, family = load_for_inference(out_dir, entry)
                 tok.padding_side = "left"
-                preds, _ = generation.summarize(m, tok, family, list(val_df["dialogue"]),
-                                                trial_params.generation, entry.max_source_len,
-                                                trial_params.generation.batch_size, entry.prompt,
-                                                desc="trial generate")
+                preds, _ = generation.summarize(
+                    m,
+                    tok,
+                    family,
+                    list(val_df["dialogue"]),
+                    trial_params.generation,
+                    entry.max_source_len,
+                    trial_params.generation.batch_size,
+                    entry.prompt,
+                    desc="trial generate",
+                )
                 value = scorer.score(preds, references(val_df))["rouge_sum"]
             log.info("trial %d: rouge_sum %.4f", trial.number, value)
             return value
@@ -316,9 +387,15 @@ def run_study(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, init
     from optuna.study import MaxTrialsCallback
 
     # states=None counts running trials too, so parallel workers do not overshoot the total.
-    study.optimize(objective, n_trials=remaining, timeout=t.timeout, n_jobs=t.n_jobs,
-                   callbacks=[MaxTrialsCallback(target, states=None)], gc_after_trial=True,
-                   show_progress_bar=progress and t.n_jobs == 1)
+    study.optimize(
+        objective,
+        n_trials=remaining,
+        timeout=t.timeout,
+        n_jobs=t.n_jobs,
+        callbacks=[MaxTrialsCallback(target, states=None)],
+        gc_after_trial=True,
+        show_progress_bar=progress and t.n_jobs == 1,
+    )
     return study
 
 
@@ -327,7 +404,7 @@ def best_params_nested(study: optuna.Study, model: str) -> dict:
     nested: dict = {}
     for key, value in study.best_trial.params.items():
         prefix = f"zoo.{model}."
-        parts = ["zoo", model, *key[len(prefix):].split(".")] if key.startswith(prefix) else key.split(".")
+        parts = ["zoo", model, *key[len(prefix) :].split(".")] if key.startswith(prefix) else key.split(".")
         node = nested
         for p in parts[:-1]:
             node = node.setdefault(p, {})
@@ -344,21 +421,35 @@ def write_outputs(study: optuna.Study, params: dict, out_dir: Path, metrics_path
     out_dir = Path(out_dir)
     trials = study.get_trials(deepcopy=False)
     states = pd.Series([tr.state.name for tr in trials])
-    summary = {"study_name": study.study_name, "direction": "maximize",
-               "n_trials": len(trials), "n_complete": int((states == "COMPLETE").sum()),
-               "n_pruned": int((states == "PRUNED").sum()), "n_failed": int((states == "FAIL").sum())}
-    rows = [{"number": tr.number, "state": tr.state.name, "value": tr.value,
-             "last_epoch": max(tr.intermediate_values) if tr.intermediate_values else None,
-             **{f"params.{k}": v for k, v in tr.params.items()}} for tr in trials]
+    summary = {
+        "study_name": study.study_name,
+        "direction": "maximize",
+        "n_trials": len(trials),
+        "n_complete": int((states == "COMPLETE").sum()),
+        "n_pruned": int((states == "PRUNED").sum()),
+        "n_failed": int((states == "FAIL").sum()),
+    }
+    rows = [
+        {
+            "number": tr.number,
+            "state": tr.state.name,
+            "value": tr.value,
+            "last_epoch": max(tr.intermediate_values) if tr.intermediate_values else None,
+            **{f"params.{k}": v for k, v in tr.params.items()},
+        }
+        for tr in trials
+    ]
     write_csv(out_dir / "trials.csv", pd.DataFrame(rows))
     if summary["n_complete"]:
         best = study.best_trial
         summary.update(best_value=round(float(best.value), 6), best_trial=best.number)
         nested = best_params_nested(study, params.tune.model)
         flags = " ".join(f"-S '{k}={v}'" for k, v in best.params.items())
-        header = (f"# Best of study {study.study_name!r}: trial {best.number}, rouge_sum {best.value:.4f} "
-                  f"({summary['n_complete']} complete, {summary['n_pruned']} pruned).\n"
-                  f"# Apply: dialsum tune apply   (= dvc exp run {flags})\n")
+        header = (
+            f"# Best of study {study.study_name!r}: trial {best.number}, rouge_sum {best.value:.4f} "
+            f"({summary['n_complete']} complete, {summary['n_pruned']} pruned).\n"
+            f"# Apply: dialsum tune apply   (= dvc exp run {flags})\n"
+        )
         write_text(out_dir / "best_params.yaml", header + yaml.safe_dump(nested, allow_unicode=True, sort_keys=True))
     else:
         write_text(out_dir / "best_params.yaml", "# no completed trial yet\n{}\n")
@@ -377,9 +468,11 @@ def _plots(study: optuna.Study, plot_dir: Path) -> None:
     from .io import atomic_dir
 
     with atomic_dir(plot_dir) as tmp:
-        for name, fn in (("optimization_history", ovm.plot_optimization_history),
-                         ("param_importances", ovm.plot_param_importances),
-                         ("intermediate_values", ovm.plot_intermediate_values)):
+        for name, fn in (
+            ("optimization_history", ovm.plot_optimization_history),
+            ("param_importances", ovm.plot_param_importances),
+            ("intermediate_values", ovm.plot_intermediate_values),
+        ):
             try:
                 ax = fn(study)
                 ax.figure.savefig(tmp / f"{name}.png", dpi=100, bbox_inches="tight")
@@ -404,5 +497,6 @@ def apply_args(best_file: Path) -> list[str]:
                 walk(v, key)
             else:
                 flat.append(f"{key}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}")
+
     walk(nested, "")
     return [a for kv in flat for a in ("-S", kv)]
