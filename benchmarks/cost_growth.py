@@ -36,13 +36,13 @@ def one_length(n: int, replica_dir: str) -> dict:
     from dialsum import generation, models
     from dialsum.params import load
 
-    gen = load(ROOT / "params.yaml")["generation"]
+    gen = load(ROOT / "params.yaml").generation
     model, tok, family = models.load_for_inference(Path(replica_dir))
     text = " ".join(pd.read_csv(ROOT / "data/sample/train.csv")["dialogue"].head(60))
     ids = tok(text, add_special_tokens=False)["input_ids"]
     dialogues = [tok.decode(ids[i * 7 : i * 7 + n - 2]) for i in range(32)]
     t = time.perf_counter()
-    generation.summarize(model, tok, family, dialogues, gen, n, gen["batch_size"], progress=False)
+    generation.summarize(model, tok, family, dialogues, gen, n, gen.batch_size, progress=False)
     return {
         "source_tokens": n,
         "seconds": round(time.perf_counter() - t, 2),

@@ -48,7 +48,7 @@ def main():
     refs = {s: data.references(d[s]) for s in SPLITS}
     order = {s: list(d[s]["fname"]) for s in SPLITS}
     oof_refs = dict(zip(d["train"]["fname"], data.references(d["train"])))
-    models = params["models"]
+    models = params.models
     cands, scored = E.load_candidates(params, ("oof", *SPLITS))
     oof_scores = E.oof_rouge(scored)
 
@@ -88,7 +88,7 @@ def main():
             "model",
             {s: rows_of(E.mbr_select(only(cands[s], model=m, view="orig"), tok, order[s]), s) for s in SPLITS},
         )
-    cfg = {**params["ensemble"], "weights": None}
+    cfg = params.ensemble.model_copy(update={"weights": None})
     views_all = sorted(set(cands["dev"]["view"]))
     for views in (["orig"], views_all) if views_all != ["orig"] else (["orig"],):
         label = "no TTA" if views == ["orig"] else "TTA " + "+".join(v for v in views if v != "orig")
@@ -101,7 +101,7 @@ def main():
         for strategy in SELECTION:
             t0 = time.perf_counter()
             sel, info = E.combine(
-                strategy, cfg, models, groups, oof_groups, oof_refs, "oof", oof_scores, scorer, params["seed"]
+                strategy, cfg, models, groups, oof_groups, oof_refs, "oof", oof_scores, scorer, params.seed
             )
             chosen = sel["dev"]["source"].value_counts().to_dict()
             add(

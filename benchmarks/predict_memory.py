@@ -49,14 +49,14 @@ def main(argv=None) -> int:
     from dialsum.tta import Augmenter
 
     params = load(ROOT / "params.yaml")
-    gen = dict(params["generation"])
+    gen = params.generation.model_dump()
     if args.batch_size is not None:
         gen["batch_size"] = args.batch_size
     if args.batch_tokens is not None:
         gen["batch_tokens"] = args.batch_tokens or None
     if args.num_beams is not None:
         gen["num_beams"] = args.num_beams
-    entry = params["zoo"]["minilm2minilm"]
+    entry = params.zoo["minilm2minilm"]
     init = Path(tempfile.mkdtemp(prefix="minilm-untrained-"))
     models.build_init(entry, [], init, seed=0)
     model, tok, family = models.load_for_inference(init, entry)
@@ -88,8 +88,10 @@ def main(argv=None) -> int:
         return out
 
     model.generate = generate
-    tta = dict(params["tta"], strategies=[v for v in args.views.split(",") if v], num_aug=1 if args.views else 0)
-    augmenter = Augmenter.from_params(tta, params["seed"])
+    tta = dict(
+        params.tta.model_dump(), strategies=[v for v in args.views.split(",") if v], num_aug=1 if args.views else 0
+    )
+    augmenter = Augmenter.from_params(tta, params.seed)
     start = time.perf_counter()
     for split in args.splits.split(","):
         df = pd.read_csv(DIALOGSUM / f"{split}.csv", dtype=str, keep_default_na=False)
@@ -106,9 +108,9 @@ def main(argv=None) -> int:
                 augmenter,
                 split,
                 gen,
-                entry["max_source_len"],
+                entry.max_source_len,
                 gen["batch_size"],
-                entry.get("prompt"),
+                entry.prompt,
                 desc=split,
             )
         except StopIteration:
