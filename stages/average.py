@@ -24,43 +24,29 @@ def main():
     # torch and friends only when there is something to generate: the not-computed path stays ~1 s
     import pandas as pd
 
-    from dialsum import data, ensemble as E, generation, models
+    from dialsum import data, ensemble as E, generation
     from dialsum.metrics import Scorer
 
     entry = params.zoo[model_name]
     folds = list(params.cv.folds)
     seed_everything(params.seed)
-    members, tok, family = [], None, None
+    members = []
     for f in folds:
-        m, t, family = models.load_for_inference(paths.model_dir(model_name, f), entry)
-        if tok is not None and t.get_vocab() != tok.get_vocab():
+        member = generation.Summarizer.load(paths.model_dir(model_name, f), entry, params.generation)
+        if members and member.tokenizer.get_vocab() != members[0].tokenizer.get_vocab():
             raise ValueError(
                 f"{paths.model_dir(model_name, f)} has another vocabulary than fold {folds[0]}; "
                 "log-probabilities of different tokenizers cannot be averaged"
             )
-        members.append(m)
-        tok = t
-    tok.padding_side = "left"
+        members.append(member)
     weights = E.fold_weights(params, model_name, folds)
     log.info("averaging %d fold models of %s, weights %s", len(members), model_name, weights)
     d = data.load_processed()
-    gen = params.generation
     digest = hashlib.sha256()
     with io.atomic_dir(out_dir) as tmp:
         for split in ("dev", "test"):
             df = d[split]
-            texts, lps = generation.summarize_averaged(
-                members,
-                weights,
-                tok,
-                family,
-                list(df["dialogue"]),
-                gen,
-                entry.max_source_len,
-                gen.batch_size,
-                entry.prompt,
-                desc=f"{split} averaged",
-            )
+            texts, lps = members[0].averaged(members[1:], weights, df["dialogue"], desc=f"{split} averaged")
             out = pd.DataFrame(
                 {"fname": df["fname"], "view": "orig", "summary": texts, "logprob": [round(x, 6) for x in lps]}
             )

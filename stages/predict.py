@@ -6,7 +6,7 @@ metrics/predict/<model>-<fold>.json."""
 import hashlib
 import logging
 
-from dialsum import data, generation, io, models, paths, tta
+from dialsum import data, generation, io, paths, tta
 from dialsum.metrics import Scorer
 from dialsum.tracking import matrix_item, run_stage, seed_everything
 
@@ -18,33 +18,18 @@ def main():
     entry = params.zoo[model_name]
     seed_everything(params.seed)
     augmenter = tta.Augmenter.from_params(params.tta, params.seed)  # fails fast on a bad paraphraser
-    model, tok, family = models.load_for_inference(paths.model_dir(model_name, fold), entry)
-    tok.padding_side = "left"
+    summarizer = generation.Summarizer.load(paths.model_dir(model_name, fold), entry, params.generation)
     d = data.load_processed()
     splits = {
         "oof": d["train"][d["train"]["fold"] == fold] if fold != "full" else d["train"].iloc[:0],
         "dev": d["dev"],
         "test": d["test"],
     }
-    gen = params.generation
     scorer = Scorer.from_params(params)
     digest = hashlib.sha256()
     oof = None
     for split, df in splits.items():
-        out = generation.summarize_views(
-            model,
-            tok,
-            family,
-            df["fname"],
-            df["dialogue"],
-            augmenter,
-            split,
-            gen,
-            entry.max_source_len,
-            gen.batch_size,
-            entry.prompt,
-            desc=split,
-        )
+        out = summarizer.views(df["fname"], df["dialogue"], augmenter, split, desc=split)
         out_csv = paths.predictions(f"{model_name}/{fold}", split)
         io.write_csv(out_csv, out)
         digest.update(out_csv.read_bytes())

@@ -127,6 +127,13 @@ def test_averaged_generation_is_real_model_averaging(tmp_path, arch, family, mon
         assert twice_a[0] == generation.summarize(a, tok, family, dialogues, g, 64, progress=False)[0]
     assert sum(p is not None for p in cached) > len(cached) / 2  # steps after the first continue the cache
 
+    # the same through the loaded-model object that predict, average and the CLI use
+    g = {"num_beams": 3, "max_new_tokens": 8}
+    sa, sb = (generation.Summarizer.load(tmp_path / n, e, g) for n in ("a", "b"))
+    assert sa.tokenizer.padding_side == "left" and (sa.family, sa.max_source_len, sa.prompt) == (family, 64, None)
+    assert sa.averaged([sb], [0.0, 1.0], dialogues)[0] == sb(dialogues, progress=False)[0]
+    assert sb(dialogues, progress=False)[0] == generation.summarize(b, tok, family, dialogues, g, 64, progress=False)[0]
+
 
 def test_warm_started_encoder_decoder_trains_and_loads_with_plain_transformers(tmp_path):
     """Issue 11: minilm2minilm (all-MiniLM-L6-v2 from its PyPI package, offline) as a BERT2BERT: tags stay

@@ -70,7 +70,7 @@ def _read(path: str, cols: list[str]):
 def cmd_summarize(a) -> int:
     import pandas as pd
 
-    from . import generation, models
+    from . import generation
     from .data import DataError, clean_text, read_csv
     from .io import write_csv
     from .params import Generation, load
@@ -108,12 +108,8 @@ def cmd_summarize(a) -> int:
     gen = load(a.params).generation if Path(a.params).exists() else Generation()
     if a.num_beams:
         gen = gen.model_copy(update={"num_beams": a.num_beams})
-    model, tok, family = models.load_for_inference(Path(a.model))
-    tok.padding_side = "left"
-    dialogues = [clean_text(d) for d in df["dialogue"]]
-    texts, _ = generation.summarize(
-        model, tok, family, dialogues, gen, a.max_source_len, a.batch_size or gen.batch_size, desc="summarize"
-    )
+    summarizer = generation.Summarizer.load(Path(a.model), None, gen, a.max_source_len, a.batch_size)
+    texts, _ = summarizer([clean_text(d) for d in df["dialogue"]], desc="summarize")
     write_csv(a.output, pd.DataFrame({"fname": df["fname"], "summary": texts}))
     print(f"{len(texts)} summaries -> {a.output}")
     return 0

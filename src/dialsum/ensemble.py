@@ -493,7 +493,7 @@ def summarize_new(params: Params | dict, df: pd.DataFrame, root: Path = Path("."
     model x fold of ``params`` (with its TTA views), combined by ``ensemble.strategy`` exactly as the ensemble
     stage does; stacking and blending are re-fitted from the stored out-of-fold predictions (seeded, so the
     same fit). Returns [fname, summary, source, view, score] and the strategy's info."""
-    from . import data, generation, models, tta
+    from . import data, generation, tta
     from .metrics import Scorer
 
     params = typed(params)
@@ -511,20 +511,9 @@ def summarize_new(params: Params | dict, df: pd.DataFrame, root: Path = Path("."
             if not (d / "config.json").exists() and not (d / "adapter_config.json").exists():
                 raise FileNotFoundError(f"{d}: no trained model; run `dvc repro` (or `dvc pull`) first")
         if strategy in ("averaging", "weighted_avg"):
-            loaded = [models.load_for_inference(d, entry) for d in dirs]
-            tok, family = loaded[0][1], loaded[0][2]
-            tok.padding_side = "left"
-            texts, lps = generation.summarize_averaged(
-                [x[0] for x in loaded],
-                fold_weights(params, m, folds, root),
-                tok,
-                family,
-                dialogues,
-                gen,
-                entry.max_source_len,
-                gen.batch_size,
-                entry.prompt,
-                desc=f"{m} averaged",
+            loaded = [generation.Summarizer.load(d, entry, gen) for d in dirs]
+            texts, lps = loaded[0].averaged(
+                loaded[1:], fold_weights(params, m, folds, root), dialogues, f"{m} averaged"
             )
             pool.append(
                 pd.DataFrame(
@@ -540,24 +529,10 @@ def summarize_new(params: Params | dict, df: pd.DataFrame, root: Path = Path("."
             )
             continue
         for f, d in zip(folds, dirs):
-            model, tok, family = models.load_for_inference(d, entry)
-            tok.padding_side = "left"
-            out = generation.summarize_views(
-                model,
-                tok,
-                family,
-                fnames,
-                dialogues,
-                augmenter,
-                "input",
-                gen,
-                entry.max_source_len,
-                gen.batch_size,
-                entry.prompt,
-                desc=f"{m}/{f}",
-            )
+            summarizer = generation.Summarizer.load(d, entry, gen)
+            out = summarizer.views(fnames, dialogues, augmenter, "input", desc=f"{m}/{f}")
             pool.append(out.assign(source=f"{m}/{f}", model=m))
-            del model
+            del summarizer
     pool = pd.concat(pool, ignore_index=True)
     if "candidate" not in pool:
         pool = pool.assign(candidate=0)

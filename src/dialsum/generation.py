@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .params import Candidates, Generation, section
+from .params import Candidates, Generation, ZooEntry, section
 from .sequences import conventions, decode, source_ids
 
 log = logging.getLogger(__name__)
@@ -542,3 +544,93 @@ def summarize_views(
             "logprob": [round(x, 6) for x in lps],
         }
     )
+
+
+@dataclass
+class Summarizer:
+    """A loaded model that summarizes: the model with its tokenizer and family, the zoo entry's input limit and
+    prompt, and the generation settings. predict, average, tuning trials, the in-training evaluation,
+    ``dialsum summarize`` and its ``--ensemble`` summarize through one."""
+
+    model: Any
+    tokenizer: Any
+    family: str
+    gen: Generation
+    max_source_len: int
+    prompt: str | None = None
+    batch_size: int | None = None  # dialogues per generate call; None = gen.batch_size
+
+    @classmethod
+    def load(
+        cls,
+        model_dir,
+        entry: ZooEntry | dict | None,
+        gen: Generation | dict,
+        max_source_len: int | None = None,
+        batch_size: int | None = None,
+    ) -> "Summarizer":
+        """A trained folder (full weights or a LoRA adapter) with ``entry``'s settings (None: what the folder
+        says, for ``dialsum summarize --model``), ready to generate (left padding)."""
+        from .models import load_for_inference
+
+        entry = section(ZooEntry, entry, "zoo entry") if entry else None
+        model, tokenizer, family = load_for_inference(model_dir, entry)
+        tokenizer.padding_side = "left"
+        return cls(
+            model,
+            tokenizer,
+            family,
+            section(Generation, gen, "generation"),
+            max_source_len or entry.max_source_len,
+            entry.prompt if entry else None,
+            batch_size,
+        )
+
+    def __call__(self, dialogues, desc: str = "generate", progress: bool = True) -> tuple[list[str], list[float]]:
+        """:func:`summarize`: summaries and mean token log-probabilities, in input order."""
+        return summarize(
+            self.model,
+            self.tokenizer,
+            self.family,
+            list(dialogues),
+            self.gen,
+            self.max_source_len,
+            self.batch_size or self.gen.batch_size,
+            self.prompt,
+            desc,
+            progress,
+        )
+
+    def views(self, fnames, dialogues, augmenter, key_prefix: str, desc: str = "generate") -> pd.DataFrame:
+        """:func:`summarize_views`: every dialogue and its TTA views (or candidate pools)."""
+        return summarize_views(
+            self.model,
+            self.tokenizer,
+            self.family,
+            fnames,
+            dialogues,
+            augmenter,
+            key_prefix,
+            self.gen,
+            self.max_source_len,
+            self.batch_size or self.gen.batch_size,
+            self.prompt,
+            desc=desc,
+        )
+
+    def averaged(
+        self, others: list, weights, dialogues, desc: str = "averaged generate"
+    ) -> tuple[list[str], list[float]]:
+        """:func:`summarize_averaged` of this model and ``others`` (same tokenizer), weighted by ``weights``."""
+        return summarize_averaged(
+            [self.model, *(o.model for o in others)],
+            weights,
+            self.tokenizer,
+            self.family,
+            list(dialogues),
+            self.gen,
+            self.max_source_len,
+            self.batch_size or self.gen.batch_size,
+            self.prompt,
+            desc,
+        )

@@ -14,7 +14,6 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
@@ -168,31 +167,17 @@ class EvalRouge:
     """The in-training evaluation's ROUGE: the model being trained summarizes the validation dialogues with
     dialsum's batched generation (as predict does, within the same token budget) and the scorer rates them."""
 
-    tokenizer: Any
-    family: str
+    summarizer: generation.Summarizer  # its model is the one being trained
     dialogues: list[str]
     refs: list[list[str]]
-    gen: Generation
-    max_source_len: int
-    batch_size: int
-    prompt: str | None
     scorer: Scorer
     predictions: list[str] = field(default_factory=list)
 
     def generate(self, model) -> None:
-        self.tokenizer.padding_side = "left"  # generation pads on the left, training on the right
-        self.predictions, _ = generation.summarize(
-            model,
-            self.tokenizer,
-            self.family,
-            self.dialogues,
-            self.gen,
-            self.max_source_len,
-            self.batch_size,
-            self.prompt,
-            desc="eval generate",
-        )
-        self.tokenizer.padding_side = "right"
+        self.summarizer.model = model
+        self.summarizer.tokenizer.padding_side = "left"  # generation pads on the left, training on the right
+        self.predictions, _ = self.summarizer(self.dialogues, desc="eval generate")
+        self.summarizer.tokenizer.padding_side = "right"
 
     def compute_metrics(self, _) -> dict:
         s = self.scorer.score(self.predictions, self.refs)
@@ -260,21 +245,14 @@ def train(
     collator = DataCollatorForSeq2Seq(
         tokenizer, model=model if family == "seq2seq" else None, label_pad_token_id=-100, pad_to_multiple_of=8
     )
-    rouge = EvalRouge(
-        tokenizer,
-        family,
-        list(val_df["dialogue"]),
-        references(val_df),
-        Generation(
-            num_beams=tcfg.eval_num_beams,
-            max_new_tokens=entry.max_target_len,
-            batch_tokens=params.generation.batch_tokens,
-        ),
-        entry.max_source_len,
-        tcfg.eval_batch_size,
-        entry.prompt,
-        Scorer.from_params(params),
+    # the in-training evaluation generates within the same token budget as predict
+    eval_gen = Generation(
+        num_beams=tcfg.eval_num_beams, max_new_tokens=entry.max_target_len, batch_tokens=params.generation.batch_tokens
     )
+    summarizer = generation.Summarizer(
+        model, tokenizer, family, eval_gen, entry.max_source_len, entry.prompt, tcfg.eval_batch_size
+    )
+    rouge = EvalRouge(summarizer, list(val_df["dialogue"]), references(val_df), Scorer.from_params(params))
 
     callbacks = list(callbacks)
     if tcfg.early_stopping_patience > 0:

@@ -289,7 +289,6 @@ def run_study(
     from . import generation
     from .data import references
     from .metrics import Scorer
-    from .models import load_for_inference
 
     params = settings(params)
     t = params.tune
@@ -361,20 +360,8 @@ def run_study(
             )
             value = metrics["rouge_sum"]
             if tunes_generation:
-                entry = trial_params.zoo[model]
-                m, tok, family = load_for_inference(out_dir, entry)
-                tok.padding_side = "left"
-                preds, _ = generation.summarize(
-                    m,
-                    tok,
-                    family,
-                    list(val_df["dialogue"]),
-                    trial_params.generation,
-                    entry.max_source_len,
-                    trial_params.generation.batch_size,
-                    entry.prompt,
-                    desc="trial generate",
-                )
+                summarizer = generation.Summarizer.load(out_dir, trial_params.zoo[model], trial_params.generation)
+                preds, _ = summarizer(val_df["dialogue"], desc="trial generate")
                 value = scorer.score(preds, references(val_df))["rouge_sum"]
             log.info("trial %d: rouge_sum %.4f", trial.number, value)
             return value
