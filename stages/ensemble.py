@@ -25,7 +25,7 @@ def main():
     d = data.load_processed()
     scorer = Scorer.from_params(params)
     tok = scorer.tokenizer
-    refs = {"dev": data.references(d["dev"]), "oof": dict(zip(d["train"]["fname"], data.references(d["train"])))}
+    refs = {"dev": data.references(d["dev"])}
     pick = lambda s: {k: s[k] for k in KEYS}  # noqa: E731
 
     cands, scored = E.load_candidates(params, ("oof", "dev", "test"))
@@ -34,19 +34,7 @@ def main():
     oof_scores = E.oof_rouge(scored)
     for src in sources:
         log.info("dev %s: rouge_sum %.4f (oof %s)", src, sources[src]["rouge_sum"], oof_scores.get(src))
-    # a near-constant member would win every vote among its own copies: kept out unless all are like it
-    collapsed = E.collapsed_sources(pd.concat([cands["dev"], cands["test"]]), cfg.collapse_ratio)
-    for src, c in collapsed.items():
-        log.warning(
-            "%s collapsed: %d distinct summaries for %d dialogues; left out of the ensemble",
-            src,
-            c["distinct_summaries"],
-            c["dialogues"],
-        )
-    if collapsed and len(collapsed) < len(sources):
-        cands = {s: c[~c["source"].isin(collapsed)] for s, c in cands.items()}
-    elif collapsed:
-        log.warning("every source collapsed: all are kept")
+    cands, collapsed = E.drop_collapsed(cands, cfg.collapse_ratio, len(sources))
     views = sorted(set(cands["dev"]["view"]))
     order = {"dev": list(d["dev"]["fname"]), "test": list(d["test"]["fname"])}
     dialogues = {s: dict(zip(d[s]["fname"], d[s]["dialogue"])) for s in ("train", "dev", "test")}
@@ -84,15 +72,7 @@ def main():
     else:
         pool = {s: cands[s] for s in ("dev", "test")}
     groups = {s: E.build_groups(pool[s], tok, order[s], dialogues[s]) for s in ("dev", "test")}
-    fitted = strategy in ("auto", "stacking", "blending")
-    if not fitted:
-        fit_groups, fit_refs, fit_on = [], {}, "none"
-    elif not cands["oof"].empty:
-        oof_order = list(dict.fromkeys(cands["oof"]["fname"]))
-        fit_groups = E.build_groups(cands["oof"], tok, oof_order, dialogues["train"])
-        fit_refs, fit_on = refs["oof"], "oof"
-    else:  # fold `full` only: learn on dev, cross-fitted (labelled in the metrics)
-        fit_groups, fit_refs, fit_on = groups["dev"], dict(zip(order["dev"], refs["dev"])), "dev"
+    fit_groups, fit_refs, fit_on = E.fit_set(strategy, cands, d, tok)
     try:
         result, fitted_info = E.combine(
             strategy, cfg, params.models, groups, fit_groups, fit_refs, fit_on, oof_scores, scorer, seed

@@ -488,6 +488,43 @@ def fold_weights(params: Params | dict, model: str, folds: list, root: Path = Pa
     return out
 
 
+FITTED = ("auto", "stacking", "blending")  # strategies that learn from scored candidates
+
+
+def drop_collapsed(cands: dict, ratio: float, n_sources: int) -> tuple[dict, dict]:
+    """``cands`` ({split: candidates}) without the collapsed sources (:func:`collapsed_sources` over dev and
+    test), unless all ``n_sources`` collapsed; and ``{source: counts}`` of the collapsed. A near-constant
+    member would win every vote among its own copies."""
+    collapsed = collapsed_sources(pd.concat([cands["dev"], cands["test"]]), ratio)
+    for src, c in collapsed.items():
+        log.warning(
+            "%s collapsed: %d distinct summaries for %d dialogues; left out of the ensemble",
+            src,
+            c["distinct_summaries"],
+            c["dialogues"],
+        )
+    if collapsed and len(collapsed) < n_sources:
+        return {s: c[~c["source"].isin(collapsed)] for s, c in cands.items()}, collapsed
+    if collapsed:
+        log.warning("every source collapsed: all are kept")
+    return cands, collapsed
+
+
+def fit_set(strategy: str, cands: dict, frames: dict, tok: CachedTokenizer) -> tuple[list, dict, str]:
+    """What a fitted strategy (and ``auto``'s choice) learns from: ``(groups, {fname: references}, on)``, the
+    out-of-fold pools (``on`` = "oof"), or with fold ``full`` only the dev pools ("dev", cross-fitted by
+    :func:`combine`); nothing ("none") for the other strategies. ``frames``: the processed train and dev."""
+    if strategy not in FITTED:
+        return [], {}, "none"
+    split = "oof" if not cands["oof"].empty else "dev"
+    frame = frames["train"] if split == "oof" else frames["dev"]
+    from .data import references
+
+    refs = dict(zip(frame["fname"], references(frame)))
+    order = list(dict.fromkeys(cands[split]["fname"]))
+    return build_groups(cands[split], tok, order, dict(zip(frame["fname"], frame["dialogue"]))), refs, split
+
+
 def summarize_new(params: Params | dict, df: pd.DataFrame, root: Path = Path(".")) -> tuple[pd.DataFrame, dict]:
     """Summaries of new dialogues (``df``: fname, dialogue) by the pipeline's final ensemble: every trained
     model x fold of ``params`` (with its TTA views), combined by ``ensemble.strategy`` exactly as the ensemble
@@ -536,27 +573,13 @@ def summarize_new(params: Params | dict, df: pd.DataFrame, root: Path = Path("."
     pool = pd.concat(pool, ignore_index=True)
     if "candidate" not in pool:
         pool = pool.assign(candidate=0)
-    fitted = strategy in ("auto", "stacking", "blending")
     stored, scored = load_candidates(params, ["oof", "dev", "test"], root)
     oof_scores = oof_rouge(scored)
-    collapsed = collapsed_sources(pd.concat([stored["dev"], stored["test"]]), cfg.collapse_ratio)
-    if collapsed and len(collapsed) < len(scored):
-        pool = pool[~pool["source"].isin(collapsed)]
-        stored = {s: c[~c["source"].isin(collapsed)] for s, c in stored.items()}
-    fit_groups, fit_refs, fit_on = [], {}, "none"
-    if fitted:
-        # learn exactly what the ensemble stage learnt: the stored out-of-fold pools, else the dev pools
-        proc = data.load_processed(root / paths.PROCESSED)
-        split = "oof" if not stored["oof"].empty else "dev"
-        frame = proc["train"] if split == "oof" else proc["dev"]
-        fit_refs = dict(zip(frame["fname"], data.references(frame)))
-        fit_groups = build_groups(
-            stored[split],
-            scorer.tokenizer,
-            list(dict.fromkeys(stored[split]["fname"])),
-            dict(zip(frame["fname"], frame["dialogue"])),
-        )
-        fit_on = split
+    stored, collapsed = drop_collapsed({**stored, "input": pool}, cfg.collapse_ratio, len(scored))
+    pool = stored.pop("input")
+    # learn exactly what the ensemble stage learnt: the stored out-of-fold pools, else the dev pools
+    frames = data.load_processed(root / paths.PROCESSED) if strategy in FITTED else {}
+    fit_groups, fit_refs, fit_on = fit_set(strategy, stored, frames, scorer.tokenizer)
     groups = build_groups(pool, scorer.tokenizer, fnames, dict(zip(fnames, dialogues)))
     out, info = combine(
         strategy, cfg, params.models, {"input": groups}, fit_groups, fit_refs, fit_on, oof_scores, scorer, params.seed
