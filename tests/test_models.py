@@ -295,3 +295,25 @@ def test_gpu_out_of_memory_halves_the_batch_and_logs_once(tmp_path, monkeypatch,
     sizes.clear()  # batches of 4 and 3: after the first OOM the second is cut to the size that fitted
     got = generation.summarize(model, tok, family, dialogues, gen, 64, batch_size=4, progress=False)
     assert got[0] == want[0] and [n for n in sizes if n > 2] == [4], sizes
+
+
+def test_saved_tokenizer_does_not_depend_on_offline_mode(tmp_path):
+    """A tokenizer loaded with local_files_only (what HF_HUB_OFFLINE=1 implies) and one loaded without it save
+    the same bytes: a trained folder, hence dvc.lock, is the same on an offline and an online machine."""
+    from transformers import AutoTokenizer
+
+    e = {
+        "family": "seq2seq",
+        "pretrained": None,
+        "vocab_size": 400,
+        "max_source_len": 64,
+        "max_target_len": 16,
+        "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
+    }
+    models.build_init(e, TEXTS, tmp_path / "init", seed=0)
+    for offline in (True, False):
+        tok = AutoTokenizer.from_pretrained(tmp_path / "init", local_files_only=offline)
+        models.save_tokenizer(tok, tmp_path / str(offline))
+    names = sorted(p.name for p in (tmp_path / "True").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "False").iterdir())
+    assert all((tmp_path / "True" / n).read_bytes() == (tmp_path / "False" / n).read_bytes() for n in names)

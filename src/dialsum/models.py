@@ -85,6 +85,14 @@ def train_tokenizer(texts: list[str], vocab_size: int, family: str):
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
 
 
+def save_tokenizer(tokenizer, out_dir) -> None:
+    """``tokenizer.save_pretrained`` without how it was loaded: ``from_pretrained`` records
+    ``local_files_only`` (true whenever HF_HUB_OFFLINE is set), which would make a trained folder's bytes,
+    and so dvc.lock, differ between an offline and an online machine."""
+    tokenizer.init_kwargs.pop("local_files_only", None)
+    tokenizer.save_pretrained(out_dir)
+
+
 def scratch_config(entry: ZooEntry | dict, tokenizer):
     """A small config of the entry's architecture, sized by ``arch``."""
     from transformers import BartConfig, GPTNeoXConfig, LlamaConfig
@@ -151,7 +159,7 @@ def build_init(entry: ZooEntry | dict, train_texts: list[str], out_dir: Path, se
         tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=z.trust_remote_code)
     n = prepare_tokenizer(tokenizer)
     log.info("tokenizer: %d tokens (%d tags added)", len(tokenizer), n)
-    tokenizer.save_pretrained(out_dir)
+    save_tokenizer(tokenizer, out_dir)
     if z.pretrained is None:
         torch.manual_seed(seed)
         model = auto_classes(z.family).from_config(scratch_config(z, tokenizer))
@@ -207,7 +215,7 @@ def build_warm_start(entry: ZooEntry | dict, out_dir: Path, seed: int) -> None:
         len(tokenizer),
         n,
     )
-    tokenizer.save_pretrained(out_dir)
+    save_tokenizer(tokenizer, out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
 
 
@@ -379,11 +387,11 @@ def save_trained(model, tokenizer, out_dir: Path, entry: ZooEntry | dict) -> Non
 
             with tempfile.TemporaryDirectory() as adapter:
                 model.save_pretrained(adapter, safe_serialization=True)
-                tokenizer.save_pretrained(adapter)
+                save_tokenizer(tokenizer, adapter)
                 model, _, _ = load_for_inference(adapter, entry.model_copy(update={"quantization": "none"}))
         model = model.merge_and_unload()
     model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    save_tokenizer(tokenizer, out_dir)
 
 
 def load_for_inference(model_dir: Path, entry: ZooEntry | dict | None = None):
