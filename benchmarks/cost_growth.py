@@ -6,7 +6,7 @@
 
 `length`: a narrow KoBART replica (KoBART's tokenizer, 1,026 positions; random weights, so every summary runs
 to max_new_tokens: the worst case) summarises 32 dialogues cut to exactly N tokens through
-generation.summarize with params.yaml's generation settings (beam 4, token budget). `dvc`: a throwaway repo
+generation.Summarizer with params.yaml's generation settings (beam 4, token budget). `dvc`: a throwaway repo
 whose dvc.yaml has dialsum's shape (prepare -> train/predict matrix over models x folds -> ensemble, each
 item depending on 12 source files and writing a 2 MiB output), not the real stages (they would train).
 Last stdout line: JSON.
@@ -42,7 +42,7 @@ def one_length(n: int, replica_dir: str) -> dict:
     ids = tok(text, add_special_tokens=False)["input_ids"]
     dialogues = [tok.decode(ids[i * 7 : i * 7 + n - 2]) for i in range(32)]
     t = time.perf_counter()
-    generation.summarize(model, tok, family, dialogues, gen, n, gen.batch_size, progress=False)
+    generation.Summarizer(model, tok, family, gen, n)(dialogues, progress=False)
     return {
         "source_tokens": n,
         "seconds": round(time.perf_counter() - t, 2),

@@ -26,14 +26,12 @@ tok.padding_side = "left"
 dialogues = list(data.load_processed(ws / "data/processed")["dev"].head(a.rows)["dialogue"])
 n = entry["max_source_len"]
 pool = {**gen, "candidates": {"k": 4, "method": "diverse", "group_beams": 2}}
-x = generation.summarize_pool(model, tok, family, dialogues, pool, n, 64, progress=False)
-y = generation.summarize_pool(
-    model, tok, family, dialogues, {**pool, "batch_tokens": a.small_budget}, n, 64, progress=False
-)
+x = generation.Summarizer(model, tok, family, pool, n, None, 64).pool(dialogues, progress=False)
+small_pool = {**pool, "batch_tokens": a.small_budget}
+y = generation.Summarizer(model, tok, family, small_pool, n, None, 64).pool(dialogues, progress=False)
 same = sum([c[0] for c in u] == [c[0] for c in v] for u, v in zip(x, y))
 print(f"diverse k=4: {same} of {len(x)} pools identical (batch_tokens {gen.get('batch_tokens')} vs {a.small_budget})")
-p = generation.summarize(model, tok, family, dialogues, gen, n, 64, progress=False)[0]
-q = generation.summarize(model, tok, family, dialogues, {**gen, "batch_tokens": a.small_budget}, n, 64, progress=False)[
-    0
-]
+p = generation.Summarizer(model, tok, family, gen, n, None, 64)(dialogues, progress=False)[0]
+small = {**gen, "batch_tokens": a.small_budget}
+q = generation.Summarizer(model, tok, family, small, n, None, 64)(dialogues, progress=False)[0]
 print(f"plain beam: {sum(u == v for u, v in zip(p, q))} of {len(p)} summaries identical")

@@ -3,7 +3,7 @@
     python benchmarks/predict_memory.py --splits dev,test --views reorder,mask,synonym          # the OOM setting
     python benchmarks/predict_memory.py --splits dev --longest 200 --batch-size 64 --batch-tokens 0
 
-Runs dialsum's own predict path (generation.summarize_views, TTA views included) with an *untrained*
+Runs dialsum's own predict path (generation.Summarizer.views, TTA views included) with an *untrained*
 minilm2minilm, so every summary runs to max_new_tokens (the worst case), and records after every
 model.generate call: the batch's size and padded width, the process's current RSS and its peak so far
 (VmRSS / VmHWM from /proc/self/status), and the bytes of the beam search's per-step score tensors.
@@ -99,20 +99,8 @@ def main(argv=None) -> int:
             df = df.loc[df["dialogue"].str.len().sort_values(ascending=False).index[: args.longest]]
         df = df.assign(dialogue=[clean_text(d) for d in df["dialogue"]])  # as the prepare stage does
         try:
-            generation.summarize_views(
-                model,
-                tok,
-                family,
-                df["fname"],
-                df["dialogue"],
-                augmenter,
-                split,
-                gen,
-                entry.max_source_len,
-                gen["batch_size"],
-                entry.prompt,
-                desc=split,
-            )
+            summarizer = generation.Summarizer(model, tok, family, gen, entry.max_source_len, entry.prompt)
+            summarizer.views(df["fname"], df["dialogue"], augmenter, split, desc=split)
         except StopIteration:
             break
     print(

@@ -94,9 +94,8 @@ def kobart(args) -> dict:
     tok.padding_side = "left"
     dialogues = list(dev["dialogue"].head(args.generate))
     t = time.perf_counter()
-    preds, _ = generation.summarize(
-        model, tok, "seq2seq", dialogues, {"num_beams": 4, "max_new_tokens": 64}, 256, batch_size=16, progress=False
-    )
+    summarizer = generation.Summarizer(model, tok, "seq2seq", {"num_beams": 4, "max_new_tokens": 64}, 256, None, 16)
+    preds, _ = summarizer(dialogues, progress=False)
     gen_s = time.perf_counter() - t
     return {
         "model": "kobart replica (full size)",

@@ -8,7 +8,7 @@ Human-readable rows first; the last stdout line is one JSON object:
 - ``train_speedup``: real (non-pad) source tokens/s of our training batches (dynamic padding to a multiple
   of 8, length-grouped sampling) / the same with every batch padded to ``max_source_len`` in random order;
   one epoch over the same rows, same model (the ``tiny-bart`` architecture), same Trainer.
-- ``generate_speedup``: summaries/s of ``dialsum.generation.summarize`` (length-sorted batches, beam 4) /
+- ``generate_speedup``: summaries/s of ``dialsum.generation.Summarizer`` (length-sorted batches, beam 4) /
   one ``generate`` call per dialogue (beam 4); the same fixed number of new tokens on both sides.
 - ``mbr_seconds``: MBR consensus over 25 candidates x 500 dialogues (``benchmarks/mbr_speed.py``'s set-up).
 - ``default_repro_seconds``: ``dvc repro`` of the default params in a fresh clone of HEAD.
@@ -127,7 +127,7 @@ def generate_speed(df: pd.DataFrame, entry: dict, init: Path, new_tokens: int, b
     dialogues = list(df["dialogue"])
     gen = {"num_beams": 4, "max_new_tokens": new_tokens, "min_new_tokens": new_tokens}
     t = time.perf_counter()
-    generation.summarize(model, tok, family, dialogues, gen, entry["max_source_len"], batch_size, progress=False)
+    generation.Summarizer(model, tok, family, gen, entry["max_source_len"], None, batch_size)(dialogues, progress=False)
     ours = time.perf_counter() - t
     t = time.perf_counter()
     with torch.no_grad():

@@ -4,12 +4,9 @@ metrics/average/<model>.json. Computed only when ensemble.strategy is averaging 
 the stage records that it was not needed (so switching between other strategies never generates)."""
 
 import hashlib
-import logging
 
 from dialsum import io, paths
 from dialsum.tracking import matrix_item, run_stage, seed_everything
-
-log = logging.getLogger("average")
 
 
 def main():
@@ -22,44 +19,24 @@ def main():
         io.write_json(paths.average_metrics(model_name), {"computed": False})
         return
     # torch and friends only when there is something to generate: the not-computed path stays ~1 s
-    import pandas as pd
-
-    from dialsum import data, ensemble as E, generation
+    from dialsum import data, ensemble
     from dialsum.metrics import Scorer
 
-    entry = params.zoo[model_name]
-    folds = list(params.cv.folds)
     seed_everything(params.seed)
-    members = []
-    for f in folds:
-        member = generation.Summarizer.load(paths.model_dir(model_name, f), entry, params.generation)
-        if members and member.tokenizer.get_vocab() != members[0].tokenizer.get_vocab():
-            raise ValueError(
-                f"{paths.model_dir(model_name, f)} has another vocabulary than fold {folds[0]}; "
-                "log-probabilities of different tokenizers cannot be averaged"
-            )
-        members.append(member)
-    weights = E.fold_weights(params, model_name, folds)
-    log.info("averaging %d fold models of %s, weights %s", len(members), model_name, weights)
     d = data.load_processed()
+    preds, weights = ensemble.average_folds(params, model_name, {s: d[s] for s in ("dev", "test")})
     digest = hashlib.sha256()
     with io.atomic_dir(out_dir) as tmp:
-        for split in ("dev", "test"):
-            df = d[split]
-            texts, lps = members[0].averaged(members[1:], weights, df["dialogue"], desc=f"{split} averaged")
-            out = pd.DataFrame(
-                {"fname": df["fname"], "view": "orig", "summary": texts, "logprob": [round(x, 6) for x in lps]}
-            )
+        for split, out in preds.items():
             io.write_csv(tmp / f"{split}.csv", out)
             digest.update((tmp / f"{split}.csv").read_bytes())
-            if split == "dev":
-                scores = Scorer.from_params(params).score(texts, data.references(df))
+    scores = Scorer.from_params(params).score(list(preds["dev"]["summary"]), data.references(d["dev"]))
     io.write_json(
         paths.average_metrics(model_name),
         {
             "computed": True,
             "strategy": strategy,
-            "members": [f"{model_name}/{f}" for f in folds],
+            "members": [f"{model_name}/{f}" for f in params.cv.folds],
             "weights": [round(w, 6) for w in weights],
             **scores,
             "predictions_sha256": digest.hexdigest()[:16],

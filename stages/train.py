@@ -14,18 +14,7 @@ def main():
     d = data.load_processed()
     train_df, val_df = data.split_fold(d["train"], d["dev"], fold, d["augmented"])
     sig = training.run_signature(params, model, fold, sorted(paths.PROCESSED.glob("*.csv")))
-    metrics = training.train(
-        params,
-        model,
-        fold,
-        train_df,
-        val_df,
-        paths.init_dir(model),
-        paths.model_dir(model, fold),
-        paths.checkpoint_dir(model, fold),
-        paths.live_dir(model, fold),
-        sig,
-    )
+    metrics = training.train(params, training.Run.of(model, fold, sig), train_df, val_df)
     if training.rank() == 0:
         io.write_json(paths.train_metrics(model, fold), metrics)
 

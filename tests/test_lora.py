@@ -120,7 +120,7 @@ def overfit(tmp_path_factory):
     gets a short full-parameter training first, as every real base model has had.
     """
     from dialsum.sequences import build_features
-    from dialsum.training import train
+    from dialsum.training import Run, train
 
     tmp = tmp_path_factory.mktemp("overfit")
     params = load(ROOT / "params.yaml").model_dump(exclude_unset=True)  # as written: a dict to edit
@@ -161,7 +161,7 @@ def overfit(tmp_path_factory):
         resume="never",
         weight_decay=0.0,
     )
-    train(params, "tiny-llama", 0, pre, pre.iloc[:4], tmp / "scratch", tmp / "hub", tmp / "ckpt0", None, "pre")
+    train(params, Run("tiny-llama", 0, tmp / "scratch", tmp / "hub", tmp / "ckpt0", signature="pre"), pre, pre.iloc[:4])
 
     e = {**base, "pretrained": str(tmp / "hub"), "quantization": "4bit", "lora": {"r": 16, "alpha": 32, "dropout": 0.0}}
     params["zoo"]["tiny-llama"] = e
@@ -176,7 +176,7 @@ def overfit(tmp_path_factory):
             for f in feats
         ) / len(feats)
     out = tmp / "model"
-    metrics = train(params, "tiny-llama", 0, df, df, init, out, tmp / "ckpt", None, "sig")
+    metrics = train(params, Run("tiny-llama", 0, init, out, tmp / "ckpt", signature="sig"), df, df)
     return {"before": before, "metrics": metrics, "out": out, "df": df, "entry": e}
 
 
@@ -198,16 +198,8 @@ def test_generation_returns_only_the_summary(overfit):
     assert family == "causal"
     tok.padding_side = "left"
     df = overfit["df"]
-    texts, lps = generation.summarize(
-        model,
-        tok,
-        family,
-        list(df["dialogue"]),
-        {"num_beams": 1, "max_new_tokens": 16},
-        64,
-        batch_size=3,
-        progress=False,
-    )
+    summarizer = generation.Summarizer(model, tok, family, {"num_beams": 1, "max_new_tokens": 16}, 64, batch_size=3)
+    texts, lps = summarizer(df["dialogue"], progress=False)
     for text in texts:
         assert "### 대화" not in text and "요약하세요" not in text and "#Person2#: 네." not in text
         assert len(tok(text, add_special_tokens=False)["input_ids"]) <= 16

@@ -58,9 +58,8 @@ def test_pretrained_path_adds_tags_and_resizes(tmp_path):
     model, tok2 = models.load_for_training(entry, init, seed=0)
     assert len(tok2) == len(tok) + len(models.TAGS)
     assert model.get_input_embeddings().weight.shape[0] >= len(tok2)
-    texts, lps = generation.summarize(
-        model, tok2, "seq2seq", TEXTS[:3], {"num_beams": 2, "max_new_tokens": 5}, 64, progress=False
-    )
+    summarizer = generation.Summarizer(model, tok2, "seq2seq", {"num_beams": 2, "max_new_tokens": 5}, 64)
+    texts, lps = summarizer(TEXTS[:3], progress=False)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
 
 
@@ -120,11 +119,12 @@ def test_averaged_generation_is_real_model_averaging(tmp_path, arch, family, mon
     )
     for beams in (1, 3):
         g = {"num_beams": beams, "max_new_tokens": 8}
-        only_b = generation.summarize_averaged([a, b], [0.0, 1.0], tok, family, dialogues, g, 64, progress=False)
-        assert only_b[0] == generation.summarize(b, tok, family, dialogues, g, 64, progress=False)[0]
+        sa, sb = (generation.Summarizer(m, tok, family, g, 64) for m in (a, b))
+        only_b = sa.averaged([sb], [0.0, 1.0], dialogues, progress=False)
+        assert only_b[0] == sb(dialogues, progress=False)[0]
         assert all(lp > -1e8 for lp in only_b[1])  # a weight of 0 leaves no NaN in the beam scores
-        twice_a = generation.summarize_averaged([a, a], [0.5, 0.5], tok, family, dialogues, g, 64, progress=False)
-        assert twice_a[0] == generation.summarize(a, tok, family, dialogues, g, 64, progress=False)[0]
+        twice_a = sa.averaged([sa], [0.5, 0.5], dialogues, progress=False)
+        assert twice_a[0] == sa(dialogues, progress=False)[0]
     assert sum(p is not None for p in cached) > len(cached) / 2  # steps after the first continue the cache
 
     # the same through the loaded-model object that predict, average and the CLI use
@@ -132,7 +132,9 @@ def test_averaged_generation_is_real_model_averaging(tmp_path, arch, family, mon
     sa, sb = (generation.Summarizer.load(tmp_path / n, e, g) for n in ("a", "b"))
     assert sa.tokenizer.padding_side == "left" and (sa.family, sa.max_source_len, sa.prompt) == (family, 64, None)
     assert sa.averaged([sb], [0.0, 1.0], dialogues)[0] == sb(dialogues, progress=False)[0]
-    assert sb(dialogues, progress=False)[0] == generation.summarize(b, tok, family, dialogues, g, 64, progress=False)[0]
+    assert (
+        sb(dialogues, progress=False)[0] == generation.Summarizer(b, tok, family, g, 64)(dialogues, progress=False)[0]
+    )
 
 
 def test_warm_started_encoder_decoder_trains_and_loads_with_plain_transformers(tmp_path):
@@ -146,7 +148,7 @@ def test_warm_started_encoder_decoder_trains_and_loads_with_plain_transformers(t
     from conftest import ROOT
     from dialsum.params import load
     from dialsum.sequences import build_features
-    from dialsum.training import train
+    from dialsum.training import Run, train
 
     params = load(ROOT / "params.yaml").model_dump(exclude_unset=True)  # as written: a dict to edit
     entry = {**params["zoo"]["minilm2minilm"], "max_source_len": 64, "max_target_len": 16, "freeze_encoder": False}
@@ -181,7 +183,7 @@ def test_warm_started_encoder_decoder_trains_and_loads_with_plain_transformers(t
     with torch.no_grad():
         before = model(**batch).loss.item()
     out = tmp_path / "trained"
-    result = train(params, "minilm2minilm", 0, df, df, init, out, tmp_path / "ckpt", None, "sig")
+    result = train(params, Run("minilm2minilm", 0, init, out, tmp_path / "ckpt", signature="sig"), df, df)
     assert result["steps"] == 12 and result["loss"] < before - 1.0, (before, result)
 
     plain = EncoderDecoderModel.from_pretrained(out).eval()  # no dialsum code needed to use the result
@@ -205,7 +207,7 @@ def test_warm_started_encoder_decoder_trains_and_loads_with_plain_transformers(t
     params["zoo"]["minilm2minilm"] = frozen_entry
     params["training"].update(epochs=1)
     out2 = tmp_path / "frozen"
-    train(params, "minilm2minilm", 0, df, df, init, out2, tmp_path / "ckpt2", None, "sig")
+    train(params, Run("minilm2minilm", 0, init, out2, tmp_path / "ckpt2", signature="sig"), df, df)
     a, b = EncoderDecoderModel.from_pretrained(init), EncoderDecoderModel.from_pretrained(out2)
     sa, sb = a.state_dict(), b.state_dict()
     enc_keys = [k for k in sa if k.startswith("encoder.")]
@@ -263,7 +265,7 @@ def test_summaries_do_not_depend_on_the_batching(tmp_path):
     runs = []
     for budget in (None, 150):
         gen = {"num_beams": 3, "max_new_tokens": 10, "min_new_tokens": 4, "batch_tokens": budget}
-        runs.append(generation.summarize(model, tok, family, dialogues, gen, 64, batch_size=8, progress=False))
+        runs.append(generation.Summarizer(model, tok, family, gen, 64, batch_size=8)(dialogues, progress=False))
     assert runs[0][0] == runs[1][0]
     assert all(abs(a - b) < 1e-4 for a, b in zip(runs[0][1], runs[1][1]))
 
@@ -276,7 +278,7 @@ def test_gpu_out_of_memory_halves_the_batch_and_logs_once(tmp_path, monkeypatch,
     model, tok, family = models.load_for_inference(tmp_path)
     dialogues = [TEXTS[i % 2][: 15 + 5 * i] for i in range(7)]
     gen = {"num_beams": 2, "max_new_tokens": 6}
-    want = generation.summarize(model, tok, family, dialogues, gen, 64, batch_size=8, progress=False)
+    want = generation.Summarizer(model, tok, family, gen, 64, batch_size=8)(dialogues, progress=False)
     real, sizes = generation._generate_batch, []
 
     def small_memory(model, tokenizer, conv, seqs, kw, processor=None, keys=None):
@@ -288,12 +290,12 @@ def test_gpu_out_of_memory_halves_the_batch_and_logs_once(tmp_path, monkeypatch,
     monkeypatch.setattr(generation, "_generate_batch", small_memory)
     monkeypatch.setattr(generation, "_halved", False)
     with caplog.at_level("WARNING", logger="dialsum.generation"):
-        got = generation.summarize(model, tok, family, dialogues, gen, 64, batch_size=8, progress=False)
+        got = generation.Summarizer(model, tok, family, gen, 64, batch_size=8)(dialogues, progress=False)
     assert got[0] == want[0]
     assert sizes[0] == 7 and sum(n for n in sizes if n <= 2) == 7  # split until it fitted, each row once
     assert sum("halving" in r.message for r in caplog.records) == 1
     sizes.clear()  # batches of 4 and 3: after the first OOM the second is cut to the size that fitted
-    got = generation.summarize(model, tok, family, dialogues, gen, 64, batch_size=4, progress=False)
+    got = generation.Summarizer(model, tok, family, gen, 64, batch_size=4)(dialogues, progress=False)
     assert got[0] == want[0] and [n for n in sizes if n > 2] == [4], sizes
 
 

@@ -73,16 +73,15 @@ def test_unparsable_yaml(tmp_path):
 
 
 def test_best_by_picks_the_checkpoint_metric(root, tmp_path):
-    from dialsum.training import _training_args
+    from dialsum.training import Run, _training_args
 
     from dialsum.params import override
 
     p = load(root / "params.yaml")
-    by_rouge = _training_args(p, tmp_path, steps_per_epoch=10, eval_steps=5, lr=1e-3)
+    run = Run(p.models[0], 0, tmp_path, None, tmp_path)
+    by_rouge = _training_args(p, run, n_train=40)
     assert by_rouge.metric_for_best_model == "rouge_sum" and by_rouge.greater_is_better
-    by_loss = _training_args(
-        override(p, {"training.best_by": "loss"}), tmp_path, steps_per_epoch=10, eval_steps=5, lr=1e-3
-    )
+    by_loss = _training_args(override(p, {"training.best_by": "loss"}), run, n_train=40)
     assert by_loss.metric_for_best_model in ("loss", "eval_loss") and not by_loss.greater_is_better
     with pytest.raises(ParamsError, match="training.best_by"):
         override(p, {"training.best_by": "bleu"})

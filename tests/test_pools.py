@@ -41,11 +41,11 @@ GEN = {"num_beams": 2, "max_new_tokens": 8, "no_repeat_ngram_size": 0}
 @pytest.mark.parametrize("method", ["beam", "diverse", "sample"])
 def test_pools_are_k_candidates_deterministic_and_start_with_the_plain_summary(tiny, method):
     model, tok, family = tiny
-    plain, _ = generation.summarize(model, tok, family, DIALOGUES, GEN, 64, progress=False)
+    plain, _ = generation.Summarizer(model, tok, family, GEN, 64)(DIALOGUES, progress=False)
     gen = {**GEN, "candidates": {"k": 2 if method == "beam" else 3, "method": method, "seed": 7}}
     k = gen["candidates"]["k"]
-    pool = generation.summarize_pool(model, tok, family, DIALOGUES, gen, 64, progress=False)
-    again = generation.summarize_pool(model, tok, family, DIALOGUES, gen, 64, progress=False)
+    pool = generation.Summarizer(model, tok, family, gen, 64).pool(DIALOGUES, progress=False)
+    again = generation.Summarizer(model, tok, family, gen, 64).pool(DIALOGUES, progress=False)
     assert pool == again  # the same seed, params and data: the same pool, log-probs included
     assert [len(p) for p in pool] == [k] * len(DIALOGUES)
     # candidate 0 is what k = 1 gives (beam: k <= num_beams); every candidate is scored by the raw model
@@ -56,12 +56,13 @@ def test_pools_are_k_candidates_deterministic_and_start_with_the_plain_summary(t
     if method != "beam":  # the extra candidates are not copies of the first
         assert any(len({c[0] for c in p}) > 1 for p in pool)
     if method == "sample":  # another seed, other samples
-        other = generation.summarize_pool(
-            model, tok, family, DIALOGUES, {**gen, "candidates": {**gen["candidates"], "seed": 8}}, 64, progress=False
-        )
+        reseeded = {**gen, "candidates": {**gen["candidates"], "seed": 8}}
+        other = generation.Summarizer(model, tok, family, reseeded, 64).pool(DIALOGUES, progress=False)
         assert [p[1:] for p in other] != [p[1:] for p in pool]
     else:  # beam-based pools do not depend on how the inputs were batched
-        small = generation.summarize_pool(model, tok, family, DIALOGUES, {**gen, "batch_tokens": 1}, 64, progress=False)
+        small = generation.Summarizer(model, tok, family, {**gen, "batch_tokens": 1}, 64).pool(
+            DIALOGUES, progress=False
+        )
         assert [[c[0] for c in p] for p in small] == [[c[0] for c in p] for p in pool]
 
 
@@ -86,10 +87,10 @@ def test_summarize_views_writes_a_candidate_index(tiny):
     model, tok, family = tiny
     aug = tta.Augmenter.from_params({"strategies": [], "num_aug": 1}, 0)
     gen = {**GEN, "candidates": {"k": 3, "method": "sample"}}
-    out = generation.summarize_views(model, tok, family, ["a", "b"], DIALOGUES[:2], aug, "dev", gen, 64)
+    out = generation.Summarizer(model, tok, family, gen, 64).views(["a", "b"], DIALOGUES[:2], aug, "dev")
     assert list(out.columns) == ["fname", "view", "candidate", "summary", "logprob", "tokens"]
     assert out.groupby(["fname", "view"])["candidate"].apply(list).tolist() == [[0, 1, 2], [0, 1, 2]]
-    plain = generation.summarize_views(model, tok, family, ["a", "b"], DIALOGUES[:2], aug, "dev", GEN, 64)
+    plain = generation.Summarizer(model, tok, family, GEN, 64).views(["a", "b"], DIALOGUES[:2], aug, "dev")
     assert list(plain.columns) == ["fname", "view", "summary", "logprob"]  # k = 1: the old columns exactly
     assert list(out[out["candidate"] == 0]["summary"]) == list(plain["summary"])
 

@@ -231,7 +231,7 @@ def test_overfit_each_family_reproduces_its_references_and_stops(replicas, kind,
     on 8 Korean dialogues by dialsum's own train() greedily reproduces every reference exactly (tags intact,
     stopping at EOS, nothing after it), from the saved folder."""
     from dialsum import generation
-    from dialsum.training import train
+    from dialsum.training import Run, train
 
     rows = SAMPLE.head(8).reset_index(drop=True)
     entry = {
@@ -248,12 +248,11 @@ def test_overfit_each_family_reproduces_its_references_and_stops(replicas, kind,
     init = tmp_path / "init"
     models.build_init(entry, [], init, seed=0)
     out = tmp_path / "trained"
-    train(params, f"{kind}-replica", 0, rows, rows, init, out, tmp_path / "ckpt", None, "sig")
+    train(params, Run(f"{kind}-replica", 0, init, out, tmp_path / "ckpt", signature="sig"), rows, rows)
     model, tok, fam = models.load_for_inference(out, entry)
     assert fam == family
     tok.padding_side = "left"
-    preds, _ = generation.summarize(
-        model, tok, family, list(rows["dialogue"]), {"num_beams": 1, "max_new_tokens": 60}, 96, progress=False
-    )
+    summarizer = generation.Summarizer(model, tok, family, {"num_beams": 1, "max_new_tokens": 60}, 96)
+    preds, _ = summarizer(rows["dialogue"], progress=False)
     misses = [(p, r) for p, r in zip(preds, rows["summary"]) if p != " ".join(r.split())]
     assert not misses, f"{len(misses)} of 8 differ, e.g. {misses[:2]}"

@@ -40,10 +40,10 @@ def _tiny_run(tmp_path, monkeypatch):
 
 
 def test_wandb_offline_run_with_full_params(tmp_path, monkeypatch):
-    from dialsum.training import train
+    from dialsum.training import Run, train
 
     params, df = _tiny_run(tmp_path, monkeypatch)
-    train(params, "tiny-bart", 0, df, df, tmp_path / "init", None, tmp_path / "ckpt", None, "sig")
+    train(params, Run("tiny-bart", 0, tmp_path / "init", None, tmp_path / "ckpt", signature="sig"), df, df)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((tmp_path / "wandb").iterdir())
     files = list(runs[0].rglob("*"))
@@ -67,7 +67,7 @@ def test_crashed_training_marks_the_wandb_run_failed(tmp_path, monkeypatch):
     'running'), and the error still reaches the caller."""
     import transformers
 
-    from dialsum.training import train
+    from dialsum.training import Run, train
 
     params, df = _tiny_run(tmp_path, monkeypatch)
     calls = {"n": 0}
@@ -81,7 +81,7 @@ def test_crashed_training_marks_the_wandb_run_failed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(transformers.Seq2SeqTrainer, "training_step", crash_on_second_step)
     with pytest.raises(RuntimeError, match="simulated CUDA OOM"):
-        train(params, "tiny-bart", 0, df, df, tmp_path / "init", None, tmp_path / "ckpt", None, "sig")
+        train(params, Run("tiny-bart", 0, tmp_path / "init", None, tmp_path / "ckpt", signature="sig"), df, df)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     log = (runs[0] / "logs" / "debug.log").read_text()

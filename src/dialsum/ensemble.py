@@ -13,7 +13,7 @@ out-of-fold score (:func:`combine`); collapsed sources are left out before (:fun
 - ``stacking``: a reranker: a gradient-boosted regressor trained on out-of-fold candidates predicts each
   candidate's ROUGE from features that need no reference (:func:`candidate_features`); the argmax is chosen.
 - ``averaging`` / ``weighted_avg`` average log-probabilities *during* generation (see
-  :func:`dialsum.generation.summarize_averaged`); across models with other tokenizers their outputs are
+  :meth:`dialsum.generation.Summarizer.averaged`); across models with other tokenizers their outputs are
   combined here by ``majority_vote`` / ``rouge_weighted``.
 
 Similarities: each distinct text is tokenized once and its n-gram counts built once; a pair then costs a
@@ -35,7 +35,7 @@ import pandas as pd
 
 from .metrics import CachedTokenizer, ngram_counts
 from . import paths
-from .params import ENSEMBLE_STRATEGIES, Ensemble, Params, section, typed
+from .params import ENSEMBLE_STRATEGIES, Ensemble, Params, ParamsError, section, typed
 
 log = logging.getLogger(__name__)
 STRATEGIES = ENSEMBLE_STRATEGIES
@@ -525,63 +525,206 @@ def fit_set(strategy: str, cands: dict, frames: dict, tok: CachedTokenizer) -> t
     return build_groups(cands[split], tok, order, dict(zip(frame["fname"], frame["dialogue"]))), refs, split
 
 
+KEYS = ("rouge1", "rouge2", "rougeL", "rouge_sum", "bleu")  # the scores metrics/ensemble.json reports
+
+
+def _scores(s: dict) -> dict:
+    return {k: s[k] for k in KEYS}
+
+
+def fold_members(params: Params | dict, model: str, root: Path = Path(".")) -> list:
+    """``model``'s trained fold models (``cv.folds``) as :class:`~dialsum.generation.Summarizer` objects;
+    a missing folder or a fold with another vocabulary (log-probs that cannot be averaged) stops here."""
+    params = typed(params)
+    members = []
+    for f in params.cv.folds:
+        d = root / paths.model_dir(model, f)
+        member = _load_member(params, model, d)
+        if members and member.tokenizer.get_vocab() != members[0].tokenizer.get_vocab():
+            raise ValueError(
+                f"{d} has another vocabulary than fold {params.cv.folds[0]}; "
+                "log-probabilities of different tokenizers cannot be averaged"
+            )
+        members.append(member)
+    return members
+
+
+def _load_member(params: Params, model: str, model_dir: Path):
+    from .generation import Summarizer
+
+    _check_trained(model_dir)
+    return Summarizer.load(model_dir, params.zoo[model], params.generation)
+
+
+def _check_trained(model_dir: Path) -> None:
+    if not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{model_dir}: no trained model; run `dvc repro` (or `dvc pull`) first")
+
+
+def average_folds(
+    params: Params | dict, model: str, frames: dict[str, pd.DataFrame], root: Path = Path(".")
+) -> tuple[dict[str, pd.DataFrame], list[float]]:
+    """Model averaging (the average stage, and ``dialsum summarize --ensemble``): one beam search per dialogue
+    of each frame (fname, dialogue) on the weighted mean of ``model``'s fold models' next-token log-probs.
+    Returns ``{split: [fname, view, summary, logprob]}`` and the fold weights (:func:`fold_weights`)."""
+    params = typed(params)
+    members = fold_members(params, model, root)
+    weights = fold_weights(params, model, list(params.cv.folds), root)
+    log.info("averaging %d fold models of %s, weights %s", len(members), model, weights)
+    out = {}
+    for split, df in frames.items():
+        texts, lps = members[0].averaged(members[1:], weights, df["dialogue"], desc=f"{split} averaged")
+        out[split] = pd.DataFrame(
+            {"fname": list(df["fname"]), "view": "orig", "summary": texts, "logprob": [round(x, 6) for x in lps]}
+        )
+    return out, weights
+
+
+def choose(
+    params: Params, pools: dict, inputs: dict, stored: dict, frames: dict, oof_scores: dict, scorer
+) -> tuple[dict, dict, dict]:
+    """One summary per dialogue of each ``inputs[split]`` (fname, dialogue) from ``pools[split]`` by
+    ``ensemble.strategy``; fitted strategies learn from the ``stored`` candidates (:func:`fit_set`; ``frames``:
+    the processed train and dev). Returns ``({split: chosen rows}, strategy info, {split: groups})``."""
+    cfg, tok = params.ensemble, scorer.tokenizer
+    groups = {
+        s: build_groups(pools[s], tok, list(df["fname"]), dict(zip(df["fname"], df["dialogue"])))
+        for s, df in inputs.items()
+    }
+    fit_groups, fit_refs, fit_on = fit_set(cfg.strategy, stored, frames, tok)
+    try:
+        result, info = combine(
+            cfg.strategy, cfg, params.models, groups, fit_groups, fit_refs, fit_on, oof_scores, scorer, params.seed
+        )
+    except ValueError as e:
+        raise ParamsError(f"params.yaml: {e}") from None
+    return result, info, groups
+
+
+def run(params: Params | dict, root: Path = Path(".")) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The ensemble stage: every model x fold x view's stored candidates (or, for the averaging strategies,
+    each model's fold average) combined by ``ensemble.strategy`` over dev and test. Returns the chosen rows
+    ``{dev, test}`` and metrics/ensemble.json: dev ROUGE of the ensemble, of every source and of each model
+    over its folds, the best single source and the gain."""
+    from .data import load_processed, references
+    from .metrics import Scorer
+
+    params = typed(params)
+    strategy = params.ensemble.strategy
+    d = load_processed(root / paths.PROCESSED)
+    scorer = Scorer.from_params(params)
+    refs = references(d["dev"])
+    cands, scored = load_candidates(params, ("oof", "dev", "test"), root)
+    # predict@ scored the original view on dev and on its OOF rows with these same metrics settings
+    sources = {src: _scores(m) for src, m in scored.items()}
+    oof_scores = oof_rouge(scored)
+    for src in sources:
+        log.info("dev %s: rouge_sum %.4f (oof %s)", src, sources[src]["rouge_sum"], oof_scores.get(src))
+    cands, collapsed = drop_collapsed(cands, params.ensemble.collapse_ratio, len(sources))
+    info: dict = {}
+    if strategy in ("averaging", "weighted_avg"):
+        info["averaging"] = _averaging_info(params, root)
+        sources.update({f"{m}/avg": _scores(a) for m, a in info["averaging"]["token_level"].items()})
+        pools = {s: _averaged_pool(params, s, root) for s in ("dev", "test")}
+    else:
+        pools = {s: cands[s] for s in ("dev", "test")}
+    result, fitted, groups = choose(params, pools, {s: d[s] for s in ("dev", "test")}, cands, d, oof_scores, scorer)
+    ens = scorer.score(list(result["dev"]["summary"]), refs)
+    best = max(sources, key=lambda s: sources[s]["rouge_sum"])
+    chosen_views = result["dev"]["view"].value_counts().to_dict()
+    ranks = result["dev"]["candidate"].value_counts().to_dict()
+    metrics = {
+        **_scores(ens),
+        "strategy": strategy,
+        "n_dev": ens["n"],
+        "views": sorted(set(cands["dev"]["view"])),
+        "candidates_per_dialogue": round(float(np.mean([len(g.cands) for g in groups["dev"]])), 2),
+        "chosen_views": {k: int(v) for k, v in sorted(chosen_views.items())},
+        **({"chosen_candidates": {int(k): int(v) for k, v in sorted(ranks.items())}} if len(ranks) > 1 else {}),
+        "collapsed": collapsed,
+        "sources": sources,
+        "models": _per_model(params, cands["dev"], list(d["dev"]["fname"]), refs, scorer),
+        "oof": {k: round(v, 6) for k, v in oof_scores.items()},
+        "best_single": best,
+        "best_single_rouge_sum": sources[best]["rouge_sum"],
+        "gain": round(ens["rouge_sum"] - sources[best]["rouge_sum"], 6),
+        **info,
+        **fitted,
+    }
+    log.info(
+        "ensemble (%s) dev rouge_sum %.4f (best single %s %.4f, gain %+.4f)",
+        strategy,
+        ens["rouge_sum"],
+        best,
+        sources[best]["rouge_sum"],
+        metrics["gain"],
+    )
+    return result, metrics
+
+
+def _per_model(params: Params, dev: pd.DataFrame, order: list, refs: list, scorer) -> dict:
+    """Each model over its folds (original view, MBR): the "model" level of the report."""
+    out = {}
+    for m in params.models:
+        mc = dev.query("model == @m and view == 'orig'")
+        if not mc.empty:
+            sel = mbr_select(mc, scorer.tokenizer, order)
+            out[m] = _scores(scorer.score(list(sel["summary"]), refs))
+    return out
+
+
+def _averaging_info(params: Params, root: Path) -> dict:
+    """Token-level averaging happened in average@<model> (folds share a tokenizer); models differ in
+    tokenizer, so across models the ensemble falls back to candidate selection."""
+    across = "majority_vote" if params.ensemble.strategy == "averaging" else "rouge_weighted"
+    return {
+        "token_level": {m: json.loads((root / paths.average_metrics(m)).read_text()) for m in params.models},
+        "across_models": across + (" (tokenizers differ)" if len(params.models) > 1 else ""),
+    }
+
+
+def _averaged_pool(params: Params, split: str, root: Path) -> pd.DataFrame:
+    return pd.concat(
+        [
+            read_candidates(root / paths.predictions(f"{m}/avg", split)).assign(source=f"{m}/avg", model=m)
+            for m in params.models
+        ]
+    )
+
+
 def summarize_new(params: Params | dict, df: pd.DataFrame, root: Path = Path(".")) -> tuple[pd.DataFrame, dict]:
     """Summaries of new dialogues (``df``: fname, dialogue) by the pipeline's final ensemble: every trained
     model x fold of ``params`` (with its TTA views), combined by ``ensemble.strategy`` exactly as the ensemble
     stage does; stacking and blending are re-fitted from the stored out-of-fold predictions (seeded, so the
     same fit). Returns [fname, summary, source, view, score] and the strategy's info."""
-    from . import data, generation, tta
+    from . import data, tta
     from .metrics import Scorer
 
     params = typed(params)
-    cfg, gen = params.ensemble, params.generation
-    strategy = cfg.strategy
-    folds = list(params.cv.folds)
-    scorer = Scorer.from_params(params)
+    strategy = params.ensemble.strategy
     augmenter = tta.Augmenter.from_params(params.tta, params.seed)
-    fnames, dialogues = list(df["fname"]), list(df["dialogue"])
+    for m in params.models:  # every model before the first generates: no hour lost to a missing fold
+        for f in params.cv.folds:
+            _check_trained(root / paths.model_dir(m, f))
     pool = []
     for m in params.models:
-        entry = params.zoo[m]
-        dirs = [root / paths.model_dir(m, f) for f in folds]
-        for d in dirs:
-            if not (d / "config.json").exists() and not (d / "adapter_config.json").exists():
-                raise FileNotFoundError(f"{d}: no trained model; run `dvc repro` (or `dvc pull`) first")
         if strategy in ("averaging", "weighted_avg"):
-            loaded = [generation.Summarizer.load(d, entry, gen) for d in dirs]
-            texts, lps = loaded[0].averaged(
-                loaded[1:], fold_weights(params, m, folds, root), dialogues, f"{m} averaged"
-            )
-            pool.append(
-                pd.DataFrame(
-                    {
-                        "fname": fnames,
-                        "view": "orig",
-                        "summary": texts,
-                        "logprob": lps,
-                        "source": f"{m}/avg",
-                        "model": m,
-                    }
-                )
-            )
+            out = average_folds(params, m, {"input": df}, root)[0]["input"]
+            pool.append(out.assign(source=f"{m}/avg", model=m))
             continue
-        for f, d in zip(folds, dirs):
-            summarizer = generation.Summarizer.load(d, entry, gen)
-            out = summarizer.views(fnames, dialogues, augmenter, "input", desc=f"{m}/{f}")
+        for f in params.cv.folds:  # one fold model in memory at a time
+            member = _load_member(params, m, root / paths.model_dir(m, f))
+            out = member.views(df["fname"], df["dialogue"], augmenter, "input", desc=f"{m}/{f}")
             pool.append(out.assign(source=f"{m}/{f}", model=m))
-            del summarizer
+            del member
     pool = pd.concat(pool, ignore_index=True)
     if "candidate" not in pool:
         pool = pool.assign(candidate=0)
     stored, scored = load_candidates(params, ["oof", "dev", "test"], root)
-    oof_scores = oof_rouge(scored)
-    stored, collapsed = drop_collapsed({**stored, "input": pool}, cfg.collapse_ratio, len(scored))
+    stored, collapsed = drop_collapsed({**stored, "input": pool}, params.ensemble.collapse_ratio, len(scored))
     pool = stored.pop("input")
     # learn exactly what the ensemble stage learnt: the stored out-of-fold pools, else the dev pools
     frames = data.load_processed(root / paths.PROCESSED) if strategy in FITTED else {}
-    fit_groups, fit_refs, fit_on = fit_set(strategy, stored, frames, scorer.tokenizer)
-    groups = build_groups(pool, scorer.tokenizer, fnames, dict(zip(fnames, dialogues)))
-    out, info = combine(
-        strategy, cfg, params.models, {"input": groups}, fit_groups, fit_refs, fit_on, oof_scores, scorer, params.seed
-    )
+    scorer = Scorer.from_params(params)
+    out, info, _ = choose(params, {"input": pool}, {"input": df}, stored, frames, oof_rouge(scored), scorer)
     return out["input"], {"strategy": strategy, "sources": sorted(set(pool["source"])), "collapsed": collapsed, **info}

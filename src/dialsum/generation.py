@@ -85,63 +85,6 @@ def beam_cache(model, num_beams: int) -> dict:
     return {"past_key_values": _beam_cache_class()(DynamicCache(config=cfg), DynamicCache(config=cfg))}
 
 
-@torch.no_grad()
-def summarize(
-    model,
-    tokenizer,
-    family: str,
-    dialogues: list[str],
-    gen: dict,
-    max_source_len: int,
-    batch_size: int = 32,
-    prompt: str | None = None,
-    desc: str = "generate",
-    progress: bool = True,
-    processor=None,
-) -> tuple[list[str], list[float]]:
-    """Summaries and their mean token log-probability, in input order.
-
-    Inputs are sorted by length and cut into :func:`token_batches` (at most ``batch_size`` dialogues and
-    ``gen["batch_tokens"]`` tokens each), then put back in order. ``processor(inputs, num_beams, width)``,
-    when given, makes a logits processor per batch whose output scores are already log-probabilities (model
-    averaging).
-    """
-    if not dialogues:
-        return [], []
-    was_training = model.training
-    conv, encoded, order = _encode_sorted(model, tokenizer, family, dialogues, max_source_len, prompt)
-    kw = generation_kwargs(gen)
-    out_text: list[str] = [""] * len(dialogues)
-    out_lp: list[float] = [0.0] * len(dialogues)
-    batches = token_batches(
-        [len(encoded[i]) for i in order],
-        batch_size,
-        section(Generation, gen, "generation").batch_tokens,
-        kw["num_beams"],
-        kw["max_new_tokens"],
-    )
-    batches = [[order[j] for j in b] for b in batches]
-    fits = None  # after an out-of-memory error: the most dialogues that then fitted in one call
-    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        for part in (batch[k : k + fits] for k in range(0, len(batch), fits)) if fits else [batch]:
-            texts, lps, _, fitted = _generate_halving(model, tokenizer, conv, [encoded[i] for i in part], kw, processor)
-            if fitted < len(part):
-                fits = fitted
-            for j, i in enumerate(part):
-                out_text[i], out_lp[i] = texts[j], lps[j]
-    model.train(was_training)
-    return out_text, out_lp
-
-
-def _encode_sorted(model, tokenizer, family: str, dialogues: list[str], max_source_len: int, prompt):
-    """Puts ``model`` in eval mode; returns its conventions, each dialogue's source ids, and the indices
-    longest first (the order batches are cut in)."""
-    model.eval()
-    conv = conventions(tokenizer, family, model.config)
-    encoded = [source_ids(tokenizer, d, conv, max_source_len, prompt)[0] for d in dialogues]
-    return conv, encoded, sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-
-
 _halved = False
 
 
@@ -182,13 +125,9 @@ def _generate_batch(model, tokenizer, conv, seqs: list[list[int]], kw: dict, pro
     pad, device = tokenizer.pad_token_id, next(model.parameters()).device
     width = max(map(len, seqs))
     # causal models continue the prompt, so pad on the left; encoders pad on the right
-    if conv.family == "causal":
-        ids = [[pad] * (width - len(s)) + s for s in seqs]
-        mask = [[0] * (width - len(s)) + [1] * len(s) for s in seqs]
-    else:
-        ids = [s + [pad] * (width - len(s)) for s in seqs]
-        mask = [[1] * len(s) + [0] * (width - len(s)) for s in seqs]
-    inputs = dict(input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device))
+    side = "left" if conv.family == "causal" else "right"
+    batch = tokenizer.pad({"input_ids": seqs}, padding_side=side, return_tensors="pt")
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
     extra = {}
     if processor is not None:
         from transformers import LogitsProcessorList
@@ -283,108 +222,6 @@ class _HammingDiversity:
         return scores - self.penalty * counts.repeat_interleave(scores.shape[0] // len(self.keys), dim=0)
 
 
-@torch.no_grad()
-def summarize_pool(
-    model,
-    tokenizer,
-    family: str,
-    dialogues: list[str],
-    gen: dict,
-    max_source_len: int,
-    batch_size: int = 32,
-    prompt: str | None = None,
-    desc: str = "generate",
-    progress: bool = True,
-) -> list[list[tuple[str, float, int]]]:
-    """``generation.candidates.k`` candidates per dialogue, each ``(summary, mean token log-prob, tokens)``,
-    in input order; batching as :func:`summarize` (the budget counts every beam of a call).
-
-    - ``beam``: the k best hypotheses of one beam search of width max(num_beams, k); candidate 0 is what
-      k = 1 gives whenever k <= num_beams.
-    - ``diverse``: k groups of ``group_beams`` (default num_beams) beams with a Hamming diversity penalty;
-      group 0 is the plain beam search, so candidate 0 is what k = 1 gives.
-    - ``sample``: candidate 0 is the k = 1 output, then k - 1 samples (temperature, top-p, epsilon) seeded
-      per batch by ``candidates.seed``: the same params and data give the same pool.
-
-    Log-probs (k > 1): every candidate's mean token log-prob under the raw model (before length penalty,
-    temperature, top-p or diversity penalties), so candidates of every method compare."""
-    cand = candidate_settings(gen)
-    k, method = cand.k, cand.method
-    if not dialogues:
-        return []
-    was_training = model.training
-    conv, encoded, order = _encode_sorted(model, tokenizer, family, dialogues, max_source_len, prompt)
-    kw = generation_kwargs(gen)
-    nb = kw["num_beams"]
-    group_beams = int(cand.group_beams or nb)
-    beams = {"beam": max(nb, k), "diverse": group_beams, "sample": max(nb, k - 1)}[method]
-    batches = token_batches(
-        [len(encoded[i]) for i in order],
-        batch_size,
-        section(Generation, gen, "generation").batch_tokens,
-        beams,
-        kw["max_new_tokens"],
-    )
-    pool: list[list[tuple[str, float, int]]] = [[] for _ in dialogues]
-
-    def run(batch, kw_call, per_input, processor=None):
-        # every candidate of a pool is scored alike: the raw model's mean token log-prob
-        texts, lps, lens, _ = _generate_halving(
-            model,
-            tokenizer,
-            conv,
-            [encoded[i] for i in batch],
-            {**kw_call, "raw_logprobs": k > 1},
-            processor,
-            list(batch),
-        )
-        for j, i in enumerate(batch):
-            rows = range(j * per_input, (j + 1) * per_input)
-            pool[i] += [(texts[r], lps[r], lens[r]) for r in rows]
-        return lens
-
-    for number, batch in enumerate(
-        tqdm([[order[j] for j in b] for b in batches], desc=desc, disable=not progress, leave=False)
-    ):
-        if k == 1:
-            run(batch, kw, 1)
-        elif method == "beam":
-            run(batch, {**kw, "num_beams": max(nb, k), "num_return_sequences": k}, k)
-        elif method == "sample":
-            torch.manual_seed(int(cand.seed) * 1_000_003 + number)  # before candidate 0 (do_sample: true)
-            run(batch, kw, 1)
-            sampling = {
-                **kw,
-                "do_sample": True,
-                "num_beams": 1,
-                "num_return_sequences": k - 1,
-                "temperature": cand.temperature,
-                "top_p": cand.top_p,
-            }
-            if cand.epsilon:
-                sampling["epsilon_cutoff"] = cand.epsilon
-            run(batch, sampling, k - 1)
-        else:
-            history: dict = {}
-            start = None if conv.family == "causal" else 1
-            for g in range(k):
-
-                def processor(inputs, num_beams, width, keys, g=g):
-                    return _HammingDiversity(
-                        history, keys, g, cand.diversity_penalty, width if start is None else start, num_beams
-                    )
-
-                lens = run(batch, {**kw, "num_beams": group_beams}, 1, processor)
-                # an input whose search ended keeps being extended while others in its batch run: what its
-                # beams "chose" after its own end is not part of its search and would make the pool depend on
-                # the batching. Alone, its last token (position n - 1) is never recorded either (no call
-                # follows it), so later groups see positions 0 .. n - 2 only, batched or not
-                for i, n in zip(batch, lens):
-                    history[i][g] = history[i][g][: max(n - 1, 0)]
-    model.train(was_training)
-    return pool
-
-
 class _AveragedLogProbs:
     """A logits processor that replaces the primary model's next-token log-probs by the weighted mean of
     every member's, so HF's own beam search runs on the averaged distribution ("model averaging").
@@ -464,93 +301,15 @@ class _AveragedLogProbs:
         return (total / sum(self.weights)).masked_fill(primary == float("-inf"), float("-inf"))
 
 
-def summarize_averaged(
-    members,
-    weights,
-    tokenizer,
-    family: str,
-    dialogues: list[str],
-    gen: dict,
-    max_source_len: int,
-    batch_size: int = 32,
-    prompt: str | None = None,
-    desc: str = "averaged generate",
-    progress: bool = True,
-) -> tuple[list[str], list[float]]:
-    """:func:`summarize` with several models that share ``tokenizer`` (the folds of one model): one beam
-    search whose next-token log-probabilities are the ``weights``-weighted mean of all members'."""
-    for m in members[1:]:
-        m.eval()
-
-    def processor(inputs, num_beams, width, keys):
-        return _AveragedLogProbs(members[1:], list(weights), family, inputs, num_beams, width)
-
-    return summarize(
-        members[0],
-        tokenizer,
-        family,
-        dialogues,
-        gen,
-        max_source_len,
-        batch_size,
-        prompt,
-        desc,
-        progress,
-        processor=processor if len(members) > 1 else None,
-    )
-
-
-def summarize_views(
-    model,
-    tokenizer,
-    family: str,
-    fnames,
-    dialogues,
-    augmenter,
-    key_prefix: str,
-    gen: dict,
-    max_source_len: int,
-    batch_size: int = 32,
-    prompt: str | None = None,
-    desc: str = "generate",
-) -> pd.DataFrame:
-    """Summaries of every dialogue and of its TTA views [fname, view, summary, logprob], view summaries mapped
-    back to the original speakers; with ``generation.candidates.k`` > 1, k rows per view [fname, view,
-    candidate, summary, logprob, tokens] (see :func:`summarize_pool`). Views are seeded by ``key_prefix/fname``, so every model x fold
-    summarises the very same augmented inputs."""
-    rows = []
-    for fname, dialogue in zip(fnames, dialogues):
-        rows.append((fname, "orig", dialogue, None))
-        rows += [(fname, v.name, v.dialogue, v.inverse) for v in augmenter.views(f"{key_prefix}/{fname}", dialogue)]
-    if candidate_settings(gen).k > 1:
-        pool = summarize_pool(
-            model, tokenizer, family, [r[2] for r in rows], gen, max_source_len, batch_size, prompt, desc=desc
-        )
-        out = [
-            (r[0], r[1], c, r[3](t) if r[3] else t, round(lp, 6), n)
-            for r, cands in zip(rows, pool)
-            for c, (t, lp, n) in enumerate(cands)
-        ]
-        return pd.DataFrame(out, columns=["fname", "view", "candidate", "summary", "logprob", "tokens"])
-    texts, lps = summarize(
-        model, tokenizer, family, [r[2] for r in rows], gen, max_source_len, batch_size, prompt, desc=desc
-    )
-    texts = [inv(t) if inv else t for t, (_, _, _, inv) in zip(texts, rows)]
-    return pd.DataFrame(
-        {
-            "fname": [r[0] for r in rows],
-            "view": [r[1] for r in rows],
-            "summary": texts,
-            "logprob": [round(x, 6) for x in lps],
-        }
-    )
-
-
 @dataclass
 class Summarizer:
     """A loaded model that summarizes: the model with its tokenizer and family, the zoo entry's input limit and
     prompt, and the generation settings. predict, average, tuning trials, the in-training evaluation,
-    ``dialsum summarize`` and its ``--ensemble`` summarize through one."""
+    ``dialsum summarize`` and its ``--ensemble`` summarize through one.
+
+    Every way of summarizing shares one plan (:meth:`_batches`): inputs encoded, sorted longest first and cut
+    into :func:`token_batches` (at most ``batch_size`` dialogues and ``gen.batch_tokens`` tokens each, every
+    beam counted); outputs come back in input order and do not depend on the batching."""
 
     model: Any
     tokenizer: Any
@@ -559,6 +318,9 @@ class Summarizer:
     max_source_len: int
     prompt: str | None = None
     batch_size: int | None = None  # dialogues per generate call; None = gen.batch_size
+
+    def __post_init__(self):
+        self.gen = section(Generation, self.gen, "generation")  # a mapping is validated once, here
 
     @classmethod
     def load(
@@ -576,61 +338,172 @@ class Summarizer:
         entry = section(ZooEntry, entry, "zoo entry") if entry else None
         model, tokenizer, family = load_for_inference(model_dir, entry)
         tokenizer.padding_side = "left"
-        return cls(
-            model,
-            tokenizer,
-            family,
-            section(Generation, gen, "generation"),
-            max_source_len or entry.max_source_len,
-            entry.prompt if entry else None,
-            batch_size,
-        )
+        prompt = entry.prompt if entry else None
+        return cls(model, tokenizer, family, gen, max_source_len or entry.max_source_len, prompt, batch_size)
 
-    def __call__(self, dialogues, desc: str = "generate", progress: bool = True) -> tuple[list[str], list[float]]:
-        """:func:`summarize`: summaries and mean token log-probabilities, in input order."""
-        return summarize(
-            self.model,
-            self.tokenizer,
-            self.family,
-            list(dialogues),
-            self.gen,
-            self.max_source_len,
+    def _batches(self, dialogues: list[str], beams: int, desc: str, progress: bool):
+        """(conventions, each dialogue's source ids, index batches longest first under a progress bar).
+        Puts the model in eval mode; callers restore its training mode."""
+        self.model.eval()
+        conv = conventions(self.tokenizer, self.family, self.model.config)
+        encoded = [source_ids(self.tokenizer, d, conv, self.max_source_len, self.prompt)[0] for d in dialogues]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        cut = token_batches(
+            [len(encoded[i]) for i in order],
             self.batch_size or self.gen.batch_size,
-            self.prompt,
-            desc,
-            progress,
+            self.gen.batch_tokens,
+            beams,
+            self.gen.max_new_tokens,
         )
+        batches = [[order[j] for j in b] for b in cut]
+        return conv, encoded, tqdm(batches, desc=desc, disable=not progress, leave=False)
 
-    def views(self, fnames, dialogues, augmenter, key_prefix: str, desc: str = "generate") -> pd.DataFrame:
-        """:func:`summarize_views`: every dialogue and its TTA views (or candidate pools)."""
-        return summarize_views(
-            self.model,
-            self.tokenizer,
-            self.family,
-            fnames,
-            dialogues,
-            augmenter,
-            key_prefix,
-            self.gen,
-            self.max_source_len,
-            self.batch_size or self.gen.batch_size,
-            self.prompt,
-            desc=desc,
-        )
+    @torch.no_grad()
+    def __call__(
+        self, dialogues, desc: str = "generate", progress: bool = True, processor=None
+    ) -> tuple[list[str], list[float]]:
+        """Summaries and their mean token log-probability, in input order. ``processor(inputs, num_beams,
+        width, keys)``, when given, makes a logits processor per batch whose output scores are already
+        log-probabilities (model averaging)."""
+        dialogues = list(dialogues)
+        if not dialogues:
+            return [], []
+        was_training = self.model.training
+        kw = generation_kwargs(self.gen)
+        conv, encoded, batches = self._batches(dialogues, kw["num_beams"], desc, progress)
+        texts, lps = [""] * len(dialogues), [0.0] * len(dialogues)
+        fits = None  # after an out-of-memory error: the most dialogues that then fitted in one call
+        for batch in batches:
+            for part in (batch[k : k + fits] for k in range(0, len(batch), fits)) if fits else [batch]:
+                seqs = [encoded[i] for i in part]
+                t, lp, _, fitted = _generate_halving(self.model, self.tokenizer, conv, seqs, kw, processor)
+                fits = fitted if fitted < len(part) else fits
+                for j, i in enumerate(part):
+                    texts[i], lps[i] = t[j], lp[j]
+        self.model.train(was_training)
+        return texts, lps
+
+    @torch.no_grad()
+    def pool(self, dialogues, desc: str = "generate", progress: bool = True) -> list[list[tuple[str, float, int]]]:
+        """``generation.candidates.k`` candidates per dialogue, each ``(summary, mean token log-prob, tokens)``,
+        in input order; batched as :meth:`__call__` (the budget counts every beam of a call).
+
+        - ``beam``: the k best hypotheses of one beam search of width max(num_beams, k); candidate 0 is what
+          k = 1 gives whenever k <= num_beams.
+        - ``diverse``: k groups of ``group_beams`` (default num_beams) beams with a Hamming diversity penalty;
+          group 0 is the plain beam search, so candidate 0 is what k = 1 gives.
+        - ``sample``: candidate 0 is the k = 1 output, then k - 1 samples (temperature, top-p, epsilon)
+          seeded per batch by ``candidates.seed``: the same params and data give the same pool.
+
+        Log-probs (k > 1): every candidate's mean token log-prob under the raw model (before length penalty,
+        temperature, top-p or diversity penalties), so candidates of every method compare."""
+        dialogues = list(dialogues)
+        if not dialogues:
+            return []
+        cand, kw = self.gen.candidates, generation_kwargs(self.gen)
+        k, nb = cand.k, kw["num_beams"]
+        group_beams = int(cand.group_beams or nb)
+        beams = {"beam": max(nb, k), "diverse": group_beams, "sample": max(nb, k - 1)}[cand.method]
+        was_training = self.model.training
+        conv, encoded, batches = self._batches(dialogues, beams, desc, progress)
+        pool: list[list[tuple[str, float, int]]] = [[] for _ in dialogues]
+
+        def run(batch, kw_call, per_input, processor=None):
+            # every candidate of a pool is scored alike: the raw model's mean token log-prob
+            seqs, kw_call = [encoded[i] for i in batch], {**kw_call, "raw_logprobs": k > 1}
+            texts, lps, lens, _ = _generate_halving(
+                self.model, self.tokenizer, conv, seqs, kw_call, processor, list(batch)
+            )
+            for j, i in enumerate(batch):
+                pool[i] += [(texts[r], lps[r], lens[r]) for r in range(j * per_input, (j + 1) * per_input)]
+            return lens
+
+        for number, batch in enumerate(batches):
+            if k == 1:
+                run(batch, kw, 1)
+            elif cand.method == "beam":
+                run(batch, {**kw, "num_beams": max(nb, k), "num_return_sequences": k}, k)
+            elif cand.method == "sample":
+                torch.manual_seed(int(cand.seed) * 1_000_003 + number)  # before candidate 0 (do_sample: true)
+                run(batch, kw, 1)
+                run(batch, _sampling_kwargs(kw, cand), k - 1)
+            else:
+                self._diverse_groups(batch, run, conv, group_beams)
+        self.model.train(was_training)
+        return pool
+
+    def _diverse_groups(self, batch, run, conv, group_beams: int) -> None:
+        """The ``diverse`` pool of one batch: k beam groups, each penalized by the tokens of the ones before."""
+        cand, history = self.gen.candidates, {}
+        start = None if conv.family == "causal" else 1
+        for g in range(cand.k):
+
+            def processor(inputs, num_beams, width, keys, g=g):
+                first = width if start is None else start
+                return _HammingDiversity(history, keys, g, cand.diversity_penalty, first, num_beams)
+
+            lens = run(batch, {**generation_kwargs(self.gen), "num_beams": group_beams}, 1, processor)
+            # an input whose search ended keeps being extended while others in its batch run: what its beams
+            # "chose" after its own end is not part of its search and would make the pool depend on the
+            # batching. Alone, its last token (position n - 1) is never recorded either (no call follows
+            # it), so later groups see positions 0 .. n - 2 only, batched or not
+            for i, n in zip(batch, lens):
+                history[i][g] = history[i][g][: max(n - 1, 0)]
 
     def averaged(
-        self, others: list, weights, dialogues, desc: str = "averaged generate"
+        self, others: list["Summarizer"], weights, dialogues, desc: str = "averaged generate", progress: bool = True
     ) -> tuple[list[str], list[float]]:
-        """:func:`summarize_averaged` of this model and ``others`` (same tokenizer), weighted by ``weights``."""
-        return summarize_averaged(
-            [self.model, *(o.model for o in others)],
-            weights,
-            self.tokenizer,
-            self.family,
-            list(dialogues),
-            self.gen,
-            self.max_source_len,
-            self.batch_size or self.gen.batch_size,
-            self.prompt,
-            desc,
+        """:meth:`__call__` with ``others`` (the folds of one model, sharing this tokenizer): one beam search
+        whose next-token log-probabilities are the ``weights``-weighted mean of all members'."""
+        if not others:
+            return self(dialogues, desc, progress)
+        models = [o.model for o in others]
+        for m in models:
+            m.eval()
+
+        def processor(inputs, num_beams, width, keys):
+            return _AveragedLogProbs(models, list(weights), self.family, inputs, num_beams, width)
+
+        return self(dialogues, desc, progress, processor=processor)
+
+    def views(self, fnames, dialogues, augmenter, key_prefix: str, desc: str = "generate") -> pd.DataFrame:
+        """Summaries of every dialogue and of its TTA views [fname, view, summary, logprob], view summaries
+        mapped back to the original speakers; with ``generation.candidates.k`` > 1, k rows per view [fname,
+        view, candidate, summary, logprob, tokens] (see :meth:`pool`). Views are seeded by
+        ``key_prefix/fname``, so every model x fold summarises the very same augmented inputs."""
+        rows = []
+        for fname, dialogue in zip(fnames, dialogues):
+            rows.append((fname, "orig", dialogue, None))
+            rows += [(fname, v.name, v.dialogue, v.inverse) for v in augmenter.views(f"{key_prefix}/{fname}", dialogue)]
+        inputs = [r[2] for r in rows]
+        if self.gen.candidates.k > 1:
+            out = [
+                (fname, view, c, inv(t) if inv else t, round(lp, 6), n)
+                for (fname, view, _, inv), cands in zip(rows, self.pool(inputs, desc))
+                for c, (t, lp, n) in enumerate(cands)
+            ]
+            return pd.DataFrame(out, columns=["fname", "view", "candidate", "summary", "logprob", "tokens"])
+        texts, lps = self(inputs, desc)
+        return pd.DataFrame(
+            {
+                "fname": [r[0] for r in rows],
+                "view": [r[1] for r in rows],
+                "summary": [inv(t) if inv else t for t, (_, _, _, inv) in zip(texts, rows)],
+                "logprob": [round(x, 6) for x in lps],
+            }
         )
+
+
+def _sampling_kwargs(kw: dict, cand: Candidates) -> dict:
+    """``generate`` arguments for a pool's k - 1 samples."""
+    out = {
+        **kw,
+        "do_sample": True,
+        "num_beams": 1,
+        "num_return_sequences": cand.k - 1,
+        "temperature": cand.temperature,
+        "top_p": cand.top_p,
+    }
+    if cand.epsilon:
+        out["epsilon_cutoff"] = cand.epsilon
+    return out

@@ -18,8 +18,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 from transformers import Seq2SeqTrainer
+from transformers.trainer_utils import get_last_checkpoint
 
-from . import generation
+from . import generation, paths
 from .data import references
 from .metrics import Scorer
 from .params import Generation, Params, Training, section, typed, written
@@ -129,16 +130,22 @@ def find_resume(ckpt_dir: Path, signature: str, resume: str) -> str | None:
     sig_file = ckpt_dir / "signature"
     if not sig_file.exists() or sig_file.read_text().strip() != signature:
         return None
-    ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    # get_last_checkpoint would pick the newest folder, complete or not; a kill mid-save needs the one before
-    for ckpt in reversed(ckpts):
-        # the Trainer writes trainer_state.json last: without it the run was killed mid-save
-        try:
-            json.loads((ckpt / "trainer_state.json").read_text())
-            return str(ckpt)
-        except (OSError, ValueError):
-            log.warning("%s is incomplete (killed while saving?): resuming from an earlier checkpoint", ckpt)
-    return None
+    newest = get_last_checkpoint(str(ckpt_dir))  # the highest step, complete or not
+    if newest is None or _complete(newest):
+        return newest
+    # a kill mid-save left the newest half-written: the Trainer would fail on it, so take the one before
+    log.warning("%s is incomplete (killed while saving?): resuming from an earlier checkpoint", newest)
+    steps = sorted((int(c.name.split("-")[-1]), c) for c in ckpt_dir.glob("checkpoint-*") if _complete(c))
+    return str(steps[-1][1]) if steps else None
+
+
+def _complete(ckpt) -> bool:
+    """The Trainer writes trainer_state.json last: without it the save was cut short."""
+    try:
+        json.loads((Path(ckpt) / "trainer_state.json").read_text())
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def prepare_checkpoints(ckpt_dir: Path, signature: str, resume: str) -> str | None:
@@ -197,102 +204,41 @@ class SummarizationTrainer(Seq2SeqTrainer):
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **kw)
 
 
-def train(
-    params: Params | dict,
-    model_name: str,
-    fold,
-    train_df: pd.DataFrame,
-    val_df: pd.DataFrame,
-    init_dir: Path,
-    out_dir: Path,
-    ckpt_dir: Path,
-    live_dir: Path | None = None,
-    signature: str = "",
-    callbacks=(),
-    track: bool = True,
-) -> dict:
-    """Train, keep the best model by eval ``rouge_sum``, save it to ``out_dir``; returns eval metrics.
-    ``callbacks``: extra Trainer callbacks (the tune stage's pruning); ``track``: a W&B run when enabled."""
-    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback
-    from datasets import Dataset
+@dataclass(frozen=True)
+class Run:
+    """One training run: a zoo model on a fold, and where its files live. ``out_dir`` None keeps no model
+    (the checkpoints then stay too); ``live_dir`` None logs no dvclive curves; ``signature`` names the
+    configuration whose checkpoints may be resumed (:func:`run_signature`)."""
 
-    from .models import load_for_training, save_trained
-    from .io import atomic_dir
+    model: str
+    fold: int | str
+    init_dir: Path
+    out_dir: Path | None
+    ckpt_dir: Path
+    live_dir: Path | None = None
+    signature: str = ""
 
-    params = typed(params)
-    tcfg, entry = params.training, params.zoo[model_name]
-    seed_everything(params.seed)
-    model, tokenizer = load_for_training(entry, init_dir, params.seed)
-    family = entry.family
-    tokenizer.padding_side = "right"
-
-    feats, truncated = build_features(train_df, tokenizer, entry, model.config)
-    if truncated:
-        log.info(
-            "%d of %d training dialogues truncated to max_source_len=%d", truncated, len(feats), entry.max_source_len
+    @classmethod
+    def of(cls, model: str, fold, signature: str) -> "Run":
+        """train@<model>-<fold>'s run, at the pipeline's paths."""
+        return cls(
+            model,
+            fold,
+            paths.init_dir(model),
+            paths.model_dir(model, fold),
+            paths.checkpoint_dir(model, fold),
+            paths.live_dir(model, fold),
+            signature,
         )
-    if tcfg.eval_rows:  # cheaper in-training evaluations on big validation sets; predict scores all
-        val_df = val_df.head(tcfg.eval_rows).reset_index(drop=True)
-    val_feats, _ = build_features(val_df, tokenizer, entry, model.config)
-    train_ds = Dataset.from_list(feats)
-    val_ds = Dataset.from_list(val_feats)
 
-    bs = tcfg.batch_size
-    steps_per_epoch = math.ceil(len(feats) / ((bs if bs != "auto" else 64) * tcfg.gradient_accumulation_steps))
-    eval_steps = max(1, round(steps_per_epoch * tcfg.eval_every_epochs))  # fractions for long epochs
-    lr = tcfg.learning_rate or entry.learning_rate
-    args = _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr)
-    collator = DataCollatorForSeq2Seq(
-        tokenizer, model=model if family == "seq2seq" else None, label_pad_token_id=-100, pad_to_multiple_of=8
-    )
-    # the in-training evaluation generates within the same token budget as predict
-    eval_gen = Generation(
-        num_beams=tcfg.eval_num_beams, max_new_tokens=entry.max_target_len, batch_tokens=params.generation.batch_tokens
-    )
-    summarizer = generation.Summarizer(
-        model, tokenizer, family, eval_gen, entry.max_source_len, entry.prompt, tcfg.eval_batch_size
-    )
-    rouge = EvalRouge(summarizer, list(val_df["dialogue"]), references(val_df), Scorer.from_params(params))
 
-    callbacks = list(callbacks)
-    if tcfg.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=tcfg.early_stopping_patience))
-    if live_dir is not None and rank() == 0:
-        from dvclive import Live
-
-        callbacks.append(_dvclive_callback()(live=Live(str(live_dir), report=None, save_dvc_exp=False, dvcyaml=None)))
-
-    trainer = SummarizationTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=val_ds,
-        data_collator=collator,
-        processing_class=tokenizer,
-        rouge=rouge,
-        callbacks=callbacks,
-        # The Trainer would keep every eval logit (vocab x length x rows); ROUGE needs none of them.
-        preprocess_logits_for_metrics=lambda logits, labels: labels[:, :1],
-    )
-    resume_from = prepare_checkpoints(ckpt_dir, signature, tcfg.resume)
-    run = start_wandb(params, f"{model_name}-{fold}", (model_name, f"fold-{fold}")) if track and rank() == 0 else None
-    if trainer.args.world_size > 1:
-        log.info("rank %d of %d processes (%s)", rank(), trainer.args.world_size, trainer.args.parallel_mode.value)
-    try:
-        trainer.train(resume_from_checkpoint=resume_from)
-        metrics = _best_evaluation(trainer) or trainer.evaluate()
-    except BaseException:
-        if run is not None:
-            run.finish(exit_code=1)  # a crashed run is marked failed, never left running
-        raise
-    if run is not None:
-        run.finish()
-    if live_dir is not None and rank() == 0:
-        # dvclive's summary and params copies duplicate metrics/train/ and params.yaml; they are no DVC
-        # output (only the curves are), so left in place they would never reach a teammate's `dvc pull` and
-        # the plots stage, which depends on dvclive/, would look changed in every clone
-        for extra in ("metrics.json", "params.yaml"):
-            (Path(live_dir) / extra).unlink(missing_ok=True)
+def train(params: Params | dict, run: Run, train_df: pd.DataFrame, val_df: pd.DataFrame, callbacks=(), track=True):
+    """Train, keep the best model by eval ``rouge_sum``, save it to ``run.out_dir``; returns eval metrics.
+    ``callbacks``: extra Trainer callbacks (the tune stage's pruning); ``track``: a W&B run when enabled."""
+    params = typed(params)
+    seed_everything(params.seed)
+    trainer, truncated = build_trainer(params, run, train_df, val_df, callbacks)
+    metrics = _fit(trainer, params, run, track)
     result = {
         k.removeprefix("eval_"): round(float(v), 6)
         for k, v in metrics.items()
@@ -300,18 +246,116 @@ def train(
     }
     result.update(
         n_train=len(train_df),
-        n_val=len(val_df),
+        n_val=len(trainer.eval_dataset),
         truncated=truncated,
         best_step=_best_step(trainer),
         steps=trainer.state.global_step,
     )
-    if out_dir is not None and trainer.is_world_process_zero():
-        with atomic_dir(out_dir) as tmp:
-            save_trained(trainer.model, tokenizer, tmp, entry)
-        # The best model is saved; the intermediate checkpoints have served their purpose.
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if run.out_dir is not None and trainer.is_world_process_zero():
+        from .io import atomic_dir
+        from .models import save_trained
+
+        with atomic_dir(run.out_dir) as tmp:
+            save_trained(trainer.model, trainer.processing_class, tmp, params.zoo[run.model])
+        shutil.rmtree(run.ckpt_dir, ignore_errors=True)  # the best model is saved: checkpoints served their purpose
     _end_distributed()
     return result
+
+
+def build_trainer(params: Params, run: Run, train_df, val_df, callbacks=()) -> tuple[SummarizationTrainer, int]:
+    """The Trainer for ``run`` (model from ``run.init_dir``, features, collator, arguments, callbacks, the
+    in-training ROUGE) and how many training dialogues were truncated to the source limit."""
+    from transformers import DataCollatorForSeq2Seq
+
+    from .models import load_for_training
+
+    tcfg, entry = params.training, params.zoo[run.model]
+    model, tokenizer = load_for_training(entry, run.init_dir, params.seed)
+    tokenizer.padding_side = "right"
+    train_ds, truncated = _dataset(train_df, tokenizer, entry, model.config)
+    if truncated:
+        log.info(
+            "%d of %d training dialogues truncated to max_source_len=%d", truncated, len(train_ds), entry.max_source_len
+        )
+    if tcfg.eval_rows:  # cheaper in-training evaluations on big validation sets; predict scores all
+        val_df = val_df.head(tcfg.eval_rows).reset_index(drop=True)
+    # the in-training evaluation generates within the same token budget as predict
+    eval_gen = Generation(
+        num_beams=tcfg.eval_num_beams, max_new_tokens=entry.max_target_len, batch_tokens=params.generation.batch_tokens
+    )
+    summarizer = generation.Summarizer(
+        model, tokenizer, entry.family, eval_gen, entry.max_source_len, entry.prompt, tcfg.eval_batch_size
+    )
+    trainer = SummarizationTrainer(
+        model=model,
+        args=_training_args(params, run, len(train_ds)),
+        train_dataset=train_ds,
+        eval_dataset=_dataset(val_df, tokenizer, entry, model.config)[0],
+        data_collator=DataCollatorForSeq2Seq(
+            tokenizer,
+            model=model if entry.family == "seq2seq" else None,
+            label_pad_token_id=-100,
+            pad_to_multiple_of=8,
+        ),
+        processing_class=tokenizer,
+        rouge=EvalRouge(summarizer, list(val_df["dialogue"]), references(val_df), Scorer.from_params(params)),
+        callbacks=_callbacks(tcfg, run.live_dir, callbacks),
+        # The Trainer would keep every eval logit (vocab x length x rows); ROUGE needs none of them.
+        preprocess_logits_for_metrics=lambda logits, labels: labels[:, :1],
+    )
+    return trainer, truncated
+
+
+def _dataset(df: pd.DataFrame, tokenizer, entry, config):
+    """(the rows' features as a datasets.Dataset, how many sources were truncated)."""
+    from datasets import Dataset
+
+    feats, truncated = build_features(df, tokenizer, entry, config)
+    return Dataset.from_list(feats), truncated
+
+
+def _callbacks(tcfg: Training, live_dir: Path | None, extra=()) -> list:
+    """``extra`` (the tune stage's pruning), early stopping when ``training.early_stopping_patience`` > 0, and
+    dvclive's curves into ``live_dir`` (rank 0 only)."""
+    from transformers import EarlyStoppingCallback
+
+    callbacks = list(extra)
+    if tcfg.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=tcfg.early_stopping_patience))
+    if live_dir is not None and rank() == 0:
+        from dvclive import Live
+
+        callbacks.append(_dvclive_callback()(live=Live(str(live_dir), report=None, save_dvc_exp=False, dvcyaml=None)))
+    return callbacks
+
+
+def _fit(trainer: SummarizationTrainer, params: Params, run: Run, track: bool) -> dict:
+    """Train (resuming a matching checkpoint) inside a W&B run when ``track``; the metrics of the evaluation
+    that chose the kept model."""
+    resume_from = prepare_checkpoints(run.ckpt_dir, run.signature, params.training.resume)
+    wb = (
+        start_wandb(params, f"{run.model}-{run.fold}", (run.model, f"fold-{run.fold}"))
+        if track and rank() == 0
+        else None
+    )
+    if trainer.args.world_size > 1:
+        log.info("rank %d of %d processes (%s)", rank(), trainer.args.world_size, trainer.args.parallel_mode.value)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+        metrics = _best_evaluation(trainer) or trainer.evaluate()
+    except BaseException:
+        if wb is not None:
+            wb.finish(exit_code=1)  # a crashed run is marked failed, never left running
+        raise
+    if wb is not None:
+        wb.finish()
+    if run.live_dir is not None and rank() == 0:
+        # dvclive's summary and params copies duplicate metrics/train/ and params.yaml; they are no DVC
+        # output (only the curves are), so left in place they would never reach a teammate's `dvc pull` and
+        # the plots stage, which depends on dvclive/, would look changed in every clone
+        for extra in ("metrics.json", "params.yaml"):
+            (Path(run.live_dir) / extra).unlink(missing_ok=True)
+    return metrics
 
 
 def _end_distributed() -> None:
@@ -360,20 +404,21 @@ def _best_step(trainer) -> int:
     return int(ck.rsplit("-", 1)[-1]) if ck else trainer.state.global_step
 
 
-def _training_args(params, ckpt_dir, steps_per_epoch, eval_steps, lr):
+def _training_args(params: Params, run: Run, n_train: int):
     from transformers import Seq2SeqTrainingArguments
 
-    params = typed(params)
     tcfg = params.training
-    bs = tcfg.batch_size
+    bs = tcfg.batch_size if tcfg.batch_size != "auto" else 64
+    steps_per_epoch = math.ceil(n_train / (bs * tcfg.gradient_accumulation_steps))
+    eval_steps = max(1, round(steps_per_epoch * tcfg.eval_every_epochs))  # fractions for long epochs
     best_by = tcfg.best_by
     return Seq2SeqTrainingArguments(
-        output_dir=str(ckpt_dir),
+        output_dir=str(run.ckpt_dir),
         num_train_epochs=tcfg.epochs,
-        per_device_train_batch_size=bs if bs != "auto" else 64,
-        auto_find_batch_size=bs == "auto",
+        per_device_train_batch_size=bs,
+        auto_find_batch_size=tcfg.batch_size == "auto",
         per_device_eval_batch_size=tcfg.eval_batch_size,
-        learning_rate=lr,
+        learning_rate=tcfg.learning_rate or params.zoo[run.model].learning_rate,
         weight_decay=tcfg.weight_decay,
         warmup_steps=int(tcfg.warmup_ratio * steps_per_epoch * tcfg.epochs),
         lr_scheduler_type=tcfg.lr_scheduler,

@@ -285,7 +285,7 @@ def run_study(
     ``n_trials`` is the size of the *study*, not of this run: re-running adds only the missing trials, and
     several workers on one storage stop together when the total is reached.
     """
-    from .training import train
+    from .training import Run, train
     from . import generation
     from .data import references
     from .metrics import Scorer
@@ -344,20 +344,8 @@ def run_study(
         log.info("trial %d: %s", trial.number, values)
         try:
             out_dir = tdir / "model" if tunes_generation else None
-            metrics = train(
-                trial_params,
-                model,
-                t.fold,
-                train_df,
-                val_df,
-                init_dir,
-                out_dir,
-                tdir / "ckpt",
-                None,
-                f"trial-{trial.number}",
-                callbacks=[PruningCallback(trial)],
-                track=False,
-            )
+            run = Run(model, t.fold, init_dir, out_dir, tdir / "ckpt", signature=f"trial-{trial.number}")
+            metrics = train(trial_params, run, train_df, val_df, callbacks=[PruningCallback(trial)], track=False)
             value = metrics["rouge_sum"]
             if tunes_generation:
                 summarizer = generation.Summarizer.load(out_dir, trial_params.zoo[model], trial_params.generation)
