@@ -441,25 +441,20 @@ def validate(params: Any) -> Any:
 def typed(params: Any) -> Params:
     """``params`` as :class:`Params`: an instance passes through, a mapping (as read from params.yaml) is
     validated, with a one-line :class:`ParamsError` on the first problem."""
-    if isinstance(params, Params):
-        return params
-    if not isinstance(params, dict):
+    if not isinstance(params, (Params, dict)):
         raise ParamsError("params.yaml: the file must hold a mapping of sections")
-    try:
-        return Params.model_validate(params)
-    except ValidationError as e:
-        raise ParamsError(_one_line(e)) from None
+    return section(Params, params, "")
 
 
 def section(cls: type[S], value: Any, key: str) -> S:
     """A params section given as a mapping (or None: all defaults) as its typed model ``cls``; an instance
-    passes through. ``key`` (``generation``) names it in errors."""
+    passes through. ``key`` (``generation``; "" for the whole file) names it in errors."""
     if isinstance(value, cls):
         return value
     try:
         return cls.model_validate(value or {})
     except ValidationError as e:
-        raise ParamsError(_one_line(e, tuple(key.split(".")))) from None
+        raise ParamsError(_one_line(e, tuple(key.split(".")) if key else ())) from None
 
 
 def load(path: str | Path = "params.yaml") -> Params:
