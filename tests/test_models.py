@@ -304,15 +304,7 @@ def test_saved_tokenizer_does_not_depend_on_offline_mode(tmp_path):
     the same bytes: a trained folder, hence dvc.lock, is the same on an offline and an online machine."""
     from transformers import AutoTokenizer
 
-    e = {
-        "family": "seq2seq",
-        "pretrained": None,
-        "vocab_size": 400,
-        "max_source_len": 64,
-        "max_target_len": 16,
-        "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
-    }
-    models.build_init(e, TEXTS, tmp_path / "init", seed=0)
+    models.build_init(BART, TEXTS, tmp_path / "init", seed=0)
     for offline in (True, False):
         tok = AutoTokenizer.from_pretrained(tmp_path / "init", local_files_only=offline)
         models.save_tokenizer(tok, tmp_path / str(offline))

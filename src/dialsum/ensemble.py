@@ -489,6 +489,7 @@ def fold_weights(params: Params | dict, model: str, folds: list, root: Path = Pa
 
 
 FITTED = ("auto", "stacking", "blending")  # strategies that learn from scored candidates
+AVERAGING = ("averaging", "weighted_avg")  # strategies whose members are each model's fold average
 
 
 def drop_collapsed(cands: dict, ratio: float, n_sources: int) -> tuple[dict, dict]:
@@ -622,7 +623,7 @@ def run(params: Params | dict, root: Path = Path(".")) -> tuple[dict[str, pd.Dat
         log.info("dev %s: rouge_sum %.4f (oof %s)", src, sources[src]["rouge_sum"], oof_scores.get(src))
     cands, collapsed = drop_collapsed(cands, params.ensemble.collapse_ratio, len(sources))
     info: dict = {}
-    if strategy in ("averaging", "weighted_avg"):
+    if strategy in AVERAGING:
         info["averaging"] = _averaging_info(params, root)
         sources.update({f"{m}/avg": _scores(a) for m, a in info["averaging"]["token_level"].items()})
         pools = {s: _averaged_pool(params, s, root) for s in ("dev", "test")}
@@ -708,7 +709,7 @@ def summarize_new(params: Params | dict, df: pd.DataFrame, root: Path = Path("."
             _check_trained(root / paths.model_dir(m, f))
     pool = []
     for m in params.models:
-        if strategy in ("averaging", "weighted_avg"):
+        if strategy in AVERAGING:
             out = average_folds(params, m, {"input": df}, root)[0]["input"]
             pool.append(out.assign(source=f"{m}/avg", model=m))
             continue
