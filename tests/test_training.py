@@ -1,0 +1,124 @@
+"""The in-training evaluation: an encoder-decoder encodes each validation dialogue once per evaluation (the
+loss pass's encoder states feed the ROUGE generation), with the same loss, summaries and scores as when the
+generation encodes them again."""
+
+import copy
+import functools
+from types import SimpleNamespace
+
+import pandas as pd
+import torch
+
+from conftest import ROOT
+from dialsum import models
+from dialsum.params import load, typed
+
+
+def _trainer(tmp_path, rows=10):
+    from dialsum.training import Run, build_trainer
+
+    params = load(ROOT / "params.yaml").model_dump(exclude_unset=True)
+    e = {
+        **params["zoo"]["tiny-bart"],
+        "vocab_size": 300,
+        "max_source_len": 48,
+        "max_target_len": 12,
+        "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
+    }
+    params["zoo"]["tiny-bart"] = e
+    params["training"].update(eval_batch_size=4, resume="never")
+    params["metrics"]["tokenize"] = "whitespace"
+    df = pd.DataFrame(
+        {
+            "fname": [f"t{i}" for i in range(rows)],
+            # lengths differ, so the loss pass and the generation batch the rows differently
+            "dialogue": [f"#Person1#: {i}번 방에 오세요. " * (1 + i % 4) + "#Person2#: 네." for i in range(rows)],
+            "summary": [f"#Person1#은 {i}번 방에 오라고 한다." for i in range(rows)],
+        }
+    )
+    models.build_init(e, list(df["dialogue"]) + list(df["summary"]), tmp_path / "init", seed=0)
+    run = Run("tiny-bart", 0, tmp_path / "init", None, tmp_path / "ckpt", signature="sig")
+    trainer, _ = build_trainer(typed(params), run, df, df)
+    with torch.no_grad():  # untrained, it would end every summary at once: make it write, from what it reads
+        trainer.model.final_logits_bias[0, trainer.processing_class.eos_token_id] = -1e4
+    return trainer
+
+
+def test_evaluation_encodes_each_dialogue_once_with_the_same_results(tmp_path):
+    trainer = _trainer(tmp_path)
+    encoder = trainer.model.get_encoder()
+    reference = copy.deepcopy(encoder)  # the same weights, without the hooks below
+    encodes, reuses = [], []
+    encoder.layers[0].register_forward_hook(lambda m, a, out: encodes.append(a[0].shape[0]))
+
+    def check(module, args, kwargs, out):
+        # every call while reusing (loss pass and generation): the states are a fresh encoding of that batch's
+        if "forward" in vars(module):
+            ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
+            with torch.no_grad():
+                fresh = reference(input_ids=ids, attention_mask=mask).last_hidden_state
+            m = mask.bool()
+            # equal up to float rounding: the loss pass pads to a multiple of 8, the generation to its longest row
+            reuses.append(torch.allclose(fresh[m], out.last_hidden_state[m], rtol=0, atol=1e-5))
+
+    encoder.register_forward_hook(check, with_kwargs=True)
+
+    reused = trainer.evaluate()
+    reused_predictions, reused_encodes = list(trainer.rouge.predictions), list(encodes)
+    encodes.clear()
+    trainer.rouge.reuses_encoder = lambda *a: False  # the plain way: generation encodes the rows again
+    plain = trainer.evaluate()
+
+    assert reused_encodes == [4, 4, 2]  # the three loss-pass batches, and nothing for the generation
+    assert len(reuses) >= 6 and all(reuses)  # loss pass (3, compared with itself) + generation calls
+    assert sum(encodes) == 20  # plain: every row encoded by the loss pass and again by the generation
+    assert reused_predictions == list(trainer.rouge.predictions)
+    assert all(isinstance(p, str) for p in reused_predictions) and any(reused_predictions)
+    for key in ("eval_loss", "eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rouge_sum"):
+        assert reused[key] == plain[key], key
+    # the encoder is itself again after the evaluation (no state kept, the class's forward)
+    assert "forward" not in vars(trainer.model.get_encoder())
+    assert trainer.rouge._states == {}
+
+
+def test_rows_the_loss_pass_cannot_match_are_still_summarized(tmp_path, monkeypatch):
+    """Validation rows the loss pass did not summarize (ids it could not match) are generated the plain way
+    at scoring time: a mismatch costs speed, never a missing summary."""
+    trainer = _trainer(tmp_path, rows=6)
+    monkeypatch.setattr(trainer.rouge, "summarize_batch", lambda model, inputs: trainer.rouge._states.clear())
+    out = trainer.evaluate()
+    fallback = list(trainer.rouge.predictions)
+    monkeypatch.setattr(trainer.rouge, "reuses_encoder", lambda *a: False)
+    assert trainer.evaluate()["eval_rouge_sum"] == out["eval_rouge_sum"]
+    assert fallback == trainer.rouge.predictions and all(fallback)
+
+
+def test_reuse_only_where_the_loss_pass_encodes_as_generation_does(tmp_path):
+    """One process on one device without mixed precision: a DataParallel replica, another rank's shard or the
+    Trainer's autocast (which covers the loss pass but not generate's encoder call) would change the states."""
+    trainer = _trainer(tmp_path, rows=2)
+
+    def args(**kw):
+        return SimpleNamespace(**{"world_size": 1, "n_gpu": 0, "bf16": False, "fp16": False, **kw})
+
+    assert trainer.rouge.reuses_encoder(trainer.model, args())
+    assert trainer.rouge.reuses_encoder(trainer.model, args(n_gpu=1))
+    for kw in ({"world_size": 2}, {"n_gpu": 2}, {"bf16": True}, {"fp16": True}):
+        assert not trainer.rouge.reuses_encoder(trainer.model, args(**kw)), kw
+
+
+def test_a_forward_already_on_the_encoder_is_put_back(tmp_path):
+    """accelerate's hooks set ``forward`` on the module itself; the evaluation puts that one back, not the
+    class's."""
+    trainer = _trainer(tmp_path, rows=4)
+    encoder = trainer.model.get_encoder()
+    calls = []
+
+    @functools.wraps(type(encoder).forward)
+    def hooked(*a, **kw):
+        calls.append(1)
+        return type(encoder).forward(encoder, *a, **kw)
+
+    encoder.forward = hooked
+    trainer.evaluate()
+    assert vars(encoder)["forward"] is hooked and calls
