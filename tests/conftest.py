@@ -26,3 +26,23 @@ def stand_in_params(models, folds=(0,), max_target_len=64, **sections):
         for m in models
     }
     return typed({"models": list(models), "zoo": zoo, "cv": {"folds": list(folds)}, **sections})
+
+
+def tiny_bart_params(**training):
+    """params.yaml as written (a dict to edit) with ``tiny-bart`` shrunk to a one-layer, 32-wide BART (a
+    300-token vocabulary, 48 source and 12 target tokens), whitespace ROUGE, and ``training`` keys set:
+    what the tests that run the Trainer itself build on. Returns (params, the zoo entry)."""
+    from dialsum.params import load
+
+    params = load(ROOT / "params.yaml").model_dump(exclude_unset=True)
+    entry = {
+        **params["zoo"]["tiny-bart"],
+        "vocab_size": 300,
+        "max_source_len": 48,
+        "max_target_len": 12,
+        "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
+    }
+    params["zoo"]["tiny-bart"] = entry
+    params["training"].update(training)
+    params["metrics"]["tokenize"] = "whitespace"
+    return params, entry

@@ -5,9 +5,8 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import tiny_bart_params
 from dialsum import models
-from dialsum.params import load
 
 pytest.importorskip("wandb")
 
@@ -16,18 +15,8 @@ def _tiny_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_API_KEY", "dialsum-fake-wandb-key-5f3a9c")  # a key, but no network here
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    params = load(ROOT / "params.yaml").model_dump(exclude_unset=True)  # as written: a dict to edit
+    params, e = tiny_bart_params(epochs=2, batch_size=4, eval_every_epochs=1, resume="never")
     params["tracking"]["wandb"].update(enabled=True, tags=["unit"], group="g1", mode="auto")
-    e = {
-        **params["zoo"]["tiny-bart"],
-        "vocab_size": 300,
-        "max_source_len": 48,
-        "max_target_len": 12,
-        "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
-    }
-    params["zoo"]["tiny-bart"] = e
-    params["training"].update(epochs=2, batch_size=4, eval_every_epochs=1, resume="never")
-    params["metrics"]["tokenize"] = "whitespace"
     df = pd.DataFrame(
         {
             "fname": [f"t{i}" for i in range(8)],

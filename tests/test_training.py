@@ -9,25 +9,15 @@ from types import SimpleNamespace
 import pandas as pd
 import torch
 
-from conftest import ROOT
+from conftest import tiny_bart_params
 from dialsum import models
-from dialsum.params import load, typed
+from dialsum.params import typed
 
 
 def _trainer(tmp_path, rows=10):
     from dialsum.training import Run, build_trainer
 
-    params = load(ROOT / "params.yaml").model_dump(exclude_unset=True)
-    e = {
-        **params["zoo"]["tiny-bart"],
-        "vocab_size": 300,
-        "max_source_len": 48,
-        "max_target_len": 12,
-        "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
-    }
-    params["zoo"]["tiny-bart"] = e
-    params["training"].update(eval_batch_size=4, resume="never")
-    params["metrics"]["tokenize"] = "whitespace"
+    params, e = tiny_bart_params(eval_batch_size=4, resume="never")
     df = pd.DataFrame(
         {
             "fname": [f"t{i}" for i in range(rows)],
