@@ -6,6 +6,7 @@ the stage records that it was not needed (so switching between other strategies 
 import hashlib
 
 from dialsum import io, paths
+from dialsum.params import AVERAGING
 from dialsum.tracking import matrix_item, run_stage, seed_everything
 
 
@@ -13,7 +14,7 @@ def main():
     params, model_name, _ = matrix_item("average", with_fold=False)
     out_dir = paths.prediction_dir(f"{model_name}/avg")
     strategy = params.ensemble.strategy
-    if strategy not in ("averaging", "weighted_avg"):
+    if strategy not in AVERAGING:
         with io.atomic_dir(out_dir) as tmp:
             (tmp / "NOT_COMPUTED").write_text(f"ensemble.strategy = {strategy} does not use model averaging\n")
         io.write_json(paths.average_metrics(model_name), {"computed": False})

@@ -55,6 +55,12 @@ def test_evaluation_encodes_each_dialogue_once_with_the_same_results(tmp_path):
 
     reused = trainer.evaluate()
     reused_predictions, reused_encodes = list(trainer.rouge.predictions), list(encodes)
+    index = trainer.rouge._rows
+    encodes.clear()
+    again = trainer.evaluate()  # a second evaluation: the same scores, encodes and summaries
+    assert all(again[k] == reused[k] for k in reused if "runtime" not in k and "per_second" not in k)
+    assert encodes == reused_encodes and trainer.rouge.predictions == reused_predictions
+    assert trainer.rouge._rows is index  # the validation rows' ids are looked up once, not per evaluation
     encodes.clear()
     trainer.rouge.reuses_encoder = lambda *a: False  # the plain way: generation encodes the rows again
     plain = trainer.evaluate()
@@ -68,7 +74,7 @@ def test_evaluation_encodes_each_dialogue_once_with_the_same_results(tmp_path):
         assert reused[key] == plain[key], key
     # the encoder is itself again after the evaluation (no state kept, the class's forward)
     assert "forward" not in vars(trainer.model.get_encoder())
-    assert trainer.rouge._states == {}
+    assert trainer.rouge._states == {} and not trainer.rouge.active
 
 
 def test_rows_the_loss_pass_cannot_match_are_still_summarized(tmp_path, monkeypatch):

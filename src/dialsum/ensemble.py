@@ -35,7 +35,7 @@ import pandas as pd
 
 from .metrics import CachedTokenizer, ngram_counts
 from . import paths
-from .params import ENSEMBLE_STRATEGIES, Ensemble, Params, ParamsError, section, typed
+from .params import AVERAGING, ENSEMBLE_STRATEGIES, Ensemble, Params, ParamsError, section, typed
 
 log = logging.getLogger(__name__)
 STRATEGIES = ENSEMBLE_STRATEGIES
@@ -489,7 +489,6 @@ def fold_weights(params: Params | dict, model: str, folds: list, root: Path = Pa
 
 
 FITTED = ("auto", "stacking", "blending")  # strategies that learn from scored candidates
-AVERAGING = ("averaging", "weighted_avg")  # strategies whose members are each model's fold average
 
 
 def drop_collapsed(cands: dict, ratio: float, n_sources: int) -> tuple[dict, dict]:

@@ -87,6 +87,7 @@ ENSEMBLE_STRATEGIES = (
     "stacking",
     "blending",
 )  # dialsum.ensemble
+AVERAGING = ("averaging", "weighted_avg")  # the strategies whose members are each model's fold average
 SAMPLERS = ("tpe", "gp", "random", "cmaes")  # dialsum.tuning
 PRUNERS = ("median", "percentile", "hyperband", "none")
 Strategy = Literal[AUGMENTATIONS]

@@ -188,7 +188,8 @@ class EvalRouge:
     scorer: Scorer
     predictions: list[str | None] = field(default_factory=list)
     _states: dict = field(default_factory=dict, init=False, repr=False)  # this batch's, by source ids
-    _rows: dict = field(default_factory=dict, init=False, repr=False)  # source ids -> validation rows
+    _rows: dict | None = field(default=None, init=False, repr=False)  # source ids -> validation rows
+    active: bool = field(default=False, init=False, repr=False)  # while reusing_encoder is open
     keeping: bool = field(default=False, init=False, repr=False)  # True during a batch's loss pass
 
     def _summarize(self, model, rows: list[int], desc: str, progress: bool) -> None:
@@ -210,17 +211,25 @@ class EvalRouge:
         single = args.world_size == 1 and args.n_gpu <= 1
         return single and not (args.bf16 or args.fp16) and bool(getattr(model.config, "is_encoder_decoder", False))
 
+    def _index(self, config) -> dict:
+        """Validation rows by their source ids; built once, as neither the dialogues nor the tokenizer change."""
+        if self._rows is None:
+            from .sequences import conventions, source_ids
+
+            s = self.summarizer
+            conv = conventions(s.tokenizer, s.family, config)
+            self._rows = {}
+            for i, d in enumerate(self.dialogues):
+                ids = source_ids(s.tokenizer, d, conv, s.max_source_len, s.prompt)[0]
+                self._rows.setdefault(tuple(ids), []).append(i)
+        return self._rows
+
     @contextmanager
     def reusing_encoder(self, model):
-        """While it is open, the encoder keeps its output for every row it encodes (the loss pass), and a later
-        call on rows that are all kept (the generation of the same batch) returns them instead of encoding."""
-        from .sequences import conventions, source_ids
-
-        s = self.summarizer
-        conv = conventions(s.tokenizer, s.family, model.config)
-        self._rows = {}
-        for i, d in enumerate(self.dialogues):
-            self._rows.setdefault(tuple(source_ids(s.tokenizer, d, conv, s.max_source_len, s.prompt)[0]), []).append(i)
+        """While it is open, the encoder keeps its output for every row it encodes during a loss pass
+        (``keeping``), and a later call on rows that are all kept (the generation of the same batch) returns
+        them instead of encoding."""
+        self._index(model.config)
         self.predictions = [None] * len(self.dialogues)
         encoder = model.get_encoder()
         real_forward, before = encoder.forward, vars(encoder).get("forward")  # an accelerate hook sets one
@@ -230,7 +239,7 @@ class EvalRouge:
             plain = ids is not None and mask is not None and kwargs.get("inputs_embeds") is None
             if not plain or kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
                 return None
-            return [tuple(row[m.bool()].tolist()) for row, m in zip(ids, mask)]
+            return [_row_key(row, m) for row, m in zip(ids, mask)]
 
         @functools.wraps(real_forward)  # generate passes the encoder only the arguments its signature names
         def forward(*args, **kwargs):
@@ -252,7 +261,7 @@ class EvalRouge:
                     self._states[r] = hidden[j, kwargs["attention_mask"][j].bool()]
             return out
 
-        encoder.forward = forward
+        encoder.forward, self.active = forward, True
         try:
             yield
         finally:
@@ -260,13 +269,13 @@ class EvalRouge:
                 del encoder.forward  # the class's forward again
             else:
                 encoder.forward = before
-            self._states, self._rows, self.keeping = {}, {}, False
+            self._states, self.active, self.keeping = {}, False, False
 
     def summarize_batch(self, model, inputs) -> None:
         """Summaries of this evaluation batch's validation rows, from the encoder states its loss pass kept."""
         rows = []
         for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"]):
-            rows += [i for i in self._rows.get(tuple(ids[mask.bool()].tolist()), ()) if self.predictions[i] is None]
+            rows += [i for i in self._rows.get(_row_key(ids, mask), ()) if self.predictions[i] is None]
         if rows:
             self._summarize(model, sorted(set(rows)), "eval generate", False)
         self._states.clear()
@@ -280,6 +289,11 @@ class EvalRouge:
         return {k: s[k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
 
 
+def _row_key(ids: torch.Tensor, mask: torch.Tensor) -> tuple:
+    """A row's source ids without its padding: the same for the loss pass's and the generation's batches."""
+    return tuple(ids[mask.bool()].tolist())
+
+
 class SummarizationTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer whose every evaluation also generates and scores summaries (:class:`EvalRouge`):
     ``eval_rouge_sum`` beside ``eval_loss``, for checkpoint choice, early stopping, pruning and dvclive."""
@@ -287,26 +301,22 @@ class SummarizationTrainer(Seq2SeqTrainer):
     def __init__(self, *args, rouge: EvalRouge, **kwargs):
         super().__init__(*args, compute_metrics=rouge.compute_metrics, **kwargs)
         self.rouge = rouge
-        self._reusing = False
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **kw):
         if eval_dataset is None and self.rouge.reuses_encoder(self.model, self.args):
             with self.rouge.reusing_encoder(self.model):
-                self._reusing = True
-                try:
-                    return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **kw)
-                finally:
-                    self._reusing = False
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **kw)
         self.rouge.generate(self.model)
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **kw)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        self.rouge.keeping = self._reusing
+        reusing = self.rouge.active
+        self.rouge.keeping = reusing
         try:
             loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         finally:
             self.rouge.keeping = False
-        if self._reusing:
+        if reusing:
             del logits  # before generating: ROUGE reads none of them (see preprocess_logits_for_metrics)
             logits = labels[:, :1] if labels is not None else None
             self.rouge.summarize_batch(self.model, inputs)  # the model itself, not a wrapper
