@@ -28,6 +28,23 @@ def stand_in_params(models, folds=(0,), max_target_len=64, **sections):
     return typed({"models": list(models), "zoo": zoo, "cv": {"folds": list(folds)}, **sections})
 
 
+MICRO_ARCH = {"d_model": 32, "layers": 1, "heads": 2, "ffn": 64}  # one layer, 32 wide: seconds per test
+
+
+def micro_entry(arch_type: str = "bart", family: str | None = None, **kw) -> dict:
+    """A zoo entry for a from-scratch model of ``arch_type`` in MICRO_ARCH's size (a 400-token vocabulary, 64
+    source and 16 target tokens); ``family`` follows the architecture unless given; ``kw`` overrides keys."""
+    return {
+        "family": family or ("seq2seq" if arch_type == "bart" else "causal"),
+        "pretrained": None,
+        "vocab_size": 400,
+        "max_source_len": 64,
+        "max_target_len": 16,
+        "arch": {"type": arch_type, **MICRO_ARCH},
+        **kw,
+    }
+
+
 def tiny_bart_params(**training):
     """params.yaml as written (a dict to edit) with ``tiny-bart`` shrunk to a one-layer, 32-wide BART (a
     300-token vocabulary, 48 source and 12 target tokens), whitespace ROUGE, and ``training`` keys set:
@@ -40,7 +57,7 @@ def tiny_bart_params(**training):
         "vocab_size": 300,
         "max_source_len": 48,
         "max_target_len": 12,
-        "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
+        "arch": {"type": "bart", **MICRO_ARCH},
     }
     params["zoo"]["tiny-bart"] = entry
     params["training"].update(training)

@@ -8,7 +8,7 @@ import torch
 
 from dialsum import generation, models
 from dialsum.params import load
-from conftest import ROOT
+from conftest import ROOT, micro_entry
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -16,19 +16,7 @@ TEXTS = [
     "#Person1#: 안녕하세요, 내일 오후 3시에 예약할게요. 전화번호는 #PhoneNumber#입니다.",
     "#Person2#: 네, 알겠습니다. 성함이 어떻게 되세요?",
 ] * 20
-ARCH = {"d_model": 32, "layers": 1, "heads": 2, "ffn": 64}
-
-
-def entry(arch_type, family="causal", **kw):
-    return {
-        "family": family,
-        "pretrained": None,
-        "vocab_size": 400,
-        "max_source_len": 64,
-        "max_target_len": 16,
-        "arch": {"type": arch_type, **ARCH},
-        **kw,
-    }
+entry = micro_entry  # a one-layer model of an architecture; the family follows it (bart: seq2seq)
 
 
 def trainable_names(model):
@@ -142,13 +130,7 @@ def overfit(tmp_path_factory):
             "summary": [f"#Person1#은 {i}번 방에 오라고 한다." for i in range(8)],
         }
     )
-    base = {
-        **params["zoo"]["tiny-llama"],
-        "vocab_size": 400,
-        "arch": {"type": "llama", **ARCH},
-        "max_source_len": 64,
-        "max_target_len": 16,
-    }
+    base = {**params["zoo"]["tiny-llama"], **micro_entry("llama")}
     texts = [*pre["dialogue"], *pre["summary"], *df["dialogue"], *df["summary"]]
     models.build_init(base, texts, tmp / "scratch", seed=0)
     params["zoo"]["tiny-llama"] = base

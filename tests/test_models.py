@@ -1,17 +1,11 @@
+from conftest import micro_entry
 from dialsum import generation, models
 
 TEXTS = [
     "#Person1#: 안녕하세요, 내일 오후 3시에 예약할게요. 전화번호는 #PhoneNumber#입니다.",
     "#Person2#: 네, 알겠습니다.",
 ] * 20
-BART = {
-    "family": "seq2seq",
-    "pretrained": None,
-    "vocab_size": 400,
-    "max_source_len": 64,
-    "max_target_len": 16,
-    "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
-}
+BART = micro_entry("bart")
 
 
 def test_tags_are_single_tokens_and_survive_decoding(tmp_path):
@@ -68,14 +62,7 @@ def test_causal_features_mask_prompt_and_keep_summary():
 
     from dialsum.sequences import build_features
 
-    entry = {
-        "family": "causal",
-        "pretrained": None,
-        "vocab_size": 400,
-        "max_source_len": 24,
-        "max_target_len": 12,
-        "arch": {"type": "llama", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
-    }
+    entry = micro_entry("llama", max_source_len=24, max_target_len=12)
     tok = models.train_tokenizer(TEXTS, 400, "causal")
     models.prepare_tokenizer(tok)
     long_dialogue = " ".join(TEXTS[:6])
@@ -98,14 +85,7 @@ import pytest  # noqa: E402
 def test_averaged_generation_is_real_model_averaging(tmp_path, arch, family, monkeypatch):
     """One beam search over the members' weighted log-probs: weight only on B reproduces B's own output,
     two copies of A reproduce A's. The other members decode from their KV caches after the first step."""
-    e = {
-        "family": family,
-        "pretrained": None,
-        "vocab_size": 400,
-        "max_source_len": 64,
-        "max_target_len": 16,
-        "arch": {"type": arch, "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
-    }
+    e = micro_entry(arch, family)
     models.build_init(e, TEXTS, tmp_path / "a", seed=0)
     models.build_init(e, TEXTS, tmp_path / "b", seed=1)
     a, tok, _ = models.load_for_inference(tmp_path / "a")

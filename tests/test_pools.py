@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import micro_entry
 from dialsum import ensemble as E
 from dialsum import generation, models
 from dialsum.metrics import CachedTokenizer, Scorer
@@ -13,15 +14,7 @@ TEXTS = [
     "#Person1#: 안녕하세요, 내일 오후 3시에 예약할게요. 전화번호는 #PhoneNumber#입니다.",
     "#Person2#: 네, 예약되었습니다. 성함이 어떻게 되세요?",
 ]
-BART = {
-    "family": "seq2seq",
-    "pretrained": None,
-    "vocab_size": 400,
-    "max_source_len": 64,
-    "max_target_len": 16,
-    "arch": {"type": "bart", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64},
-}
-LLAMA = {**BART, "family": "causal", "arch": {"type": "llama", "d_model": 32, "layers": 1, "heads": 2, "ffn": 64}}
+BART, LLAMA = micro_entry("bart"), micro_entry("llama")
 TOK = CachedTokenizer("whitespace")
 
 
