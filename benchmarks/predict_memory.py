@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         df = df.assign(dialogue=[clean_text(d) for d in df["dialogue"]])  # as the prepare stage does
         try:
             summarizer = generation.Summarizer(model, tok, family, gen, entry.max_source_len, entry.prompt)
-            summarizer.views(df["fname"], df["dialogue"], augmenter, split, desc=split)
+            summarizer.views(df["fname"], df["dialogue"], augmenter, desc=split)
         except StopIteration:
             break
     print(

@@ -29,7 +29,7 @@ def main():
     digest = hashlib.sha256()
     oof = None
     for split, df in splits.items():
-        out = summarizer.views(df["fname"], df["dialogue"], augmenter, split, desc=split)
+        out = summarizer.views(df["fname"], df["dialogue"], augmenter, desc=split)
         out_csv = paths.predictions(f"{model_name}/{fold}", split)
         io.write_csv(out_csv, out)
         digest.update(out_csv.read_bytes())

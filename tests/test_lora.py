@@ -73,8 +73,12 @@ def test_kobart_architecture_with_lora(tmp_path):
     assert any(".encoder." in n for n in names) and any(".decoder." in n for n in names)
 
 
-def test_added_tags_train_their_embedding_rows_only(tmp_path):
-    """A pretrained vocabulary without #Person1#: LoRA also trains the new tag rows (peft trainable tokens)."""
+@pytest.mark.parametrize("merge,quantization", [(False, "none"), (True, "none"), (False, "4bit")])
+def test_added_tags_train_their_embedding_and_output_rows_only(tmp_path, merge, quantization):
+    """A pretrained vocabulary without #Person1# and an output layer not tied to the input embeddings (as
+    SOLAR's, Polyglot-ko's): LoRA also trains the new tags' rows of both (peft trainable tokens). Resizing
+    starts every new output row at the same mean; were those rows frozen, the model could not learn to score
+    one tag above the others. Saved (adapter, or merged) and loaded back, the model scores as trained."""
     from transformers import AutoModelForCausalLM
 
     hub = tmp_path / "hub"
@@ -82,15 +86,43 @@ def test_added_tags_train_their_embedding_rows_only(tmp_path):
     tok.save_pretrained(hub)
     base = models.scratch_config(entry("llama"), tok)
     AutoModelForCausalLM.from_config(base).save_pretrained(hub)
-    e = {**entry("llama"), "pretrained": str(hub), "lora": {"r": 4, "alpha": 8}}
+    e = {**entry("llama"), "pretrained": str(hub), "lora": {"r": 4, "alpha": 8, "merge": merge}}
+    e["quantization"] = quantization
     init = tmp_path / "init"
     models.build_init(e, TEXTS, init, seed=0)
     model, tok2 = models.load_for_training(e, init, seed=0)
     names = trainable_names(model)
-    assert any("trainable_tokens" in n for n in names)
     assert all("lora_" in n or "trainable_tokens" in n for n in names)
-    tt = next(p for n, p in model.named_parameters() if "trainable_tokens_delta" in n)
-    assert tt.shape[0] == len(models.TAGS)  # one row per added tag, not the whole embedding
+    deltas = {n: p for n, p in model.named_parameters() if "trainable_tokens_delta" in n}
+    assert len(deltas) == 2 and any("lm_head" in n for n in deltas) and any("embed_tokens" in n for n in deltas)
+    assert all(p.shape[0] == len(models.TAGS) for p in deltas.values())  # the tags' rows, not whole matrices
+
+    tags = tok2.convert_tokens_to_ids(["#Person1#", "#Person2#", "#PhoneNumber#"])
+    ids = torch.tensor([tok2("#Person1#: 안녕하세요.", add_special_tokens=False)["input_ids"]])
+
+    def tag_scores(m):
+        with torch.no_grad():
+            return m(input_ids=ids).logits[0, -1, tags]
+
+    before = tag_scores(model)
+    assert float(before.max() - before.min()) < 1e-3  # the new output rows start alike
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(20):  # teach it that #Person2# comes next
+        logits = model(input_ids=ids).logits[0, -1]
+        loss = torch.nn.functional.cross_entropy(logits[None], torch.tensor([tags[1]]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    after = tag_scores(model)
+    assert int(after.argmax()) == 1
+    assert float(after[1] - torch.cat([after[:1], after[2:]]).max()) > 1.0  # told apart, by a margin
+
+    models.save_trained(model, tok2, tmp_path / "out", e)
+    loaded, _, _ = models.load_for_inference(tmp_path / "out", e)
+    assert (tmp_path / "out" / "adapter_config.json").exists() != merge
+    assert torch.allclose(tag_scores(loaded), after, atol=1e-4)
 
 
 def test_unknown_architecture_needs_explicit_targets():

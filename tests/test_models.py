@@ -291,3 +291,43 @@ def test_saved_tokenizer_does_not_depend_on_offline_mode(tmp_path):
     names = sorted(p.name for p in (tmp_path / "True").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "False").iterdir())
     assert all((tmp_path / "True" / n).read_bytes() == (tmp_path / "False" / n).read_bytes() for n in names)
+
+
+def test_summarize_a_model_folder_with_the_settings_it_was_trained_with(tmp_path, capsys):
+    """`dialsum summarize --model models/<entry>/<fold>` reads as the predict stage does: the zoo entry's source
+    length and prompt. A folder without an entry gets 512 tokens within the model's positions, not a crash."""
+    import shutil
+
+    import pandas as pd
+    import yaml
+
+    from conftest import ROOT
+    from dialsum.cli import main
+    from dialsum.params import load
+
+    e = micro_entry("bart")  # 64 source tokens; 88 positions
+    folder = tmp_path / "models" / "mini" / "0"
+    models.build_init(e, TEXTS, folder, seed=0)
+    raw = load(ROOT / "params.yaml").model_dump(exclude_unset=True)
+    raw["zoo"]["mini"] = e
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    dialogues = [" ".join(TEXTS[:30]), TEXTS[0]]  # the first far beyond 88 positions
+    pd.DataFrame({"fname": ["a", "b"], "dialogue": dialogues}).to_csv(tmp_path / "in.csv", index=False)
+
+    def summarize(model, out, *extra):
+        argv = ["summarize", "--model", str(model), "--input", str(tmp_path / "in.csv"), "--output", str(out)]
+        return main(argv + ["--params", str(params), *extra])
+
+    assert summarize(folder, tmp_path / "out.csv") == 0
+    got = list(pd.read_csv(tmp_path / "out.csv", keep_default_na=False)["summary"])
+    stage = generation.Summarizer.load(folder, e, load(params).generation)  # as predict@mini-0 would
+    assert got == stage(dialogues)[0]
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(folder, elsewhere)
+    assert summarize(elsewhere, tmp_path / "plain.csv") == 0  # no entry: within the 88 positions
+    assert summarize(elsewhere, tmp_path / "named.csv", "--entry", "mini") == 0
+    assert list(pd.read_csv(tmp_path / "named.csv", keep_default_na=False)["summary"]) == got
+    capsys.readouterr()
+    assert summarize(elsewhere, tmp_path / "x.csv", "--entry", "nope") == 2
+    assert "--entry nope" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()

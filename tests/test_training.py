@@ -14,10 +14,10 @@ from dialsum import models
 from dialsum.params import typed
 
 
-def _trainer(tmp_path, rows=10):
+def _trainer(tmp_path, rows=10, **training):
     from dialsum.training import Run, build_trainer
 
-    params, e = tiny_bart_params(eval_batch_size=4, resume="never")
+    params, e = tiny_bart_params(**{"eval_batch_size": 4, "resume": "never", **training})
     df = pd.DataFrame(
         {
             "fname": [f"t{i}" for i in range(rows)],
@@ -118,3 +118,17 @@ def test_a_forward_already_on_the_encoder_is_put_back(tmp_path):
     encoder.forward = hooked
     trainer.evaluate()
     assert vars(encoder)["forward"] is hooked and calls
+
+
+def test_evaluation_and_warmup_follow_the_epochs_the_run_really_has(tmp_path):
+    """The steps per epoch the arguments were built with (16 rows / batch 4 = 4) are not what a rank of a
+    several-process launch or a halved ``batch_size: auto`` trains with: evaluations stay once per epoch and
+    warm-up its share of the whole run, from the Trainer's own count."""
+    trainer = _trainer(tmp_path, rows=16, batch_size=4, epochs=2, eval_every_epochs=1, warmup_ratio=0.25)
+    assert trainer.args.eval_steps == 4 and trainer.args.warmup_steps == 2  # 4 steps per epoch, as built
+    trainer._train_batch_size = 2  # what the halving in auto_find_batch_size sets: 8 steps per epoch
+    trainer.train()
+    evaluated = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
+    assert evaluated == [8, 16]  # once per epoch (with the built 4: at 4, 8, 12 and 16)
+    assert trainer.args.warmup_steps == 4  # a quarter of 2 x 8 steps
+    assert trainer.lr_scheduler.get_last_lr()[0] == 0.0  # linear decay to 0 over the 16 steps it ran

@@ -44,6 +44,45 @@ def test_mask_drops_only_fillers_and_keeps_tags():
     assert v.inverse(S) == S
 
 
+def test_mask_keeps_words_that_are_not_fillers_there_and_never_joins_turns():
+    """The words "like", "so", "well", "you know" are fillers only as discourse markers; a dropped filler takes
+    the spaces after it, never the line break that separates two turns."""
+    d = (
+        "#Person1#: Would you like some tea? I think so.\n#Person2#: Well, I like coffee more, so\n"
+        "#Person1#: Um.\n#Person2#: It's, like, big. Oh, you know, do you know him? I'm doing well.\n"
+        "#Person1#: 뭐 먹을래? 뭐, 괜찮아. 저 사람, 음, 좋아."
+    )
+    v = tta.mask(d, random.Random(0), fraction=1.0)
+    assert v.dialogue == (
+        "#Person1#: Would you like some tea? I think so.\n#Person2#: I like coffee more, so\n"
+        "#Person1#: \n#Person2#: It's, big. do you know him? I'm doing well.\n"
+        "#Person1#: 뭐 먹을래? 괜찮아. 저 사람, 좋아."
+    )
+
+
+def test_views_depend_on_the_fname_and_dialogue_only():
+    """predict summarises each split's views and `dialsum summarize --ensemble` its input's: a dialogue gets
+    the same views in both, whatever rows come with it, so the command reproduces the stage with TTA on."""
+    from types import SimpleNamespace
+
+    from dialsum.generation import Summarizer
+
+    seen = []
+
+    class Echo(SimpleNamespace):  # Summarizer.views generates through self(...): this one echoes its inputs
+        def __call__(self, inputs, desc):
+            seen.append(list(inputs))
+            return list(inputs), [0.0] * len(inputs)
+
+    echo = Echo(gen=SimpleNamespace(candidates=SimpleNamespace(k=1)))
+    aug = tta.Augmenter(["reorder", "mask", "synonym"], 1, seed=42)
+    other = D.replace("87점", "90점")
+    Summarizer.views(echo, ["dev_1", "dev_2"], [other, D], aug, desc="dev")
+    Summarizer.views(echo, ["dev_2"], [D], aug, desc="input")
+    stage, command = seen
+    assert len(command) == 4 and stage[-4:] == command  # orig + reorder, mask, synonym views of dev_2
+
+
 def test_synonym_uses_the_table_and_user_file(tmp_path):
     table = tta.load_synonyms()
     assert table["시험"] and table["buy"] == ["purchase"]

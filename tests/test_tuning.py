@@ -141,6 +141,19 @@ def test_bad_trial_is_pruned_and_the_study_resumes(small_data, tmp_path):
     assert (tmp_path / "out/plots/optimization_history.png").stat().st_size > 1000
 
 
+def test_an_interrupted_trial_does_not_count_towards_n_trials(small_data, tmp_path):
+    """Ctrl-C during a trial leaves it failed in the study; the re-run still completes tune.n_trials."""
+    train_df, val_df, init = small_data
+    storage = f"sqlite:///{tmp_path}/study.db"
+    space = {"training.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
+    p = base_params(search_space=space, sampler="random", pruner="none", epochs=1, train_rows=16, val_rows=8)
+    study = tuning.create_study(p, storage, name=tuning.study_name(p, train_df, val_df))
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # what the interrupted run left
+    study = tuning.run_study(p, train_df, val_df, init, tmp_path / "w", n_trials=2, storage=storage, progress=False)
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "COMPLETE", "COMPLETE"]
+
+
 @pytest.mark.parametrize(
     "sampler,pruner", [("tpe", "median"), ("gp", "percentile"), ("cmaes", "hyperband"), ("random", "none")]
 )

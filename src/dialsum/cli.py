@@ -105,10 +105,19 @@ def cmd_summarize(a) -> int:
     if not Path(a.model).exists():
         print(f"error: {a.model}: no such model folder", file=sys.stderr)
         return 2
-    gen = load(a.params).generation if Path(a.params).exists() else Generation()
+    params = load(a.params) if Path(a.params).exists() else None
+    gen = params.generation if params else Generation()
     if a.num_beams:
         gen = gen.model_copy(update={"num_beams": a.num_beams})
-    summarizer = generation.Summarizer.load(Path(a.model), None, gen, a.max_source_len, a.batch_size)
+    # The zoo entry the folder was trained with: its source length and prompt are what the model learnt to read
+    name = a.entry or Path(a.model).resolve().parent.name
+    entry = params.zoo.get(name) if params else None
+    if a.entry and entry is None:
+        print(f"error: --entry {a.entry}: no such zoo entry in {a.params}", file=sys.stderr)
+        return 2
+    if entry is not None:
+        print(f"zoo.{name}'s settings (max_source_len {entry.max_source_len}, its prompt)", file=sys.stderr)
+    summarizer = generation.Summarizer.load(Path(a.model), entry, gen, a.max_source_len, a.batch_size)
     texts, _ = summarizer([clean_text(d) for d in df["dialogue"]], desc="summarize")
     write_csv(a.output, pd.DataFrame({"fname": df["fname"], "summary": texts}))
     print(f"{len(texts)} summaries -> {a.output}")
@@ -370,7 +379,18 @@ def main(argv: list[str] | None = None) -> int:
         help="most dialogues per generate call (default: generation.batch_size; generation.batch_tokens "
         "bounds the tokens)",
     )
-    p.add_argument("--max-source-len", type=int, default=512)
+    p.add_argument(
+        "--entry",
+        default=None,
+        help="the zoo entry the model was trained with (its max_source_len, prompt, trust_remote_code; "
+        "default: the folder's parent name, models/<entry>/<fold>, when params.zoo has it)",
+    )
+    p.add_argument(
+        "--max-source-len",
+        type=int,
+        default=None,
+        help="source tokens kept (default: the zoo entry's, else 512 within the model's positions)",
+    )
     p.set_defaults(fn=cmd_summarize)
 
     p = sub.add_parser(

@@ -714,7 +714,7 @@ def summarize_new(params: Params | dict, df: pd.DataFrame, root: Path = Path("."
             continue
         for f in params.cv.folds:  # one fold model in memory at a time
             member = _load_member(params, m, root / paths.model_dir(m, f))
-            out = member.views(df["fname"], df["dialogue"], augmenter, "input", desc=f"{m}/{f}")
+            out = member.views(df["fname"], df["dialogue"], augmenter, desc=f"{m}/{f}")
             pool.append(out.assign(source=f"{m}/{f}", model=m))
             del member
     pool = pd.concat(pool, ignore_index=True)

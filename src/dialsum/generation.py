@@ -301,6 +301,17 @@ class _AveragedLogProbs:
         return (total / sum(self.weights)).masked_fill(primary == float("-inf"), float("-inf"))
 
 
+def _source_room(model, gen: Generation | dict, default: int = 512) -> int:
+    """Source tokens for a folder without a zoo entry: ``default``, within the positions the model has (a
+    decoder-only model's source and summary share them)."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if not positions:
+        return default
+    if not model.config.is_encoder_decoder:
+        positions -= section(Generation, gen, "generation").max_new_tokens
+    return max(1, min(default, positions))
+
+
 @dataclass
 class Summarizer:
     """A loaded model that summarizes: the model with its tokenizer and family, the zoo entry's input limit and
@@ -339,7 +350,9 @@ class Summarizer:
         model, tokenizer, family = load_for_inference(model_dir, entry)
         tokenizer.padding_side = "left"
         prompt = entry.prompt if entry else None
-        return cls(model, tokenizer, family, gen, max_source_len or entry.max_source_len, prompt, batch_size)
+        if max_source_len is None:
+            max_source_len = entry.max_source_len if entry else _source_room(model, gen)
+        return cls(model, tokenizer, family, gen, max_source_len, prompt, batch_size)
 
     def _batches(self, dialogues: list[str], beams: int, desc: str, progress: bool):
         """(conventions, each dialogue's source ids, index batches longest first under a progress bar).
@@ -466,15 +479,16 @@ class Summarizer:
 
         return self(dialogues, desc, progress, processor=processor)
 
-    def views(self, fnames, dialogues, augmenter, key_prefix: str, desc: str = "generate") -> pd.DataFrame:
+    def views(self, fnames, dialogues, augmenter, desc: str = "generate") -> pd.DataFrame:
         """Summaries of every dialogue and of its TTA views [fname, view, summary, logprob], view summaries
         mapped back to the original speakers; with ``generation.candidates.k`` > 1, k rows per view [fname,
-        view, candidate, summary, logprob, tokens] (see :meth:`pool`). Views are seeded by
-        ``key_prefix/fname``, so every model x fold summarises the very same augmented inputs."""
+        view, candidate, summary, logprob, tokens] (see :meth:`pool`). Views are seeded by the fname alone
+        (not the split), so every model x fold, and ``dialsum summarize --ensemble`` given the same rows,
+        summarise the very same augmented inputs."""
         rows = []
         for fname, dialogue in zip(fnames, dialogues):
             rows.append((fname, "orig", dialogue, None))
-            rows += [(fname, v.name, v.dialogue, v.inverse) for v in augmenter.views(f"{key_prefix}/{fname}", dialogue)]
+            rows += [(fname, v.name, v.dialogue, v.inverse) for v in augmenter.views(fname, dialogue)]
         inputs = [r[2] for r in rows]
         if self.gen.candidates.k > 1:
             out = [

@@ -298,9 +298,23 @@ class SummarizationTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer whose every evaluation also generates and scores summaries (:class:`EvalRouge`):
     ``eval_rouge_sum`` beside ``eval_loss``, for checkpoint choice, early stopping, pruning and dvclive."""
 
-    def __init__(self, *args, rouge: EvalRouge, **kwargs):
+    def __init__(self, *args, rouge: EvalRouge, per_epoch: tuple[float, float] | None = None, **kwargs):
         super().__init__(*args, compute_metrics=rouge.compute_metrics, **kwargs)
         self.rouge = rouge
+        self.per_epoch = per_epoch  # (eval_every_epochs, warmup_ratio): in epochs of the run as it trains
+
+    def set_initial_training_values(self, args, dataloader):
+        """Evaluation, checkpoint and warm-up steps from the epoch this run really has: a rank of an N-process
+        launch sees 1/N of the rows, and ``batch_size: auto`` may have halved the batch since the arguments
+        were built. Both change the optimizer steps per epoch; without this, evaluations would come every
+        N epochs and warm-up would last N times its share of training."""
+        values = super().set_initial_training_values(args, dataloader)
+        if self.per_epoch is not None:
+            eval_every, warmup_ratio = self.per_epoch
+            steps_per_epoch = values[1]  # the Trainer's optimizer steps in one epoch
+            args.eval_steps = args.save_steps = max(1, round(steps_per_epoch * eval_every))
+            args.warmup_steps = int(warmup_ratio * steps_per_epoch * args.num_train_epochs)
+        return values
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **kw):
         if eval_dataset is None and self.rouge.reuses_encoder(self.model, self.args):
@@ -418,6 +432,7 @@ def build_trainer(params: Params, run: Run, train_df, val_df, callbacks=()) -> t
         ),
         processing_class=tokenizer,
         rouge=EvalRouge(summarizer, list(val_df["dialogue"]), references(val_df), Scorer.from_params(params)),
+        per_epoch=(tcfg.eval_every_epochs, tcfg.warmup_ratio),
         callbacks=_callbacks(tcfg, run.live_dir, callbacks),
         # The Trainer would keep every eval logit (vocab x length x rows); ROUGE needs none of them.
         preprocess_logits_for_metrics=lambda logits, labels: labels[:, :1],
@@ -528,6 +543,7 @@ def _training_args(params: Params, run: Run, n_train: int):
 
     tcfg = params.training
     bs = tcfg.batch_size if tcfg.batch_size != "auto" else 64
+    # one process's first guess; SummarizationTrainer.set_initial_training_values sets the steps the run has
     steps_per_epoch = math.ceil(n_train / (bs * tcfg.gradient_accumulation_steps))
     eval_steps = max(1, round(steps_per_epoch * tcfg.eval_every_epochs))  # fractions for long epochs
     best_by = tcfg.best_by

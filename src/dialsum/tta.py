@@ -41,29 +41,24 @@ _PARTICLE_RE = re.compile(
     + "|".join(sorted({p for pair in _PARTICLES for p in pair}, key=len, reverse=True))
     + r")(?![가-힣])"
 )
-FILLERS_KO = [
-    "음",
-    "어",
-    "아",
-    "에",
-    "그",
-    "저",
-    "뭐",
-    "글쎄요",
-    "글쎄",
-    "아이고",
-    "어머",
-    "음음",
-    "흠",
-    "저기",
-    "있잖아",
-]
-FILLERS_EN = ["um", "uh", "erm", "er", "hmm", "well", "oh", "ah", "like", "you know", "i mean", "so", "okay so"]
+# Fillers wherever they stand alone (interjections), and words that are fillers only as a discourse marker:
+# opening an utterance or clause and set off by a comma ("Well, I ..." but not "doing well" or "I think so.";
+# "뭐, 괜찮아" but not "뭐 먹을래?", "저, 실례지만" but not "저 사람").
+FILLERS_KO = ["음", "음음", "흠", "어", "아", "에", "아이고", "어머", "글쎄요", "글쎄"]
+MARKERS_KO = ["그", "저", "뭐", "저기", "있잖아"]
+FILLERS_EN = ["um", "uh", "erm", "er", "hmm", "oh", "ah"]
+MARKERS_EN = ["well", "like", "you know", "i mean", "so", "okay so"]
+
+
+def _alternatives(words: list[str]) -> str:
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+
+
+# Only spaces after a dropped word are taken with it, never a line break: turns stay turns.
 _FILLER_RE = re.compile(
-    r"(?<![\w#])("
-    + "|".join(re.escape(f) for f in sorted(FILLERS_KO + FILLERS_EN, key=len, reverse=True))
-    + r")(?:[,.…]+|(?=\s))\s*",
-    re.IGNORECASE,
+    rf"(?<![\w#])(?:(?:{_alternatives(FILLERS_KO + FILLERS_EN)})(?:[,.…]+|(?=\s))"
+    rf"|(?:(?<=[:,.!?…] )|^)(?:{_alternatives(MARKERS_KO + MARKERS_EN)})[,…]+)[ \t]*",
+    re.IGNORECASE | re.MULTILINE,
 )
 
 
@@ -127,7 +122,7 @@ def mask(dialogue: str, rng: random.Random, fraction: float = 0.5) -> View:
     out.append(dialogue[last:])
     text = "".join(out)
     # an utterance may start lower-case now; keep the speaker prefix tidy
-    text = re.sub(r"(#Person\d+#:)\s*", r"\1 ", text)
+    text = re.sub(r"(#Person\d+#:)[ \t]*", r"\1 ", text)
     return View("mask", text)
 
 

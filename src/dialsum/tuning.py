@@ -361,13 +361,15 @@ def run_study(
 
     from optuna.study import MaxTrialsCallback
 
-    # states=None counts running trials too, so parallel workers do not overshoot the total.
+    # Running trials count, so parallel workers do not overshoot the total; failed ones (an interrupted
+    # run leaves its trial failed) do not, or a re-run would stop short of tune.n_trials.
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
     study.optimize(
         objective,
         n_trials=remaining,
         timeout=t.timeout,
         n_jobs=t.n_jobs,
-        callbacks=[MaxTrialsCallback(target, states=None)],
+        callbacks=[MaxTrialsCallback(target, states=counted)],
         gc_after_trial=True,
         show_progress_bar=progress and t.n_jobs == 1,
     )
