@@ -73,29 +73,58 @@ def test_kobart_architecture_with_lora(tmp_path):
     assert any(".encoder." in n for n in names) and any(".decoder." in n for n in names)
 
 
-@pytest.mark.parametrize("merge,quantization", [(False, "none"), (True, "none"), (False, "4bit")])
-def test_added_tags_train_their_embedding_and_output_rows_only(tmp_path, merge, quantization):
-    """A pretrained vocabulary without #Person1# and an output layer not tied to the input embeddings (as
-    SOLAR's, Polyglot-ko's): LoRA also trains the new tags' rows of both (peft trainable tokens). Resizing
-    starts every new output row at the same mean; were those rows frozen, the model could not learn to score
-    one tag above the others. Saved (adapter, or merged) and loaded back, the model scores as trained."""
-    from transformers import AutoModelForCausalLM
+def _tagless_hub(tmp_path, arch: str):
+    """A "hub" checkpoint whose vocabulary lacks the tags and whose output layer is untied: Llama's as SOLAR's;
+    Phi's, whose output layer also has a bias."""
+    from transformers import AutoModelForCausalLM, PhiConfig
 
     hub = tmp_path / "hub"
     tok = models.train_tokenizer(TEXTS, 400, "causal")
     tok.save_pretrained(hub)
-    base = models.scratch_config(entry("llama"), tok)
-    AutoModelForCausalLM.from_config(base).save_pretrained(hub)
-    e = {**entry("llama"), "pretrained": str(hub), "lora": {"r": 4, "alpha": 8, "merge": merge}}
-    e["quantization"] = quantization
+    if arch == "llama":
+        config = models.scratch_config(entry("llama"), tok)
+    else:
+        ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+        config = PhiConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+            **ids,
+        )
+    AutoModelForCausalLM.from_config(config).save_pretrained(hub)
+    return hub
+
+
+@pytest.mark.parametrize(
+    "arch,merge,quantization",
+    [("llama", False, "none"), ("llama", True, "none"), ("llama", False, "4bit"), ("phi", False, "none")],
+)
+def test_added_tags_train_their_embedding_and_output_rows(tmp_path, arch, merge, quantization):
+    """A pretrained vocabulary without #Person1# and an output layer not tied to the input embeddings (as
+    SOLAR's, Polyglot-ko's): LoRA also trains the new tags' rows of both (peft trainable tokens); an output
+    layer with a bias (Phi) trains whole, as trainable rows would drop its bias. Resizing starts every new
+    output row at the same mean; were those rows frozen, the model could not learn to score one tag above
+    the others. Saved (adapter, or merged) and loaded back, the model scores as trained."""
+    hub = _tagless_hub(tmp_path, arch)
+    lora = {"r": 4, "alpha": 8, "merge": merge, "target_modules": ["q_proj", "v_proj"]}
+    e = {**entry("llama"), "pretrained": str(hub), "lora": lora, "quantization": quantization}
     init = tmp_path / "init"
     models.build_init(e, TEXTS, init, seed=0)
     model, tok2 = models.load_for_training(e, init, seed=0)
     names = trainable_names(model)
-    assert all("lora_" in n or "trainable_tokens" in n for n in names)
     deltas = {n: p for n, p in model.named_parameters() if "trainable_tokens_delta" in n}
-    assert len(deltas) == 2 and any("lm_head" in n for n in deltas) and any("embed_tokens" in n for n in deltas)
     assert all(p.shape[0] == len(models.TAGS) for p in deltas.values())  # the tags' rows, not whole matrices
+    if arch == "llama":
+        assert all("lora_" in n or "trainable_tokens" in n for n in names)
+        assert len(deltas) == 2 and any("lm_head" in n for n in deltas) and any("embed_tokens" in n for n in deltas)
+    else:
+        assert len(deltas) == 1 and "embed_tokens" in next(iter(deltas))
+        head = [n for n in names if "lm_head" in n]
+        assert any(n.endswith("weight") for n in head) and any(n.endswith("bias") for n in head)
 
     tags = tok2.convert_tokens_to_ids(["#Person1#", "#Person2#", "#PhoneNumber#"])
     ids = torch.tensor([tok2("#Person1#: 안녕하세요.", add_special_tokens=False)["input_ids"]])

@@ -331,3 +331,6 @@ def test_summarize_a_model_folder_with_the_settings_it_was_trained_with(tmp_path
     capsys.readouterr()
     assert summarize(elsewhere, tmp_path / "x.csv", "--entry", "nope") == 2
     assert "--entry nope" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+    params.unlink()
+    assert summarize(elsewhere, tmp_path / "x.csv", "--entry", "mini") == 2
+    assert "no params file" in capsys.readouterr().err

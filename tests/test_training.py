@@ -132,3 +132,23 @@ def test_evaluation_and_warmup_follow_the_epochs_the_run_really_has(tmp_path):
     assert evaluated == [8, 16]  # once per epoch (with the built 4: at 4, 8, 12 and 16)
     assert trainer.args.warmup_steps == 4  # a quarter of 2 x 8 steps
     assert trainer.lr_scheduler.get_last_lr()[0] == 0.0  # linear decay to 0 over the 16 steps it ran
+
+
+def test_a_resumed_run_evaluates_on_its_own_steps_not_the_checkpoints(tmp_path):
+    """A checkpoint written at 4 steps per epoch (another process count, say) resumed at 8: the loaded state
+    carries eval/save steps of 4, and the run must follow its own."""
+    from transformers import TrainerCallback
+
+    class StopAt4(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            control.should_training_stop = state.global_step >= 4
+
+    first = _trainer(tmp_path, rows=16, batch_size=4, epochs=2, eval_every_epochs=1, warmup_ratio=0.0)
+    first.add_callback(StopAt4())
+    first.train()
+    checkpoint = tmp_path / "ckpt" / "checkpoint-4"
+    assert checkpoint.is_dir()
+    again = _trainer(tmp_path / "again", rows=16, batch_size=2, epochs=2, eval_every_epochs=1, warmup_ratio=0.0)
+    again.train(resume_from_checkpoint=str(checkpoint))
+    evaluated = [h["step"] for h in again.state.log_history if "eval_loss" in h]
+    assert evaluated == [4, 8, 16]  # the checkpoint's own evaluation, then once per epoch of 8 steps

@@ -113,7 +113,8 @@ def cmd_summarize(a) -> int:
     name = a.entry or Path(a.model).resolve().parent.name
     entry = params.zoo.get(name) if params else None
     if a.entry and entry is None:
-        print(f"error: --entry {a.entry}: no such zoo entry in {a.params}", file=sys.stderr)
+        why = "no such zoo entry in" if params else "no params file"
+        print(f"error: --entry {a.entry}: {why} {a.params}", file=sys.stderr)
         return 2
     if entry is not None:
         print(f"zoo.{name}'s settings (max_source_len {entry.max_source_len}, its prompt)", file=sys.stderr)

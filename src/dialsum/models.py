@@ -355,36 +355,42 @@ def lora_targets(model_type: str, targets="auto"):
     return LORA_TARGETS[model_type]
 
 
-def token_rows(model, ids: list[int] | None) -> list[int] | dict[str, list[int]] | None:
-    """peft's ``trainable_token_indices`` for tags added to a pretrained vocabulary. The input rows always; and
-    where the output layer is not tied to the input embeddings (SOLAR, Polyglot-ko, KULLM, KoAlpaca) its rows
-    too: resizing starts every new output row at the same mean, so with that layer frozen the model could
-    never score ``#Person1#`` above ``#Person2#``."""
+def token_rows(model, ids: list[int] | None) -> tuple[list[int] | dict[str, list[int]] | None, list[str] | None]:
+    """(peft's ``trainable_token_indices``, ``modules_to_save``) for tags added to a pretrained vocabulary. The
+    input rows always; and where the output layer is not tied to the input embeddings (SOLAR, Polyglot-ko,
+    KULLM, KoAlpaca) its rows too: resizing starts every new output row at the same mean, so with that layer
+    frozen the model could never score ``#Person1#`` above ``#Person2#``. An output layer with a bias (Phi,
+    GPT-J) trains whole: peft's trainable tokens would drop the bias."""
     if not ids:
-        return None
+        return None, None
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
     if out is None or out.weight.data_ptr() == inp.weight.data_ptr():
-        return list(ids)  # tied: peft trains the shared rows once
-    if getattr(out, "bias", None) is not None:
-        raise ValueError(
-            f"lora: the tags are new to this vocabulary and the output layer ({type(out).__name__}) has a bias, "
-            "so their output rows cannot be trained alone; train without LoRA (lora: null)"
-        )
+        return list(ids), None  # tied: peft trains the shared rows once
     names = {m: n for n, m in model.named_modules()}
-    return {names[inp]: list(ids), names[out]: list(ids)}
+    if getattr(out, "bias", None) is not None:
+        log.warning(
+            "LoRA: the tags are new to the vocabulary and the output layer %s has a bias, which trainable token "
+            "rows cannot keep: training all of it (%.1f M parameters, saved with the adapter)",
+            names[out],
+            sum(p.numel() for p in out.parameters()) / 1e6,
+        )
+        return list(ids), [names[out]]
+    return {names[inp]: list(ids), names[out]: list(ids)}, None
 
 
 def apply_lora(model, lora: dict, family: str, new_token_ids: list[int] | None = None):
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora = section(Lora, lora, "lora")
+    token_indices, whole = token_rows(model, new_token_ids)
     cfg = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora_targets(model.config.model_type, lora.target_modules),
         bias="none",
-        trainable_token_indices=token_rows(model, new_token_ids),
+        trainable_token_indices=token_indices,
+        modules_to_save=whole,
         task_type=TaskType.SEQ_2_SEQ_LM if family == "seq2seq" else TaskType.CAUSAL_LM,
     )
     model = get_peft_model(model, cfg)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from transformers import Seq2SeqTrainer
+from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from . import generation, paths
@@ -289,6 +289,14 @@ class EvalRouge:
         return {k: s[k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
 
 
+class _StepsFromArguments(TrainerCallback):
+    """A resumed run's state is the checkpoint's, with the evaluation and save steps of the run that wrote it
+    (another process count, say), and the Trainer follows the state: give it the steps this run set."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.eval_steps, state.save_steps = args.eval_steps, args.save_steps
+
+
 def _row_key(ids: torch.Tensor, mask: torch.Tensor) -> tuple:
     """A row's source ids without its padding: the same for the loss pass's and the generation's batches."""
     return tuple(ids[mask.bool()].tolist())
@@ -302,6 +310,8 @@ class SummarizationTrainer(Seq2SeqTrainer):
         super().__init__(*args, compute_metrics=rouge.compute_metrics, **kwargs)
         self.rouge = rouge
         self.per_epoch = per_epoch  # (eval_every_epochs, warmup_ratio): in epochs of the run as it trains
+        if per_epoch is not None:
+            self.add_callback(_StepsFromArguments())
 
     def set_initial_training_values(self, args, dataloader):
         """Evaluation, checkpoint and warm-up steps from the epoch this run really has: a rank of an N-process
