@@ -8,7 +8,7 @@ import torch
 
 from dialsum import generation, models
 from dialsum.params import load
-from conftest import ROOT, micro_entry
+from conftest import MICRO_ARCH, ROOT, micro_entry
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -87,10 +87,10 @@ def _tagless_hub(tmp_path, arch: str):
         ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
         config = PhiConfig(
             vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
+            hidden_size=MICRO_ARCH["d_model"],
+            intermediate_size=MICRO_ARCH["ffn"],
+            num_hidden_layers=MICRO_ARCH["layers"],
+            num_attention_heads=MICRO_ARCH["heads"],
             max_position_embeddings=128,
             tie_word_embeddings=False,
             **ids,

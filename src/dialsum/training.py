@@ -200,9 +200,11 @@ class EvalRouge:
         for i, text in zip(rows, texts):
             self.predictions[i] = text
 
-    def generate(self, model) -> None:
+    def reset(self, model) -> None:
+        """A new evaluation of ``model``: no summary yet. Rows the loss pass does not summarize (all of them
+        unless :meth:`reusing_encoder` is open) are generated when scored."""
+        self.summarizer.model = model
         self.predictions = [None] * len(self.dialogues)
-        self._summarize(model, list(range(len(self.dialogues))), "eval generate", True)
 
     def reuses_encoder(self, model, args) -> bool:
         """Only where the loss pass encodes exactly as generation would: one process on at most one device
@@ -230,7 +232,7 @@ class EvalRouge:
         (``keeping``), and a later call on rows that are all kept (the generation of the same batch) returns
         them instead of encoding."""
         self._index(model.config)
-        self.predictions = [None] * len(self.dialogues)
+        self.reset(model)
         encoder = model.get_encoder()
         real_forward, before = encoder.forward, vars(encoder).get("forward")  # an accelerate hook sets one
 
@@ -282,11 +284,17 @@ class EvalRouge:
 
     def compute_metrics(self, _) -> dict:
         missing = [i for i, p in enumerate(self.predictions) if p is None]
-        if missing:  # rows the loss pass did not reach or whose ids differ: generated the plain way
-            log.debug("%d validation rows summarized without the loss pass's encoder states", len(missing))
-            self._summarize(self.summarizer.model, missing, "eval generate", False)
+        if missing:  # every row (the plain way, under a progress bar), or those the loss pass could not match
+            if self.active:
+                log.debug("%d validation rows summarized without the loss pass's encoder states", len(missing))
+            self._summarize(self.summarizer.model, missing, "eval generate", not self.active)
         s = self.scorer.score(self.predictions, self.refs)
         return {k: s[k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
+
+
+def _schedule(steps_per_epoch: int, eval_every_epochs: float, warmup_ratio: float, epochs: float) -> tuple[int, int]:
+    """(evaluation and save steps, warm-up steps) for epochs of ``steps_per_epoch`` optimizer steps."""
+    return max(1, round(steps_per_epoch * eval_every_epochs)), int(warmup_ratio * steps_per_epoch * epochs)
 
 
 class _StepsFromArguments(TrainerCallback):
@@ -322,15 +330,17 @@ class SummarizationTrainer(Seq2SeqTrainer):
         if self.per_epoch is not None:
             eval_every, warmup_ratio = self.per_epoch
             steps_per_epoch = values[1]  # the Trainer's optimizer steps in one epoch
-            args.eval_steps = args.save_steps = max(1, round(steps_per_epoch * eval_every))
-            args.warmup_steps = int(warmup_ratio * steps_per_epoch * args.num_train_epochs)
+            args.eval_steps, args.warmup_steps = _schedule(
+                steps_per_epoch, eval_every, warmup_ratio, args.num_train_epochs
+            )
+            args.save_steps = args.eval_steps
         return values
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **kw):
         if eval_dataset is None and self.rouge.reuses_encoder(self.model, self.args):
             with self.rouge.reusing_encoder(self.model):
                 return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **kw)
-        self.rouge.generate(self.model)
+        self.rouge.reset(self.model)
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **kw)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -555,7 +565,8 @@ def _training_args(params: Params, run: Run, n_train: int):
     bs = tcfg.batch_size if tcfg.batch_size != "auto" else 64
     # one process's first guess; SummarizationTrainer.set_initial_training_values sets the steps the run has
     steps_per_epoch = math.ceil(n_train / (bs * tcfg.gradient_accumulation_steps))
-    eval_steps = max(1, round(steps_per_epoch * tcfg.eval_every_epochs))  # fractions for long epochs
+    # eval_every_epochs may be a fraction, for long epochs
+    eval_steps, warmup_steps = _schedule(steps_per_epoch, tcfg.eval_every_epochs, tcfg.warmup_ratio, tcfg.epochs)
     best_by = tcfg.best_by
     return Seq2SeqTrainingArguments(
         output_dir=str(run.ckpt_dir),
@@ -565,7 +576,7 @@ def _training_args(params: Params, run: Run, n_train: int):
         per_device_eval_batch_size=tcfg.eval_batch_size,
         learning_rate=tcfg.learning_rate or params.zoo[run.model].learning_rate,
         weight_decay=tcfg.weight_decay,
-        warmup_steps=int(tcfg.warmup_ratio * steps_per_epoch * tcfg.epochs),
+        warmup_steps=warmup_steps,
         lr_scheduler_type=tcfg.lr_scheduler,
         gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
         label_smoothing_factor=tcfg.label_smoothing,
