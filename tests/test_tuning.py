@@ -154,6 +154,27 @@ def test_an_interrupted_trial_does_not_count_towards_n_trials(small_data, tmp_pa
     assert states == ["FAIL", "COMPLETE", "COMPLETE"]
 
 
+def test_a_worker_that_asks_as_the_study_fills_stands_down(small_data, tmp_path, caplog):
+    """Two workers finishing together both saw room and asked; the later trial trains nothing and ends failed."""
+    train_df, val_df, init = small_data
+    storage = f"sqlite:///{tmp_path}/study.db"
+    space = {"training.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
+    p = base_params(search_space=space, sampler="random", pruner="none", epochs=1, train_rows=16, val_rows=8)
+    study = tuning.create_study(p, storage, name=tuning.study_name(p, train_df, val_df))
+    study.tell(study.ask({"training.learning_rate": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)}), 1.0)
+    study.ask()  # the other worker's trial, running: it holds the last of the 2 places
+    study = tuning.run_study(p, train_df, val_df, init, tmp_path / "w", n_trials=2, storage=storage, progress=False)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "RUNNING", "FAIL"]
+    assert trials[2].user_attrs == {"surplus": True} and trials[2].params == {}  # nothing sampled or trained
+    assert not (tmp_path / "w").exists()
+    assert "Trial 2" not in caplog.text  # no failure warning, no traceback
+    study.tell(1, 0.5)  # the other worker finishes
+    summary = tuning.write_outputs(study, p, tmp_path / "out", tmp_path / "tune.json")
+    assert (summary["n_trials"], summary["n_complete"], summary["n_failed"]) == (2, 2, 0)
+    assert list(pd.read_csv(tmp_path / "out/trials.csv")["number"]) == [0, 1]
+
+
 @pytest.mark.parametrize(
     "sampler,pruner", [("tpe", "median"), ("gp", "percentile"), ("cmaes", "hyperband"), ("random", "none")]
 )
@@ -224,9 +245,12 @@ def test_two_workers_share_one_study(tmp_path):
     assert len(names) == 1  # both workers joined the same study
     study = optuna.load_study(study_name=names[0], storage=storage)
     trials = study.get_trials()
-    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
-    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    # Workers that finish together may each ask for one more trial; the later ones stand down untrained.
+    real = [t for t in trials if not t.user_attrs.get("surplus")]
+    assert [t.state.name for t in real] == ["COMPLETE"] * 4, [(t.number, t.state.name) for t in trials]
+    assert [t.number for t in real] == [0, 1, 2, 3]
+    assert all(t.state.name == "FAIL" and not t.params for t in trials if t.user_attrs.get("surplus"))
+    assert len({tuple(sorted(t.params.items())) for t in real}) == 4
     logs = sorted((tmp_path / "logs").glob("tune@worker-*.log"))
     ran = [
         sum("finished with value" in line or "rouge_sum" in line for line in f.read_text().splitlines()) for f in logs

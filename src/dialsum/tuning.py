@@ -269,6 +269,37 @@ def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
+# What fills the study's n_trials: running trials count, so parallel workers do not overshoot; failed ones (an
+# interrupted run leaves its trial failed) do not, or a re-run would stop short of tune.n_trials.
+COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+
+
+class Surplus(Exception):
+    """A trial asked for after the study was full: it samples and trains nothing, and ends failed."""
+
+
+def surplus(trial: optuna.Trial, target: int) -> bool:
+    """Whether ``target`` counted trials were asked for before this one.
+
+    MaxTrialsCallback counts after a trial ends, so two workers that finish together both see room and both ask
+    for one more. Trial numbers are handed out in order by the storage, so the later of the two sees the
+    earlier as running, and stands down.
+    """
+    earlier = trial.study.get_trials(deepcopy=False, states=COUNTED)
+    return sum(t.number < trial.number for t in earlier) >= target
+
+
+class _QuietSurplus(logging.Filter):
+    """Optuna logs a caught exception as a failure with its traceback; a surplus trial is not one."""
+
+    def __init__(self):
+        super().__init__()
+        self.numbers: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.getMessage().startswith(f"Trial {n} failed ") for n in self.numbers)
+
+
 def run_study(
     params: Params,
     train_df: pd.DataFrame,
@@ -324,7 +355,17 @@ def run_study(
     tunes_generation = any(full_key(k, model).startswith("generation.") for k in space)
     scorer = Scorer.from_params(params)
 
+    quiet = _QuietSurplus()
+
     def objective(trial: optuna.Trial) -> float:
+        if surplus(trial, target):
+            trial.set_user_attr("surplus", True)
+            quiet.numbers.add(trial.number)
+            trial.study.stop()
+            log.info(
+                "trial %d: not run, the study already has %d trials (tune.n_trials); stopping", trial.number, target
+            )
+            raise Surplus(trial.number)
         values = suggest(trial, space, model)
         base = params if not t.epochs else override(params, {"training.epochs": t.epochs})
         # Pruning needs a ROUGE after every epoch; a trial never resumes another's checkpoints; the study is
@@ -361,18 +402,22 @@ def run_study(
 
     from optuna.study import MaxTrialsCallback
 
-    # Running trials count, so parallel workers do not overshoot the total; failed ones (an interrupted
-    # run leaves its trial failed) do not, or a re-run would stop short of tune.n_trials.
-    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
-    study.optimize(
-        objective,
-        n_trials=remaining,
-        timeout=t.timeout,
-        n_jobs=t.n_jobs,
-        callbacks=[MaxTrialsCallback(target, states=counted)],
-        gc_after_trial=True,
-        show_progress_bar=progress and t.n_jobs == 1,
-    )
+    # the logger that reports finished trials; a filter on a parent logger would not see its records
+    optuna_log = logging.getLogger("optuna.study._optimize")
+    optuna_log.addFilter(quiet)
+    try:
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            timeout=t.timeout,
+            n_jobs=t.n_jobs,
+            catch=(Surplus,),
+            callbacks=[MaxTrialsCallback(target, states=COUNTED)],
+            gc_after_trial=True,
+            show_progress_bar=progress and t.n_jobs == 1,
+        )
+    finally:
+        optuna_log.removeFilter(quiet)
     return study
 
 
@@ -396,7 +441,8 @@ def write_outputs(study: optuna.Study, params: dict, out_dir: Path, metrics_path
     from .io import write_csv, write_json, write_text
 
     out_dir = Path(out_dir)
-    trials = study.get_trials(deepcopy=False)
+    # A surplus trial (a worker that asked as the study filled up) ran nothing: it is not part of the result.
+    trials = [tr for tr in study.get_trials(deepcopy=False) if not tr.user_attrs.get("surplus")]
     states = pd.Series([tr.state.name for tr in trials])
     summary = {
         "study_name": study.study_name,
