@@ -21,6 +21,9 @@ def main():
         frames[split] = df
         log.info("%s: %d rows from %s", split, len(df), getattr(d, split))
     frames["train"]["fold"] = data.assign_folds(frames["train"], cv.n_splits, cv.seed)
+    for split in ("dev", "test"):
+        if shared := data.shared_dialogues(frames["train"], frames[split]):
+            log.warning("%s: %d dialogues also appear in train (scores on them favour memorising)", split, shared)
     # Augmented training copies go to their own file: dev, test and out-of-fold rows are never augmented.
     frames["augmented"] = tta.augment_rows(frames["train"], d.augmentation, params.seed)
     if len(frames["augmented"]):

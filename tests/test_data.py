@@ -1,8 +1,10 @@
 import pandas as pd
 import pytest
-from hypothesis import given, settings, strategies as st
+import unicodedata
 
-from dialsum.data import DataError, assign_folds, clean_text, read_csv, split_fold
+from hypothesis import example, given, settings, strategies as st
+
+from dialsum.data import DataError, assign_folds, clean_text, read_csv, shared_dialogues, split_fold
 
 GOOD = 'fname,dialogue,summary,topic\na,"#Person1#: 안녕\n#Person2#: 네",인사한다,일상\nb,#Person1#: 밥 먹자,밥,식사\n'
 
@@ -34,6 +36,7 @@ def test_reads_good_file(tmp_path):
         ("fname;dialogue;summary\na;d;x\n", "train", "separated by semicolons"),
         ("fname,dialogue,summary\n", "train", "header only"),
         ("", "train", "file is empty"),
+        ("fname,dialogue,summary\na,hi, you,x\nb,e, f,y\n", "train", "row 1: 4 fields but the header has 3"),
         ("fname,dialogue\na,d\n", "dev", "missing column summary"),
     ],
 )
@@ -69,6 +72,10 @@ def test_clean_normalizes_speakers_and_noise():
 
 @settings(max_examples=200, deadline=None)
 @given(st.text())
+@example("\\\x01n")  # a control character hiding an escaped line break
+@example("<b\x01r>")  # ... or a <br>
+@example("#Person1#: #person 1\n#Person2#: x")  # a tag's spaces reaching into the next turn
+@example("e\x01\u0301")  # a combining accent next to its letter once the control character goes
 def test_clean_is_idempotent_and_total(text):
     once = clean_text(text)
     assert clean_text(once) == once
@@ -96,6 +103,49 @@ def test_loader_never_crashes_on_arbitrary_bytes(tmp_path_factory, blob):
         assert "\n" not in str(e)
 
 
+def test_clean_composes_korean_and_keeps_empty_turns_apart():
+    nfd = unicodedata.normalize("NFD", "#Person1#: 안녕하세요")
+    assert nfd != "#Person1#: 안녕하세요" and clean_text(nfd) == "#Person1#: 안녕하세요"
+    assert clean_text(nfd, normalize_speakers=False, remove_noise=False) == "#Person1#: 안녕하세요"
+    assert clean_text("#Person1#:\n#Person2#: 네").splitlines() == ["#Person1#: ", "#Person2#: 네"]
+    assert clean_text("#Person1#: # person 1\n#Person2#: 네").endswith("\n#Person2#: 네")
+
+
+def test_a_trailing_comma_on_the_rows_keeps_the_columns(tmp_path):
+    df = read_csv(write(tmp_path, "fname,dialogue,summary\na,d,x,\nb,e,y,\n"), "train")
+    assert list(df["fname"]) == ["a", "b"] and list(df["summary"]) == ["x", "y"]
+
+
+def test_test_rows_are_never_dropped(tmp_path):
+    p = write(tmp_path, "fname,dialogue\n001,d\n002,\n003,e\n", "test.csv")
+    for mode in ("error", "drop"):
+        assert list(read_csv(p, "test", on_invalid=mode)["fname"]) == ["001", "002", "003"]
+    dup = write(tmp_path, "fname,dialogue\n001,d\n001,e\n", "test.csv")
+    with pytest.raises(DataError, match="row 2, column fname: duplicate fname '001'; test rows are never dropped"):
+        read_csv(dup, "test", on_invalid="drop")
+
+
+def test_a_blank_extra_reference_is_fine(tmp_path):
+    p = write(tmp_path, "fname,dialogue,summary1,summary2\na,d,x,\nb,e,,\nc,f,,z\n", "dev.csv")
+    assert list(read_csv(p, "dev", on_invalid="drop")["fname"]) == ["a", "c"]
+    with pytest.raises(DataError, match="row 2, columns summary1, summary2: all empty"):
+        read_csv(p, "dev")
+
+
+def test_repeated_dialogues_share_a_fold():
+    # 30 dialogues, 10 of them twice with another summary (as DialogSum's train has)
+    dialogues = [f"#Person1#: d{i}" for i in range(30)] + [f"#Person1#: d{i}" for i in range(0, 30, 3)]
+    df = pd.DataFrame({"dialogue": dialogues, "topic": [["a", "b"][i % 2] for i in range(len(dialogues))]})
+    for frame in (df, df.drop(columns="topic")):
+        folds = assign_folds(frame, 5, 42)
+        assert (folds.groupby(frame["dialogue"]).nunique() == 1).all() and set(folds) == set(range(5))
+    unique = df.iloc[:30]
+    assert (assign_folds(unique, 5, 42) == assign_folds(unique.drop(columns="dialogue"), 5, 42)).all()
+    assert shared_dialogues(df, pd.DataFrame({"dialogue": ["#Person1#: d3", "#Person1#: new"]})) == 1
+    with pytest.raises(DataError, match="3 distinct dialogues, fewer than cv.n_splits = 5"):
+        assign_folds(pd.DataFrame({"dialogue": ["x", "y", "z", "x", "y"]}), 5, 42)
+
+
 def test_folds_cover_each_row_once_stratified_and_stable():
     df = pd.DataFrame({"fname": [f"f{i}" for i in range(100)], "topic": ["a"] * 50 + ["b"] * 30 + ["c"] * 20})
     f1, f2 = assign_folds(df, 5, 42), assign_folds(df, 5, 42)
@@ -119,3 +169,14 @@ def test_split_fold_never_trains_on_its_own_fold():
     assert sorted(seen) == sorted(train["fname"])  # OOF rows cover each train row exactly once
     tr, va = split_fold(train, dev, "full")
     assert len(tr) == 10 and list(va["fname"]) == ["d0", "d1"]
+
+
+def test_outputs_get_ordinary_file_modes(tmp_path):
+    from dialsum import io
+
+    f = io.write_text(tmp_path / "a.csv", "x\n")
+    with io.atomic_dir(tmp_path / "d") as d:
+        (d / "w").write_text("w")
+    # mkstemp/mkdtemp alone leave 0600 and 0700: a served report or a shared checkout could not be read
+    assert f.stat().st_mode & 0o777 == 0o666 & ~io._UMASK
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~io._UMASK

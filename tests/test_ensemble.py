@@ -184,3 +184,10 @@ def test_load_candidates_reads_every_source_and_keeps_empty_summaries(tmp_path):
     assert set(cands["oof"]["view"]) == {"orig"} and set(cands["oof"]["summary"]) == {"NA"}
     assert list(cands["oof"]["model"]) == ["a", "a", "b", "b"]
     assert E.oof_rouge(scored) == {"a/0": 0.1, "a/1": 0.2}  # sources without OOF rows get no OOF weight
+
+
+def test_numeric_looking_fnames_stay_text(tmp_path):
+    path = tmp_path / "dev.csv"
+    path.write_text("fname,summary,logprob\n001,a,-1.0\n010,,-2.0\n")
+    df = E.read_candidates(path)
+    assert list(df["fname"]) == ["001", "010"] and list(df["summary"]) == ["a", ""]

@@ -95,6 +95,7 @@ def _tagless_hub(tmp_path, arch: str):
             tie_word_embeddings=False,
             **ids,
         )
+    torch.manual_seed(0)  # the same "hub" weights whatever ran before
     AutoModelForCausalLM.from_config(config).save_pretrained(hub)
     return hub
 

@@ -24,6 +24,16 @@ def test_partial_korean_overlap_is_between(mode):
     assert 0 < s["rouge1"] < 1 and 0 < s["rougeL"] < 1
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_decomposed_references_score_like_composed_ones(mode):
+    import unicodedata
+
+    text = "철수가 학교에 갔다 ㅋㅋ"
+    s = Scorer(mode).score([text], [[unicodedata.normalize("NFD", text)]])
+    assert s["rouge_sum"] == 3.0
+    assert Scorer(mode).bleu([text], [[unicodedata.normalize("NFD", text)]]) > 0.99
+
+
 def test_rouge_score_default_tokenizer_really_drops_korean():
     # The trap this module exists for: plain rouge-score gives 0 for identical Korean.
     plain = rouge_scorer.RougeScorer(["rouge1"]).score("철수가 학교에 갔다", "철수가 학교에 갔다")

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from dialsum import training
 from dialsum.cli import main as dialsum
 
 pytestmark = pytest.mark.slow
@@ -38,6 +39,11 @@ def run(cmd, cwd, check=True):
         HF_HUB_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
         PYTHONPATH=str(Path(cwd) / "src"),
+        # `dvc exp run` commits through scmrepo, which needs an identity a bare CI box may not configure
+        GIT_AUTHOR_NAME="dialsum tests",
+        GIT_AUTHOR_EMAIL="tests@dialsum.invalid",
+        GIT_COMMITTER_NAME="dialsum tests",
+        GIT_COMMITTER_EMAIL="tests@dialsum.invalid",
         **SECRETS,
     )
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
@@ -174,7 +180,10 @@ def test_killed_training_resumes_from_its_checkpoint(project):
         time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        saved = sorted(ckpts.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
+        # the kill may land mid-save: resuming takes the newest checkpoint whose save finished
+        saved = sorted(
+            (c for c in ckpts.glob("checkpoint-*") if training._complete(c)), key=lambda c: int(c.name.split("-")[1])
+        )
         assert saved, "no checkpoint written before the kill"
         assert (model_dir / "model.safetensors").read_bytes() == old_weights  # no half-written output
         step = int(saved[-1].name.split("-")[1])
@@ -187,7 +196,7 @@ def test_killed_training_resumes_from_its_checkpoint(project):
         assert not ckpts.exists()  # removed only after the best model was saved
     finally:
         pfile.write_text(good)
-    run([sys.executable, "-m", "dvc", "repro"], dst)  # back to the committed state for the tests below
+        run([sys.executable, "-m", "dvc", "repro"], dst)  # back to the committed state for the tests below
 
 
 def test_accelerate_launcher_trains_in_two_gloo_processes(project, tmp_path):

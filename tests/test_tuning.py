@@ -231,7 +231,8 @@ def test_two_workers_share_one_study(tmp_path):
     p["zoo"]["tiny-bart"].update(arch=SMALL, vocab_size=400, max_target_len=24)
     p["tune"].update(n_trials=4, sampler="random", pruner="none", epochs=1, train_rows=16, val_rows=8)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, allow_unicode=True, sort_keys=False))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT / "src"))
+    # one thread each: two workers on a 2-core box would otherwise oversubscribe it
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "stages/prepare.py"], cwd=tmp_path, env=env, check=True, capture_output=True)
     cmd = [sys.executable, "-m", "dialsum.cli", "tune", "worker"]
     workers = [

@@ -10,6 +10,8 @@ import csv
 import io
 import logging
 import re
+import unicodedata
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -62,10 +64,17 @@ def read_csv(path: str | Path, split: str, on_invalid: str = "error") -> pd.Data
     if "\x00" in text:
         raise DataError(f"{path}: contains NUL bytes; this is not a CSV text file")
     try:
-        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL)
+        # index_col=False: a trailing comma on the data rows must not turn fname into the index
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            df = pd.read_csv(
+                io.StringIO(text), dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL, index_col=False
+            )
     except (pd.errors.ParserError, csv.Error) as e:
         raise DataError(f"{path}: cannot be parsed as CSV ({str(e).splitlines()[0]})") from None
     header = list(df.columns)
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        _check_extra_fields(path, text, len(header))
     if len(header) == 1:
         for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
             if sep in header[0]:
@@ -80,11 +89,21 @@ def read_csv(path: str | Path, split: str, on_invalid: str = "error") -> pd.Data
         raise DataError(f"{path}: header only, no data rows")
 
     problems: list[tuple[int, str]] = []  # (row index, message)
-    text_cols = ["dialogue"] + ([c for c in header if re.fullmatch(r"summary\d*", c)] if split != "test" else [])
-    for col in text_cols:
-        blank = df[col].str.strip() == ""
-        for i in df.index[blank]:
-            problems.append((i, f"row {i + 1}, column {col}: empty"))
+    blank = {c: df[c].str.strip() == "" for c in header if c == "dialogue" or re.fullmatch(r"summary\d*", c)}
+    if split == "test":
+        # Every test row needs a line in the submission: an empty dialogue is summarised as it is.
+        for i in df.index[blank["dialogue"]]:
+            log.warning("%s: row %d, column dialogue: empty; kept (the submission needs every test row)", path, i + 1)
+    else:
+        for i in df.index[blank["dialogue"]]:
+            problems.append((i, f"row {i + 1}, column dialogue: empty"))
+        if "summary" in blank:
+            for i in df.index[blank["summary"]]:
+                problems.append((i, f"row {i + 1}, column summary: empty"))
+        else:  # summary1..K: a blank extra reference is fine, a row without any is not
+            multi = [c for c in header if re.fullmatch(r"summary\d+", c)]
+            for i in df.index[pd.concat([blank[c] for c in multi], axis=1).all(axis=1)]:
+                problems.append((i, f"row {i + 1}, columns {', '.join(multi)}: all empty"))
     dup = df["fname"].duplicated(keep="first")
     for i in df.index[dup]:
         problems.append((i, f"row {i + 1}, column fname: duplicate fname {df.at[i, 'fname']!r}"))
@@ -92,6 +111,9 @@ def read_csv(path: str | Path, split: str, on_invalid: str = "error") -> pd.Data
         problems.append((i, f"row {i + 1}, column fname: empty"))
     if problems:
         problems.sort()
+        if split == "test":  # dropping a test row would leave the submission without it
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise DataError(f"{path}: {problems[0][1]}{more}; test rows are never dropped")
         if on_invalid == "error":
             more = f" (and {len(problems) - 1} more; data.on_invalid: drop skips them)" if len(problems) > 1 else ""
             raise DataError(f"{path}: {problems[0][1]}{more}")
@@ -103,8 +125,19 @@ def read_csv(path: str | Path, split: str, on_invalid: str = "error") -> pd.Data
     return df
 
 
-_SPEAKER_RE = re.compile(r"#\s*[Pp][Ee][Rr][Ss][Oo][Nn]\s*(\d+)\s*#")
-_LINE_SPEAKER_RE = re.compile(r"^(?:#Person(\d+)#|[Pp]erson\s*(\d+))\s*:\s*", re.M)
+# [ \t]*, not \s*: a tag or a turn's opening never reaches across a line break into the next turn
+def _check_extra_fields(path: Path, text: str, width: int) -> None:
+    """pandas drops fields past the header's width with only a warning: allow empty ones (a trailing comma)."""
+    csv.field_size_limit(1 << 30)
+    for i, row in enumerate(csv.reader(io.StringIO(text))):
+        if i and any(f.strip() for f in row[width:]):
+            raise DataError(
+                f"{path}: row {i}: {len(row)} fields but the header has {width} (an unquoted comma in a text?)"
+            )
+
+
+_SPEAKER_RE = re.compile(r"#[ \t]*[Pp][Ee][Rr][Ss][Oo][Nn][ \t]*(\d+)[ \t]*#")
+_LINE_SPEAKER_RE = re.compile(r"^(?:#Person(\d+)#|[Pp]erson[ \t]*(\d+))[ \t]*:[ \t]*", re.M)
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b\ufeff]")
 _BR_RE = re.compile(r"<br\s*/?>", re.I)
 _SPACES_RE = re.compile(r"[ \t\u00a0\u3000]+")
@@ -112,18 +145,24 @@ _PUNCT_RE = re.compile(r"([!?.~,])\1{2,}")
 
 
 def clean_text(text: str, normalize_speakers: bool = True, remove_noise: bool = True) -> str:
-    """Normalise one dialogue or summary. Idempotent: ``clean(clean(x)) == clean(x)``."""
+    """Normalise one dialogue or summary. Idempotent: ``clean(clean(x)) == clean(x)``.
+
+    Always NFC: Korean typed or exported on macOS arrives decomposed (NFD), the tokenizers compose it, and
+    ROUGE would then compare composed predictions with decomposed references.
+    """
     if remove_noise:
-        text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\\n", "\n")
-        text = _BR_RE.sub("\n", text)
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        # control characters go before the escapes they could hide ("\\\x01n" is not a line break)
         text = _CONTROL_RE.sub("", text)
+        text = text.replace("\\n", "\n")
+        text = _BR_RE.sub("\n", text)
         text = _SPACES_RE.sub(" ", text)
         text = _PUNCT_RE.sub(r"\1\1", text)
         text = "\n".join(line.strip() for line in text.split("\n") if line.strip())
     if normalize_speakers:
         text = _SPEAKER_RE.sub(r"#Person\1#", text)
         text = _LINE_SPEAKER_RE.sub(lambda m: f"#Person{m.group(1) or m.group(2)}#: ", text)
-    return text.strip()
+    return unicodedata.normalize("NFC", text).strip()
 
 
 def clean_frame(df: pd.DataFrame, clean: Clean | dict) -> pd.DataFrame:
@@ -137,24 +176,49 @@ def clean_frame(df: pd.DataFrame, clean: Clean | dict) -> pd.DataFrame:
 
 
 def assign_folds(df: pd.DataFrame, n_splits: int, seed: int) -> pd.Series:
-    """Fold index per row: stratified by ``topic`` when present, stable for a given (data, seed)."""
-    from sklearn.model_selection import KFold, StratifiedKFold
+    """Fold index per row: stratified by ``topic`` when present, stable for a given (data, seed).
+
+    Rows with the same dialogue (DialogSum's train has 595 dialogues twice, with two summaries) share a
+    fold: otherwise a fold model is validated on dialogues it trained on, and every out-of-fold score the
+    ensemble learns from is inflated. Data without repeats keeps the plain split, so its folds do not move.
+    """
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
     if len(df) < n_splits:
         raise DataError(f"train has {len(df)} rows, fewer than cv.n_splits = {n_splits}")
+    groups = df["dialogue"].factorize()[0] if "dialogue" in df.columns else None
+    if groups is not None and groups.max() + 1 == len(df):
+        groups = None
+    if groups is not None:
+        log.info("train: %d rows repeat an earlier row's dialogue; repeats share a fold", len(df) - groups.max() - 1)
+        if groups.max() + 1 < n_splits:
+            raise DataError(f"train has {groups.max() + 1} distinct dialogues, fewer than cv.n_splits = {n_splits}")
     folds = pd.Series(-1, index=df.index, dtype=int)
     if "topic" in df.columns:
         counts = df["topic"].value_counts()
         # Topics too rare to spread over all folds are pooled so stratification never fails.
         labels = df["topic"].where(df["topic"].map(counts) >= n_splits, "__rare__")
         if labels.value_counts().min() >= n_splits:
-            splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-            for k, (_, idx) in enumerate(splitter.split(df, labels)):
+            if groups is None:
+                splits = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(df, labels)
+            else:
+                splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+                splits = splitter.split(df, labels, groups)
+            for k, (_, idx) in enumerate(splits):
                 folds.iloc[idx] = k
             return folds
-    for k, (_, idx) in enumerate(KFold(n_splits=n_splits, shuffle=True, random_state=seed).split(df)):
+    if groups is None:
+        splits = KFold(n_splits=n_splits, shuffle=True, random_state=seed).split(df)
+    else:
+        splits = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(df, groups=groups)
+    for k, (_, idx) in enumerate(splits):
         folds.iloc[idx] = k
     return folds
+
+
+def shared_dialogues(train: pd.DataFrame, other: pd.DataFrame) -> int:
+    """How many of ``other``'s rows have a dialogue that is also in ``train`` (after cleaning)."""
+    return int(other["dialogue"].isin(set(train["dialogue"])).sum())
 
 
 def split_fold(

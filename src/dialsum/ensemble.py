@@ -444,8 +444,8 @@ def combine(
 
 def read_candidates(path) -> pd.DataFrame:
     """One predictions CSV (fname, view, summary, logprob, ...); files without a ``view`` column are the
-    original view. Summaries stay strings: an empty summary must not become NaN."""
-    df = pd.read_csv(path, dtype={"summary": str, "view": str}, keep_default_na=False)
+    original view. Text stays strings: an empty summary must not become NaN, nor fname 001 the number 1."""
+    df = pd.read_csv(path, dtype={"fname": str, "summary": str, "view": str}, keep_default_na=False)
     df = df if "view" in df else df.assign(view="orig")
     return df if "candidate" in df else df.assign(candidate=0)
 

@@ -13,6 +13,11 @@ from typing import Iterator
 
 import pandas as pd
 
+# mkstemp/mkdtemp create 0600/0700; outputs get the modes an ordinary write would (a served report, a team
+# reading a shared checkout). Read once: os.umask can only be read by setting it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
@@ -21,6 +26,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -51,6 +57,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    os.chmod(tmp, 0o777 & ~_UMASK)
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)

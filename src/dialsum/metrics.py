@@ -21,6 +21,7 @@ rouge1 + rouge2 + rougeL. ``bleu`` is sacrebleu's corpus BLEU on the same tokens
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import lru_cache
 from typing import Iterable, Sequence
 
@@ -31,8 +32,8 @@ from .data import TAG_RE
 from .params import TOKENIZE_MODES, Metrics, Params, section
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-# rouge-score keeps runs of [a-z0-9] after lowercasing; we add Hangul syllables and jamo.
-_DEFAULT_RE = re.compile(r"[a-z0-9\uac00-\ud7a3\u3131-\u318e]+")
+# rouge-score keeps runs of [a-z0-9] after lowercasing; we add Hangul syllables, compatibility and conjoining jamo.
+_DEFAULT_RE = re.compile(r"[a-z0-9\uac00-\ud7a3\u3131-\u318e\u1100-\u11ff]+")
 
 
 @lru_cache(maxsize=1)
@@ -122,11 +123,16 @@ class Scorer:
         m = params.metrics if isinstance(params, Params) else section(Metrics, params.get("metrics"), "metrics")
         return cls(m.tokenize, m.multi_ref, m.remove_tokens)
 
+    def _texts(self, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> tuple[list[str], list[list[str]]]:
+        # NFC on both sides: a decomposed reference (macOS-exported CSV) would share no token with a prediction
+        preds = [unicodedata.normalize("NFC", strip_tokens(p, self.remove_tokens)) for p in preds]
+        return preds, [[unicodedata.normalize("NFC", r) for r in rs] for rs in refs]
+
     def per_row(self, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> np.ndarray:
         """Array (n, 3) of per-dialogue F1 for rouge1, rouge2, rougeL."""
         if len(preds) != len(refs):
             raise ValueError(f"{len(preds)} predictions but {len(refs)} reference rows")
-        preds = [strip_tokens(p, self.remove_tokens) for p in preds]
+        preds, refs = self._texts(preds, refs)
         self.tokenizer.tokenize_many(list(preds) + [r for rs in refs for r in rs])
         out = np.zeros((len(preds), len(ROUGE_TYPES)))
         agg = np.max if self.multi_ref == "max" else np.mean
@@ -140,7 +146,7 @@ class Scorer:
     def bleu(self, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
         import sacrebleu
 
-        preds = [strip_tokens(p, self.remove_tokens) for p in preds]
+        preds, refs = self._texts(preds, refs)
         hyps = [" ".join(self.tokenizer.tokenize(p)) for p in preds]
         k = max(len(rs) for rs in refs)
         # sacrebleu wants K equally long reference streams; a row with fewer refs repeats its first.
