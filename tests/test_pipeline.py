@@ -98,6 +98,10 @@ def test_repro_builds_every_output(project):
     assert stages_run(out) == expected
     ens = json.loads((dst / "metrics/ensemble.json").read_text())
     assert ens["rouge1"] > 0 and {"best_single", "gain", "sources"} <= set(ens)
+    # auto chooses on out-of-fold pools and reports every option on the test-shaped dev pools too
+    auto = ens["auto"]
+    assert auto["dev_rouge_sum_by_option"].keys() == auto["rouge_sum_by_option"].keys()
+    assert auto["dev_rouge_sum_by_option"][auto["chosen"]] == ens["rouge_sum"]
     sub = pd.read_csv(dst / "submission.csv")
     test = pd.read_csv(dst / "data/processed/test.csv")
     assert list(sub.columns) == ["fname", "summary"] and list(sub["fname"]) == list(test["fname"])

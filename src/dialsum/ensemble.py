@@ -395,18 +395,22 @@ def combine(
     source_scores: dict,
     scorer,
     seed: int,
+    dev_refs: dict | None = None,
 ) -> tuple[dict, dict]:
     """The ensemble: one summary per dialogue for every split of ``pools`` ({split: [Group]}).
 
     Fitted strategies (and ``auto``'s choice) learn from ``fit_groups`` with references ``fit_refs``:
     the out-of-fold pools (``fit_on`` = "oof"), or, with fold `full` only, the dev pools (``fit_on`` =
     "dev"): then the dev choices are cross-fitted (each dev dialogue chosen for by a fit on the others) and
-    the metrics say so, and test is chosen by a fit on all of dev. Returns ({split: selection}, info)."""
+    the metrics say so, and test is chosen by a fit on all of dev. With ``dev_refs`` ({fname: [reference]})
+    and out-of-fold fitting, ``auto`` also reports each option's dev score: dev pools are shaped like test
+    (a candidate per model x fold), out-of-fold pools are not. Returns ({split: selection}, info)."""
     cfg = section(Ensemble, cfg, "ensemble")
     tok, folds = scorer.tokenizer, cfg.crossfit_folds
     targets = candidate_targets(fit_groups, fit_refs, scorer) if fit_groups else []
     info: dict = {}
     runs: dict = {}  # option -> crossfit(...) on fit_groups, reused for the cross-fitted choices below
+    fits: dict = {}  # option -> fit_strategy(...) on all of fit_groups, when auto scored the options on dev
     if strategy == "auto":
         if not fit_groups:
             raise ValueError("ensemble.strategy = auto chooses on scored candidates and there are none")
@@ -422,8 +426,20 @@ def combine(
             "rouge_sum_by_option": table,
         }
         log.info("auto: %s (rouge_sum on %s: %s)", chosen, fit_on, ", ".join(f"{k} {v:.4f}" for k, v in table.items()))
+        if dev_refs and fit_on == "oof" and pools.get("dev"):
+            # for the reader only: the choice stays the out-of-fold one, dev is what it is scored on
+            dev_table = {}
+            for o in table:
+                fits[o] = fit_strategy(o, cfg, models, fit_groups, targets, source_scores, tok, seed)
+                sel = select(pools["dev"], fits[o][0])
+                dev_table[o] = round(
+                    scorer.score(list(sel["summary"]), [dev_refs[f] for f in sel["fname"]])["rouge_sum"], 6
+                )
+            info["auto"]["dev_rouge_sum_by_option"] = dev_table
         strategy = chosen
-    score, fitted = fit_strategy(strategy, cfg, models, fit_groups, targets, source_scores, tok, seed)
+    score, fitted = fits.get(strategy) or fit_strategy(
+        strategy, cfg, models, fit_groups, targets, source_scores, tok, seed
+    )
     if "fitted_on" in fitted:
         fitted["fitted_on"] = {f"{fit_on}_{k}": v for k, v in fitted["fitted_on"].items()}
     info.update(fitted)
@@ -592,9 +608,24 @@ def choose(
         for s, df in inputs.items()
     }
     fit_groups, fit_refs, fit_on = fit_set(cfg.strategy, stored, frames, tok)
+    dev_refs = None
+    if "dev" in groups and ("summary" in frames["dev"] or any(c.startswith("summary") for c in frames["dev"])):
+        from .data import references
+
+        dev_refs = dict(zip(frames["dev"]["fname"], references(frames["dev"])))
     try:
         result, info = combine(
-            cfg.strategy, cfg, params.models, groups, fit_groups, fit_refs, fit_on, oof_scores, scorer, params.seed
+            cfg.strategy,
+            cfg,
+            params.models,
+            groups,
+            fit_groups,
+            fit_refs,
+            fit_on,
+            oof_scores,
+            scorer,
+            params.seed,
+            dev_refs=dev_refs,
         )
     except ValueError as e:
         raise ParamsError(f"params.yaml: {e}") from None
