@@ -127,7 +127,7 @@ def main() -> None:
     if a.what == "train":
         trainer.train()  # then one evaluation by generation, as dialsum's eval_every_epochs: 1 does
         metrics = trainer.evaluate(
-            max_new_tokens=min(gen["max_new_tokens"], tgt_len + 1), num_beams=tcfg["eval_num_beams"]
+            max_new_tokens=gen["max_new_tokens"] or tgt_len + 1, num_beams=tcfg["eval_num_beams"]
         )
         trainer.save_model(str(out / "model"))
         (out / "train.json").write_text(json.dumps(metrics, indent=1))
@@ -135,7 +135,7 @@ def main() -> None:
     result = {}
     kw = dict(
         num_beams=gen["num_beams"],
-        max_new_tokens=min(gen["max_new_tokens"], tgt_len + 1),
+        max_new_tokens=gen["max_new_tokens"] or tgt_len + 1,
         min_new_tokens=gen.get("min_new_tokens", 0),
         length_penalty=gen.get("length_penalty", 1.0),
     )

@@ -81,8 +81,10 @@ def _tagless_hub(tmp_path, arch: str):
     hub = tmp_path / "hub"
     tok = models.train_tokenizer(TEXTS, 400, "causal")
     tok.save_pretrained(hub)
-    if arch == "llama":
+    if arch in ("llama", "llama-padded"):
         config = models.scratch_config(entry("llama"), tok)
+        if arch == "llama-padded":  # more rows than tokens, as Polyglot-ko's 30,080 for 30,003
+            config.vocab_size = len(tok) + 40
     else:
         ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
         config = PhiConfig(
@@ -102,7 +104,13 @@ def _tagless_hub(tmp_path, arch: str):
 
 @pytest.mark.parametrize(
     "arch,merge,quantization",
-    [("llama", False, "none"), ("llama", True, "none"), ("llama", False, "4bit"), ("phi", False, "none")],
+    [
+        ("llama", False, "none"),
+        ("llama", True, "none"),
+        ("llama", False, "4bit"),
+        ("phi", False, "none"),
+        ("llama-padded", False, "none"),
+    ],
 )
 def test_added_tags_train_their_embedding_and_output_rows(tmp_path, arch, merge, quantization):
     """A pretrained vocabulary without #Person1# and an output layer not tied to the input embeddings (as
@@ -119,7 +127,9 @@ def test_added_tags_train_their_embedding_and_output_rows(tmp_path, arch, merge,
     names = trainable_names(model)
     deltas = {n: p for n, p in model.named_parameters() if "trainable_tokens_delta" in n}
     assert all(p.shape[0] == len(models.TAGS) for p in deltas.values())  # the tags' rows, not whole matrices
-    if arch == "llama":
+    if arch == "llama-padded":  # the tags took padding rows: no resize, and still they are what trains
+        assert max(tok2.convert_tokens_to_ids(models.TAGS)) < model.get_input_embeddings().weight.shape[0] - 24
+    if arch != "phi":
         assert all("lora_" in n or "trainable_tokens" in n for n in names)
         assert len(deltas) == 2 and any("lm_head" in n for n in deltas) and any("embed_tokens" in n for n in deltas)
     else:
@@ -135,7 +145,8 @@ def test_added_tags_train_their_embedding_and_output_rows(tmp_path, arch, merge,
             return m(input_ids=ids).logits[0, -1, tags]
 
     before = tag_scores(model)
-    assert float(before.max() - before.min()) < 1e-3  # the new output rows start alike
+    if arch != "llama-padded":  # padding rows hold whatever the checkpoint has; resized rows start alike
+        assert float(before.max() - before.min()) < 1e-3
     model.train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(20):  # teach it that #Person2# comes next

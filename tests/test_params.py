@@ -145,7 +145,7 @@ def test_defaults_live_in_the_typed_config():
     from dialsum import generation, report, tuning
     from dialsum.metrics import Scorer
     from dialsum.models import lora_settings
-    from dialsum.params import Generation, Lora, Metrics, Report, Tune, typed
+    from dialsum.params import FALLBACK_NEW_TOKENS, Generation, Lora, Metrics, Report, Tune, new_tokens, typed
 
     minimal = {
         "models": ["m"],
@@ -157,9 +157,13 @@ def test_defaults_live_in_the_typed_config():
     assert (kw["num_beams"], kw["min_new_tokens"], kw["max_new_tokens"]) == (
         Generation().num_beams,
         Generation().min_new_tokens,
-        Generation().max_new_tokens,
+        FALLBACK_NEW_TOKENS,  # no entry: max_new_tokens is null by default
     )
     assert generation.candidate_settings({}).k == 1
+    # by default each model writes up to what it was trained to: its max_target_len + 1, not a global cap
+    assert generation.generation_kwargs({}, 128)["max_new_tokens"] == new_tokens({}, 128) == 129
+    assert generation.generation_kwargs({"max_new_tokens": 40}, 128)["max_new_tokens"] == 40
+    assert report._limit(p, "m/0") == 17
     s = Scorer.from_params(minimal)
     assert (s.tokenizer.mode, s.multi_ref, s.remove_tokens) == (
         Metrics().tokenize,

@@ -194,7 +194,9 @@ def _workspace(root: Path) -> dict:
     (root / "metrics").mkdir()
     (root / "metrics/ensemble.json").write_text(json.dumps(metrics))
     return stand_in_params(
-        ["a", "b"], metrics={"tokenize": "whitespace"}, generation={"max_new_tokens": 100}, report={"worst_n": 2}
+        ["a", "b"],
+        metrics={"tokenize": "whitespace"},
+        report={"worst_n": 2},  # limit: max_target_len + 1
     )
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .params import Candidates, Generation, ZooEntry, section
+from .params import FALLBACK_NEW_TOKENS, Candidates, Generation, ZooEntry, new_tokens, section
 from .sequences import conventions, decode, source_ids
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ def generation_kwargs(gen: dict | Generation, max_target_len: int | None = None)
     g = section(Generation, gen, "generation")
     kw = dict(
         num_beams=g.num_beams,
-        max_new_tokens=g.max_new_tokens,
+        max_new_tokens=new_tokens(g, max_target_len),
         min_new_tokens=g.min_new_tokens,
         do_sample=g.do_sample,
         repetition_penalty=g.repetition_penalty,
@@ -32,8 +32,6 @@ def generation_kwargs(gen: dict | Generation, max_target_len: int | None = None)
     )
     if g.do_sample:
         kw.update(temperature=g.temperature, top_p=g.top_p)
-    if max_target_len:
-        kw["max_new_tokens"] = min(kw["max_new_tokens"], max_target_len + 1)
     return kw
 
 
@@ -301,15 +299,22 @@ class _AveragedLogProbs:
         return (total / sum(self.weights)).masked_fill(primary == float("-inf"), float("-inf"))
 
 
-def _source_room(model, gen: Generation | dict, default: int = 512) -> int:
+def _source_room(model, gen: Generation | dict, max_target_len: int | None = None, default: int = 512) -> int:
     """Source tokens for a folder without a zoo entry: ``default``, within the positions the model has (a
     decoder-only model's source and summary share them)."""
     positions = getattr(model.config, "max_position_embeddings", None)
     if not positions:
         return default
     if not model.config.is_encoder_decoder:
-        positions -= section(Generation, gen, "generation").max_new_tokens
+        positions -= new_tokens(gen, max_target_len)
     return max(1, min(default, positions))
+
+
+def _target_room(model) -> int:
+    """A summary length for a folder without a zoo entry: up to FALLBACK_NEW_TOKENS, at most half the
+    positions (a decoder's positions bound what it writes; a decoder-only model shares them with the source)."""
+    positions = getattr(model.config, "max_position_embeddings", None) or 2 * FALLBACK_NEW_TOKENS
+    return min(FALLBACK_NEW_TOKENS, positions // 2) - 1
 
 
 @dataclass
@@ -329,6 +334,7 @@ class Summarizer:
     max_source_len: int
     prompt: str | None = None
     batch_size: int | None = None  # dialogues per generate call; None = gen.batch_size
+    max_target_len: int | None = None  # the entry's: new tokens when generation.max_new_tokens is None
 
     def __post_init__(self):
         self.gen = section(Generation, self.gen, "generation")  # a mapping is validated once, here
@@ -350,9 +356,10 @@ class Summarizer:
         model, tokenizer, family = load_for_inference(model_dir, entry)
         tokenizer.padding_side = "left"
         prompt = entry.prompt if entry else None
+        target = entry.max_target_len if entry else _target_room(model)
         if max_source_len is None:
-            max_source_len = entry.max_source_len if entry else _source_room(model, gen)
-        return cls(model, tokenizer, family, gen, max_source_len, prompt, batch_size)
+            max_source_len = entry.max_source_len if entry else _source_room(model, gen, target)
+        return cls(model, tokenizer, family, gen, max_source_len, prompt, batch_size, target)
 
     def _batches(self, dialogues: list[str], beams: int, desc: str, progress: bool):
         """(conventions, each dialogue's source ids, index batches longest first under a progress bar).
@@ -366,7 +373,7 @@ class Summarizer:
             self.batch_size or self.gen.batch_size,
             self.gen.batch_tokens,
             beams,
-            self.gen.max_new_tokens,
+            new_tokens(self.gen, self.max_target_len),
         )
         batches = [[order[j] for j in b] for b in cut]
         return conv, encoded, tqdm(batches, desc=desc, disable=not progress, leave=False)
@@ -382,7 +389,7 @@ class Summarizer:
         if not dialogues:
             return [], []
         was_training = self.model.training
-        kw = generation_kwargs(self.gen)
+        kw = generation_kwargs(self.gen, self.max_target_len)
         conv, encoded, batches = self._batches(dialogues, kw["num_beams"], desc, progress)
         texts, lps = [""] * len(dialogues), [0.0] * len(dialogues)
         fits = None  # after an out-of-memory error: the most dialogues that then fitted in one call
@@ -413,7 +420,7 @@ class Summarizer:
         dialogues = list(dialogues)
         if not dialogues:
             return []
-        cand, kw = self.gen.candidates, generation_kwargs(self.gen)
+        cand, kw = self.gen.candidates, generation_kwargs(self.gen, self.max_target_len)
         k, nb = cand.k, kw["num_beams"]
         group_beams = int(cand.group_beams or nb)
         beams = {"beam": max(nb, k), "diverse": group_beams, "sample": max(nb, k - 1)}[cand.method]
@@ -455,7 +462,9 @@ class Summarizer:
                 first = width if start is None else start
                 return _HammingDiversity(history, keys, g, cand.diversity_penalty, first, num_beams)
 
-            lens = run(batch, {**generation_kwargs(self.gen), "num_beams": group_beams}, 1, processor)
+            lens = run(
+                batch, {**generation_kwargs(self.gen, self.max_target_len), "num_beams": group_beams}, 1, processor
+            )
             # an input whose search ended keeps being extended while others in its batch run: what its beams
             # "chose" after its own end is not part of its search and would make the pool depend on the
             # batching. Alone, its last token (position n - 1) is never recorded either (no call follows

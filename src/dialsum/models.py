@@ -293,8 +293,11 @@ def load_for_training(entry: ZooEntry | dict, init_dir: Path, seed: int):
         freeze_encoder_layers(model)
     lora = lora_settings(entry)
     if lora:
-        # Tags added to a pretrained vocabulary have untrained embedding rows: train just those rows.
-        new_ids = sorted(i for i in tokenizer.convert_tokens_to_ids(TAGS) if i >= n_base)
+        # Tags added to a pretrained vocabulary have untrained embedding rows: train just those rows. They are
+        # the tags among the tokenizer's added tokens, not ids past the matrix: Polyglot-ko's 30,003 tokens
+        # have 30,080 rows, so its tags land on padding rows the checkpoint never trained, and no resize.
+        added = set(tokenizer.get_added_vocab().values())
+        new_ids = sorted(i for i in tokenizer.convert_tokens_to_ids(TAGS) if i >= n_base or i in added)
         model = apply_lora(model, lora, z.family, new_token_ids=new_ids)
     return model, tokenizer
 
@@ -440,7 +443,7 @@ def load_for_inference(model_dir: Path, entry: ZooEntry | dict | None = None):
                 "seq2seq" if AutoConfig.from_pretrained(base, trust_remote_code=trust).is_encoder_decoder else "causal"
             )
         )
-        kwargs = dict(trust_remote_code=trust)
+        kwargs = dict(trust_remote_code=trust, **_on_gpu())
         qconf = quantization_config(entry) if entry else None
         if qconf is not None:
             kwargs.update(quantization_config=qconf, dtype=compute_dtype())
@@ -452,7 +455,13 @@ def load_for_inference(model_dir: Path, entry: ZooEntry | dict | None = None):
     else:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust)
         family = "seq2seq" if config.is_encoder_decoder else "causal"
-        model = auto_classes(family).from_pretrained(model_dir, trust_remote_code=trust)
+        model = auto_classes(family).from_pretrained(model_dir, trust_remote_code=trust, **_on_gpu())
     sync_generation_ids(model, tokenizer)
     model.eval()
     return model, tokenizer, family
+
+
+def _on_gpu() -> dict:
+    """Inference weights go to the GPU when there is one (the Trainer moves them for training, nothing did
+    for predict: KoBART or a merged 10.7B model ran on the CPU)."""
+    return {"device_map": {"": 0}} if torch.cuda.is_available() else {}

@@ -220,7 +220,8 @@ class Candidates(Section):
 
 class Generation(Section):
     num_beams: int = Field(1, ge=1)
-    max_new_tokens: int = Field(64, ge=1)
+    # None: each zoo entry's max_target_len + 1, the length it was trained and evaluated to write
+    max_new_tokens: int | None = Field(None, ge=1)
     min_new_tokens: int = Field(0, ge=0)
     do_sample: bool = False
     temperature: Num = Field(1.0, ge=0)
@@ -233,6 +234,19 @@ class Generation(Section):
         32768  # and at most this many beams x padded tokens (null = off)
     )
     candidates: Candidates = Candidates()
+
+
+# New tokens for a model without a zoo entry (``dialsum summarize --model`` on a folder elsewhere)
+FALLBACK_NEW_TOKENS = 128
+
+
+def new_tokens(gen: dict | Generation, max_target_len: int | None = None) -> int:
+    """``generation.max_new_tokens``, or by default the entry's ``max_target_len`` + 1: the length the model was
+    trained and evaluated to write (a global 64 cut the 128-token models' summaries in half)."""
+    g = section(Generation, gen, "generation")
+    if g.max_new_tokens:
+        return g.max_new_tokens
+    return max_target_len + 1 if max_target_len else FALLBACK_NEW_TOKENS
 
 
 class Metrics(Section):

@@ -17,7 +17,7 @@ Diagnostics, per summary (counted for the ensemble and every source):
   rouge_sum against the reference by at least ``report.role_swap_margin``: the summary most likely gives
   one speaker's part to the other;
 - ``length_limit``: the summary has at least the generation limit − 1 tokens (the limit is
-  ``min(generation.max_new_tokens, max_target_len + 1)``; tokens counted with the model's own tokenizer,
+  ``generation.max_new_tokens``, by default the entry's ``max_target_len + 1``; tokens counted with the model's own tokenizer,
   or the pool's ``tokens`` column): it probably never produced an end-of-sequence token;
 - ``empty``; ``repeats``: a three-word sequence occurs twice in it; ``duplicate``: the same text was given
   for another dialogue;
@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from . import io, paths
 from .data import DataError, references
 from .metrics import Scorer
-from .params import Params, section, typed, written
+from .params import Params, new_tokens, section, typed, written
 from .params import Report as Settings
 from .tta import permute_speakers
 
@@ -213,7 +213,7 @@ def _token_counts(
 
 
 def _limit(params: Params, source: str) -> int:
-    return min(params.generation.max_new_tokens, params.zoo[source.split("/")[0]].max_target_len + 1)
+    return new_tokens(params.generation, params.zoo[source.split("/")[0]].max_target_len)
 
 
 def _flatten(obj, prefix: str = "") -> dict[str, str]:
