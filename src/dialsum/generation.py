@@ -152,7 +152,9 @@ def _generate_batch(model, tokenizer, conv, seqs: list[list[int]], kw: dict, pro
         **({"output_logits": True} if raw else {}),
     )
     new = res.sequences[:, width:] if conv.family == "causal" else res.sequences
-    if not raw and getattr(res, "sequences_scores", None) is not None:
+    # HF's beam score is sum / length ** length_penalty: the stored log-prob must be a plain mean (pick's tie
+    # break and the stacker compare it across sources), so any other penalty takes the per-token path
+    if not raw and kw.get("length_penalty", 1.0) == 1.0 and getattr(res, "sequences_scores", None) is not None:
         lps = res.sequences_scores.tolist()
     else:
         # raw logits need a log-softmax; a processor's averaged log-probs are taken as they are
