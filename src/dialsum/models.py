@@ -293,13 +293,25 @@ def load_for_training(entry: ZooEntry | dict, init_dir: Path, seed: int):
         freeze_encoder_layers(model)
     lora = lora_settings(entry)
     if lora:
-        # Tags added to a pretrained vocabulary have untrained embedding rows: train just those rows. They are
-        # the tags among the tokenizer's added tokens, not ids past the matrix: Polyglot-ko's 30,003 tokens
-        # have 30,080 rows, so its tags land on padding rows the checkpoint never trained, and no resize.
-        added = set(tokenizer.get_added_vocab().values())
-        new_ids = sorted(i for i in tokenizer.convert_tokens_to_ids(TAGS) if i >= n_base or i in added)
+        # Tags added to a pretrained vocabulary have untrained embedding rows: train just those rows.
+        new_ids = new_tag_ids(tokenizer, source if z.pretrained else None, n_base, z.trust_remote_code)
         model = apply_lora(model, lora, z.family, new_token_ids=new_ids)
     return model, tokenizer
+
+
+def new_tag_ids(tokenizer, pretrained, n_base: int, trust_remote_code: bool = False) -> list[int]:
+    """The tags' ids that the pretrained checkpoint never trained: those at or past its own tokenizer's
+    length, not only past the embedding matrix (Polyglot-ko's 30,003 tokens have 30,080 rows, so its tags
+    land on padding rows and no resize happens). A model built from scratch trained every row."""
+    base = n_base
+    if pretrained:
+        from transformers import AutoTokenizer
+
+        try:
+            base = min(n_base, len(AutoTokenizer.from_pretrained(pretrained, trust_remote_code=trust_remote_code)))
+        except (OSError, ValueError) as e:
+            log.warning("%s: no tokenizer to tell the new tags by (%s); taking those past the matrix", pretrained, e)
+    return sorted(i for i in tokenizer.convert_tokens_to_ids(TAGS) if i >= base)
 
 
 def freeze_encoder_layers(model) -> int:
