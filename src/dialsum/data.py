@@ -125,7 +125,6 @@ def read_csv(path: str | Path, split: str, on_invalid: str = "error") -> pd.Data
     return df
 
 
-# [ \t]*, not \s*: a tag or a turn's opening never reaches across a line break into the next turn
 def _check_extra_fields(path: Path, text: str, width: int) -> None:
     """pandas drops fields past the header's width with only a warning: allow empty ones (a trailing comma)."""
     csv.field_size_limit(1 << 30)
@@ -136,6 +135,7 @@ def _check_extra_fields(path: Path, text: str, width: int) -> None:
             )
 
 
+# [ \t]*, not \s*: a tag or a turn's opening never reaches across a line break into the next turn
 _SPEAKER_RE = re.compile(r"#[ \t]*[Pp][Ee][Rr][Ss][Oo][Nn][ \t]*(\d+)[ \t]*#")
 _LINE_SPEAKER_RE = re.compile(r"^(?:#Person(\d+)#|[Pp]erson[ \t]*(\d+))[ \t]*:[ \t]*", re.M)
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b\ufeff]")

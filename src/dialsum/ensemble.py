@@ -609,7 +609,7 @@ def choose(
     }
     fit_groups, fit_refs, fit_on = fit_set(cfg.strategy, stored, frames, tok)
     dev_refs = None
-    if "dev" in groups and ("summary" in frames["dev"] or any(c.startswith("summary") for c in frames["dev"])):
+    if "dev" in groups and any(c.startswith("summary") for c in frames["dev"]):
         from .data import references
 
         dev_refs = dict(zip(frames["dev"]["fname"], references(frames["dev"])))
