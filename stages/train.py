@@ -9,7 +9,7 @@ from dialsum.tracking import matrix_item, run_stage
 def main():
     params, model, fold = matrix_item("train")
     params = P.for_model(params, model)  # zoo.<model>.training overrides
-    if training.relaunch(params.training, ["stages/train.py", "--model", model, "--fold", str(fold)]):
+    if training.relaunch(params, model, ["stages/train.py", "--model", model, "--fold", str(fold)]):
         return  # training.launcher: accelerate ran this script in num_processes workers
     d = data.load_processed()
     train_df, val_df = data.split_fold(d["train"], d["dev"], fold, d["augmented"])

@@ -228,6 +228,28 @@ def test_accelerate_launcher_trains_in_two_gloo_processes(project, tmp_path):
     assert rank0.index("launching 2 processes") < rank0.index("rank 0 of 2")  # one log for the launcher + rank 0
 
 
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gptneox"])
+def test_qlora_with_checkpointing_trains_in_two_gloo_processes(project, tmp_path, model):
+    """Issue 35, finding 1: the zoo's LLM recipe (4-bit QLoRA + LoRA + gradient checkpointing) under
+    `launcher: accelerate` with 2 processes died on both ranks at the first backward ("marked as ready twice"):
+    peft left torch on reentrant checkpointing. Both causal stand-ins now train and write their adapter."""
+    dst, _ = project
+    work = tmp_path / "qlora"
+    for item in ("stages", "src", "data/processed"):
+        shutil.copytree(dst / item, work / item, ignore=shutil.ignore_patterns("__pycache__"))
+    p = yaml.safe_load((dst / "params.yaml").read_text())
+    p["training"].update(launcher="accelerate", num_processes=2, epochs=1, eval_every_epochs=1)
+    p["zoo"][model].update(quantization="4bit", gradient_checkpointing=True, lora={"r": 8, "alpha": 16, "dropout": 0.0})
+    (work / "params.yaml").write_text(yaml.safe_dump(p, allow_unicode=True, sort_keys=False))
+    run([sys.executable, "stages/init.py", "--model", model], work)
+    run([sys.executable, "stages/train.py", "--model", model, "--fold", "0"], work)
+    metrics = json.loads((work / f"metrics/train/{model}-0.json").read_text())
+    assert metrics["steps"] >= 1 and metrics["loss"] > 0
+    out = work / "models" / model / "0"
+    assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
+    assert "rank 1 of 2 processes" in (work / f"logs/train@{model}-0.rank1.log").read_text()
+
+
 def test_second_repro_is_noop_and_generation_change_reruns_predict_only(project):
     dst, _ = project
     assert stages_run(run([sys.executable, "-m", "dvc", "repro"], dst).stdout) == set()

@@ -131,6 +131,9 @@ def cmd_env(a) -> int:
 
     import torch
 
+    from .device import Device, precision
+
+    dev = Device.probe()
     rows = [
         ("python", platform.python_version()),
         ("platform", platform.platform()),
@@ -143,7 +146,7 @@ def cmd_env(a) -> int:
             rows.append((f"gpu {i}", f"{p.name}, {p.total_memory / 2**30:.1f} GiB, capability {p.major}.{p.minor}"))
         rows += [
             ("cuda", torch.version.cuda),
-            ("bf16 supported", torch.cuda.is_bf16_supported()),
+            ("bf16 supported", "native" if dev.native_bf16 else "emulated only (slower than fp32): fp16 is used"),
             ("fp16 supported", True),
         ]
     else:
@@ -164,12 +167,8 @@ def cmd_env(a) -> int:
             rows.append((pkg, md.version(pkg)))
         except md.PackageNotFoundError:
             rows.append((pkg, "not installed"))
-    mp = (
-        "bf16"
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        else ("fp16" if torch.cuda.is_available() else "no (fp32)")
-    )
-    rows.append(("mixed precision (auto)", mp))
+    rows.append(("mixed precision (auto)", next(iter(precision("auto", dev)), "no (fp32)")))
+    rows.append(("tf32 matmuls", dev.cuda and dev.capability >= (8, 0)))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

@@ -363,9 +363,10 @@ class Summarizer:
             max_source_len = entry.max_source_len if entry else _source_room(model, gen, target)
         return cls(model, tokenizer, family, gen, max_source_len, prompt, batch_size, target)
 
-    def _batches(self, dialogues: list[str], beams: int, desc: str, progress: bool):
+    def _batches(self, dialogues: list[str], beams: int, desc: str, progress: bool, members: int = 1):
         """(conventions, each dialogue's source ids, index batches longest first under a progress bar).
-        Puts the model in eval mode; callers restore its training mode."""
+        ``members`` models decode each batch together (averaging), each with its own caches, so the token
+        budget is shared among them. Puts the model in eval mode; callers restore its training mode."""
         self.model.eval()
         conv = conventions(self.tokenizer, self.family, self.model.config)
         encoded = [source_ids(self.tokenizer, d, conv, self.max_source_len, self.prompt)[0] for d in dialogues]
@@ -373,7 +374,7 @@ class Summarizer:
         cut = token_batches(
             [len(encoded[i]) for i in order],
             self.batch_size or self.gen.batch_size,
-            self.gen.batch_tokens,
+            self.gen.batch_tokens and max(1, self.gen.batch_tokens // members),
             beams,
             new_tokens(self.gen, self.max_target_len),
         )
@@ -382,17 +383,17 @@ class Summarizer:
 
     @torch.no_grad()
     def __call__(
-        self, dialogues, desc: str = "generate", progress: bool = True, processor=None
+        self, dialogues, desc: str = "generate", progress: bool = True, processor=None, members: int = 1
     ) -> tuple[list[str], list[float]]:
         """Summaries and their mean token log-probability, in input order. ``processor(inputs, num_beams,
         width, keys)``, when given, makes a logits processor per batch whose output scores are already
-        log-probabilities (model averaging)."""
+        log-probabilities (model averaging over ``members`` models)."""
         dialogues = list(dialogues)
         if not dialogues:
             return [], []
         was_training = self.model.training
         kw = generation_kwargs(self.gen, self.max_target_len)
-        conv, encoded, batches = self._batches(dialogues, kw["num_beams"], desc, progress)
+        conv, encoded, batches = self._batches(dialogues, kw["num_beams"], desc, progress, members)
         texts, lps = [""] * len(dialogues), [0.0] * len(dialogues)
         fits = None  # after an out-of-memory error: the most dialogues that then fitted in one call
         for batch in batches:
@@ -488,7 +489,7 @@ class Summarizer:
         def processor(inputs, num_beams, width, keys):
             return _AveragedLogProbs(models, list(weights), self.family, inputs, num_beams, width)
 
-        return self(dialogues, desc, progress, processor=processor)
+        return self(dialogues, desc, progress, processor=processor, members=1 + len(others))
 
     def views(self, fnames, dialogues, augmenter, desc: str = "generate") -> pd.DataFrame:
         """Summaries of every dialogue and of its TTA views [fname, view, summary, logprob], view summaries

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .device import ADAM_BYTES
 from .models import LORA_TARGETS, lora_targets, scratch_config
 from .params import ZooEntry, section
 
@@ -89,7 +90,6 @@ REFERENCE_CONFIGS["beomi/KoAlpaca-Polyglot-12.8B"] = REFERENCE_CONFIGS["Eleuther
 # a 32-bit constant per 256 absmax blocks (QLoRA paper, section 3).
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
 INT8_BITS = 8 + 32 / 4096  # LLM.int8: int8 weights + one fp32 scale per row (rows ~4k wide)
-ADAM_BYTES = 4 + 4 + 4 + 4  # fp32 master weight, gradient, Adam m and v per trainable parameter
 
 
 def build_meta(config):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .device import Device, enable_tf32, placement
 from .params import Lora, ZooEntry, section
 from .sequences import TAGS, prepare_tokenizer
 
@@ -256,10 +257,10 @@ def guard_cpu_4bit_packing(model) -> int:
 
 
 def compute_dtype() -> torch.dtype:
-    """bf16 where CUDA supports it, else fp32 (CPU)."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    """This process's GPU's dtype for k-bit compute (:func:`dialsum.device.compute_dtype`)."""
+    from .device import compute_dtype as for_device
+
+    return for_device(Device.probe())
 
 
 def load_for_training(entry: ZooEntry | dict, init_dir: Path, seed: int):
@@ -267,14 +268,13 @@ def load_for_training(entry: ZooEntry | dict, init_dir: Path, seed: int):
     from transformers import AutoTokenizer
 
     entry = z = section(ZooEntry, entry, "zoo entry")
+    enable_tf32(Device.probe())  # the fp32 parts (a KoBART run, the k-bit model's fp32 head) on tensor cores
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
     source = resolve_checkpoint(z.pretrained) or init_dir
     qconf = quantization_config(entry)
     kwargs = dict(trust_remote_code=z.trust_remote_code)
     if qconf is not None:
-        kwargs.update(quantization_config=qconf, dtype=compute_dtype())
-        if torch.cuda.is_available():
-            kwargs["device_map"] = {"": 0}
+        kwargs.update(quantization_config=qconf, dtype=compute_dtype(), **placement(Device.probe()))
     torch.manual_seed(seed)
     model = auto_classes(z.family).from_pretrained(source, **kwargs)
     if qconf is not None:
@@ -286,9 +286,13 @@ def load_for_training(entry: ZooEntry | dict, init_dir: Path, seed: int):
     if qconf is not None:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=z.gradient_checkpointing)
+        # peft hands transformers an empty kwargs dict, which leaves torch on reentrant checkpointing: under DDP
+        # each reentrant backward marks the LoRA weights ready again and the first step dies
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=z.gradient_checkpointing, gradient_checkpointing_kwargs=CHECKPOINTING
+        )
     elif z.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=CHECKPOINTING)
     if z.freeze_encoder:
         freeze_encoder_layers(model)
     lora = lora_settings(entry)
@@ -330,6 +334,8 @@ def freeze_encoder_layers(model) -> int:
     log.info("freeze_encoder: %.1f M encoder parameters frozen, %.1f M trainable", frozen / 1e6, trainable / 1e6)
     return frozen
 
+
+CHECKPOINTING = {"use_reentrant": False}  # the only checkpointing DDP and peft's frozen inputs both accept
 
 DEFAULT_LORA = Lora().model_dump()  # dialsum.params.Lora's defaults
 
@@ -415,22 +421,31 @@ def apply_lora(model, lora: dict, family: str, new_token_ids: list[int] | None =
     return model
 
 
-def save_trained(model, tokenizer, out_dir: Path, entry: ZooEntry | dict) -> None:
+def save_trained(model, tokenizer, out_dir: Path, entry: ZooEntry | dict, state_dict=None, release=None) -> None:
     """A ``save_pretrained`` folder (safetensors); LoRA models save the adapter, or merged weights with
-    ``lora.merge: true``."""
+    ``lora.merge: true``. ``state_dict``: the full weights gathered from every rank of a sharded run (FSDP,
+    DeepSpeed); ``release``: drops the caller's references to the training model (the Trainer's) before a
+    QLoRA merge loads the unquantized base, so the two never share the GPU."""
     entry = section(ZooEntry, entry, "zoo entry")
     if entry.lora and entry.lora.merge:
         if entry.quantization != "none":
             # Merging into 4/8-bit weights would round the adapter away: re-load the base unquantized
             # (the usual QLoRA recipe) and merge there.
+            import gc
             import tempfile
 
             with tempfile.TemporaryDirectory() as adapter:
                 model.save_pretrained(adapter, safe_serialization=True)
                 save_tokenizer(tokenizer, adapter)
+                del model  # with the caller's references gone, the k-bit model and its optimizer leave the GPU
+                if release is not None:
+                    release()
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
                 model, _, _ = load_for_inference(adapter, entry.model_copy(update={"quantization": "none"}))
         model = model.merge_and_unload()
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
     save_tokenizer(tokenizer, out_dir)
 
 
@@ -441,6 +456,7 @@ def load_for_inference(model_dir: Path, entry: ZooEntry | dict | None = None):
     model_dir = Path(model_dir)
     entry = section(ZooEntry, entry, "zoo entry") if entry else None
     trust = entry.trust_remote_code if entry else False
+    enable_tf32(Device.probe())  # predict's fp32 beam search on tensor cores
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if (model_dir / "adapter_config.json").exists():
         import json
@@ -474,6 +490,6 @@ def load_for_inference(model_dir: Path, entry: ZooEntry | dict | None = None):
 
 
 def _on_gpu() -> dict:
-    """Inference weights go to the GPU when there is one (the Trainer moves them for training, nothing did
-    for predict: KoBART or a merged 10.7B model ran on the CPU)."""
-    return {"device_map": {"": 0}} if torch.cuda.is_available() else {}
+    """Inference weights go to this process's GPU when there is one (the Trainer moves them for training, nothing
+    did for predict: KoBART or a merged 10.7B model ran on the CPU)."""
+    return placement(Device.probe())

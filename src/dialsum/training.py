@@ -22,7 +22,7 @@ import torch
 from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import generation, paths
+from . import device, generation, paths
 from .data import references
 from .metrics import Scorer
 from .params import Generation, Params, Training, section, typed, written
@@ -30,18 +30,6 @@ from .sequences import build_features
 from .tracking import seed_everything, start_wandb
 
 log = logging.getLogger(__name__)
-
-
-def mixed_precision(choice: str) -> dict:
-    if choice == "auto":
-        if torch.cuda.is_available():
-            return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
-        return {}
-    if choice in ("fp16", "bf16"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"training.mixed_precision = {choice} needs a CUDA GPU; use auto or no")
-        return {choice: True}
-    return {}
 
 
 def rank() -> int:
@@ -63,7 +51,7 @@ def launch_command(tcfg: dict | Training, script_args: list[str]) -> list[str] |
     with socket.socket() as sock:  # a free rendezvous port, so parallel stages never collide
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    precision = next(iter(mixed_precision(tcfg.mixed_precision)), "no")
+    precision = next(iter(device.precision(tcfg.mixed_precision, device.Device.probe())), "no")
     cmd = [
         sys.executable,
         "-m",
@@ -86,15 +74,18 @@ def launch_command(tcfg: dict | Training, script_args: list[str]) -> list[str] |
     return cmd + script_args
 
 
-def relaunch(tcfg: dict | Training, script_args: list[str]) -> bool:
+def relaunch(params: Params, model: str, script_args: list[str]) -> bool:
     """Run ``script_args`` under :func:`launch_command` and wait; False when this process should train.
-    A failed worker fails the stage with the workers' exit code."""
+    A failed worker fails the stage with the workers' exit code; a combination that cannot work fails here,
+    before any worker starts."""
     import subprocess
 
+    tcfg = params.training
+    device.check_launch(tcfg, params.zoo[model])
     cmd = launch_command(tcfg, script_args)
     if cmd is None:
         return False
-    log.info("launching %d processes: %s", section(Training, tcfg, "training").num_processes, " ".join(cmd))
+    log.info("launching %d processes: %s", tcfg.num_processes, " ".join(cmd))
     rc = subprocess.run(cmd).returncode
     if rc:
         raise SystemExit(f"error: accelerate launch exited with {rc} (see logs/ of each rank)")
@@ -287,9 +278,32 @@ class EvalRouge:
         if missing:  # every row (the plain way, under a progress bar), or those the loss pass could not match
             if self.active:
                 log.debug("%d validation rows summarized without the loss pass's encoder states", len(missing))
-            self._summarize(self.summarizer.model, missing, "eval generate", not self.active)
+            r, world = _process()
+            mine = missing[r::world]  # each rank its share; every rank then scores all rows, so all agree
+            if mine:
+                self._summarize(self.summarizer.model, mine, "eval generate", not self.active and r == 0)
+            if world > 1:
+                self._gather(mine)
         s = self.scorer.score(self.predictions, self.refs)
         return {k: s[k] for k in ("rouge1", "rouge2", "rougeL", "rouge_sum")}
+
+    def _gather(self, mine: list[int]) -> None:
+        import torch.distributed as dist
+
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, {i: self.predictions[i] for i in mine})
+        for part in parts:
+            for i, text in part.items():
+                self.predictions[i] = text
+
+
+def _process() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _schedule(steps_per_epoch: int, eval_every_epochs: float, warmup_ratio: float, epochs: float) -> tuple[int, int]:
@@ -404,15 +418,40 @@ def train(params: Params | dict, run: Run, train_df: pd.DataFrame, val_df: pd.Da
         best_step=_best_step(trainer),
         steps=trainer.state.global_step,
     )
+    state = _full_state_dict(trainer) if run.out_dir is not None else None  # every rank takes part
     if run.out_dir is not None and trainer.is_world_process_zero():
         from .io import atomic_dir
         from .models import save_trained
 
+        model, tokenizer = trainer.model, trainer.processing_class
         with atomic_dir(run.out_dir) as tmp:
-            save_trained(trainer.model, trainer.processing_class, tmp, params.zoo[run.model])
+            save_trained(model, tokenizer, tmp, params.zoo[run.model], state, release=lambda: _release(trainer))
+        del model
         shutil.rmtree(run.ckpt_dir, ignore_errors=True)  # the best model is saved: checkpoints served their purpose
     _end_distributed()
     return result
+
+
+def _full_state_dict(trainer) -> dict | None:
+    """The whole model's weights where they are sharded over the ranks (FSDP, DeepSpeed ZeRO): gathering is a
+    collective, so every rank calls this; None (the model's own weights) under DDP or one process."""
+    from accelerate.utils import DistributedType
+
+    if trainer.accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped)
+
+
+def _release(trainer) -> None:
+    """Drop every reference the Trainer, accelerate and the evaluation keep to the trained model and its optimizer
+    state (a QLoRA merge then loads the 16-bit base onto a GPU they no longer hold)."""
+    trainer.accelerator.free_memory()
+    trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
+    handler = trainer.callback_handler
+    handler.model = handler.optimizer = handler.lr_scheduler = None
+    trainer.rouge.summarizer.model = None
+    if getattr(trainer.data_collator, "model", None) is not None:  # a seq2seq collator makes decoder inputs with it
+        trainer.data_collator.model = None
 
 
 def build_trainer(params: Params, run: Run, train_df, val_df, callbacks=()) -> tuple[SummarizationTrainer, int]:
@@ -423,7 +462,9 @@ def build_trainer(params: Params, run: Run, train_df, val_df, callbacks=()) -> t
     from .models import load_for_training
 
     tcfg, entry = params.training, params.zoo[run.model]
+    device.check_launch(tcfg, entry)
     model, tokenizer = load_for_training(entry, run.init_dir, params.seed)
+    device.check_memory(model, entry, tcfg, device.Device.probe())
     tokenizer.padding_side = "right"
     train_ds, truncated = _dataset(train_df, tokenizer, entry, model.config)
     if truncated:
@@ -568,7 +609,8 @@ def _training_args(params: Params, run: Run, n_train: int):
     # eval_every_epochs may be a fraction, for long epochs
     eval_steps, warmup_steps = _schedule(steps_per_epoch, tcfg.eval_every_epochs, tcfg.warmup_ratio, tcfg.epochs)
     best_by = tcfg.best_by
-    return Seq2SeqTrainingArguments(
+    dev = device.Device.probe()
+    args = Seq2SeqTrainingArguments(
         output_dir=str(run.ckpt_dir),
         num_train_epochs=tcfg.epochs,
         per_device_train_batch_size=bs,
@@ -595,6 +637,8 @@ def _training_args(params: Params, run: Run, n_train: int):
         data_seed=params.seed,
         report_to=["wandb"] if params.tracking.wandb.enabled else [],
         dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
-        **mixed_precision(tcfg.mixed_precision),
+        use_cpu=not dev.cuda,
+        **device.precision(tcfg.mixed_precision, dev),
     )
+    device.one_gpu_per_process(args, dev)
+    return args

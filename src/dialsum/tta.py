@@ -185,7 +185,12 @@ class Paraphraser:
             from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
             self.tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-            self.model = AutoModelForSeq2SeqLM.from_pretrained(model, trust_remote_code=trust_remote_code).eval()
+            from .device import Device, placement
+
+            # on this process's GPU when there is one: a paraphrase per utterance is a generate call each
+            self.model = AutoModelForSeq2SeqLM.from_pretrained(
+                model, trust_remote_code=trust_remote_code, **placement(Device.probe())
+            ).eval()
         except (OSError, ValueError) as e:
             raise ParamsError(
                 f"params.yaml: tta.paraphrase_model {model!r} cannot be loaded "
@@ -202,6 +207,7 @@ class Paraphraser:
             heads.append(m.group(1) if m else "")
             bodies.append(m.group(2) if m else line)
         enc = self.tok(bodies, return_tensors="pt", padding=True, truncation=True, max_length=128)
+        enc = enc.to(self.model.device)
         with torch.no_grad():
             torch.manual_seed(rng.randrange(2**31))
             out = self.model.generate(**enc, do_sample=True, top_p=0.9, max_new_tokens=128)

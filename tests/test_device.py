@@ -1,0 +1,267 @@
+"""The GPU decisions, each with the device facts injected (nothing here needs a GPU): precision, placement,
+one GPU per process, TF32, refused launch combinations, the memory check and the 10B entries' defaults, the
+QLoRA merge's release of the training model, and the in-training evaluation sharded over 2 gloo processes."""
+
+import gc
+import json
+import os
+import socket
+import subprocess
+import sys
+import weakref
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT, micro_entry
+from dialsum import device, models
+from dialsum.device import GiB, Device
+from dialsum.params import ParamsError, Training, ZooEntry, for_model, load
+
+T4 = Device(n_gpu=1, name="Tesla T4", capability=(7, 5), total_bytes=15 * GiB, free_bytes=14 * GiB)
+V100 = Device(n_gpu=1, name="Tesla V100", capability=(7, 0), total_bytes=32 * GiB, free_bytes=31 * GiB)
+A100 = Device(n_gpu=1, name="A100", capability=(8, 0), total_bytes=80 * GiB, free_bytes=79 * GiB)
+CPU = Device()
+
+
+def test_bf16_only_where_native_fp16_on_older_gpus():
+    """Finding 4: torch's is_bf16_supported() says yes on a T4 (emulation); `auto` then trained in slow emulated
+    bf16 and the fp16 branch never ran."""
+    assert device.precision("auto", T4) == {"fp16": True}
+    assert device.precision("auto", V100) == {"fp16": True}
+    assert device.precision("auto", A100) == {"bf16": True}
+    assert device.precision("auto", CPU) == {}
+    assert device.precision("fp16", T4) == {"fp16": True} and device.precision("no", A100) == {}
+    with pytest.raises(ParamsError, match="only emulates bf16.*use fp16 or auto"):
+        device.precision("bf16", T4)
+    with pytest.raises(ParamsError, match="needs a CUDA GPU"):
+        device.precision("fp16", CPU)
+    assert device.compute_dtype(T4) is torch.float16
+    assert device.compute_dtype(A100) is torch.bfloat16
+    assert device.compute_dtype(CPU) is torch.float32
+
+
+@pytest.fixture
+def llama_init(tmp_path):
+    texts = list(pd.read_csv(ROOT / "data/sample/train.csv")["dialogue"][:40])
+    entry = micro_entry("llama")
+    models.build_init(entry, texts, tmp_path / "init", seed=0)
+    return entry, tmp_path / "init"
+
+
+class _Loaded(Exception):
+    pass
+
+
+def _load_kwargs(monkeypatch, entry, init_dir, dev: Device) -> dict:
+    """The keyword arguments load_for_training hands from_pretrained on ``dev``."""
+    seen = {}
+
+    class Recorder:
+        @staticmethod
+        def from_pretrained(source, **kwargs):
+            seen.update(kwargs)
+            raise _Loaded
+
+    monkeypatch.setattr(models, "auto_classes", lambda family: Recorder)
+    monkeypatch.setattr(Device, "probe", classmethod(lambda cls: dev))
+    with pytest.raises(_Loaded):
+        models.load_for_training(entry, init_dir, seed=0)
+    return seen
+
+
+def test_each_rank_loads_its_4bit_model_on_its_own_gpu(monkeypatch, llama_init):
+    """Finding 2: every rank loaded its k-bit model on GPU 0 (device_map {"": 0})."""
+    entry, init_dir = llama_init
+    entry = {**entry, "quantization": "4bit", "lora": {"r": 4, "alpha": 8}}
+    rank1 = Device(n_gpu=2, name="A100", capability=(8, 0), total_bytes=80 * GiB, local_rank=1, world_size=2)
+    kw = _load_kwargs(monkeypatch, entry, init_dir, rank1)
+    assert kw["device_map"] == {"": 1}
+    assert kw["dtype"] is torch.bfloat16 and kw["quantization_config"].bnb_4bit_compute_dtype is torch.bfloat16
+    kw = _load_kwargs(monkeypatch, entry, init_dir, T4)  # one process, an older GPU
+    assert kw["device_map"] == {"": 0}
+    assert kw["dtype"] is torch.float16 and kw["quantization_config"].bnb_4bit_compute_dtype is torch.float16
+    assert "device_map" not in _load_kwargs(monkeypatch, entry, init_dir, CPU)
+    assert device.placement(rank1) == {"device_map": {"": 1}} and device.placement(CPU) == {}
+
+
+def test_one_process_on_a_multi_gpu_box_uses_one_gpu(caplog):
+    """Finding 3: under `launcher: python` the Trainer counts every visible GPU, wraps DataParallel and multiplies
+    the per-device batch by their count. Checked on transformers' own arguments class: ``_n_gpu`` as its device
+    setup computes it on a 4-GPU box, then dialsum's decision."""
+    from transformers import Seq2SeqTrainingArguments
+
+    args = Seq2SeqTrainingArguments(output_dir="unused", per_device_train_batch_size=8, use_cpu=True)
+    args._n_gpu = 4  # what _setup_devices sets from torch.cuda.device_count() without a launcher
+    assert args.train_batch_size == 32  # the multiplied batch
+    four = Device(n_gpu=4, name="A100", capability=(8, 0), total_bytes=80 * GiB)
+    assert device.one_gpu_per_process(args, four)
+    assert args.n_gpu == 1 and args.train_batch_size == 8
+    assert "4 GPUs visible" in caplog.text and "training.num_processes=4" in caplog.text
+    assert not device.one_gpu_per_process(args, A100)  # one GPU: nothing to do
+    ddp = SimpleNamespace(world_size=2, _n_gpu=1)
+    assert not device.one_gpu_per_process(ddp, four) and ddp._n_gpu == 1  # a launched rank already has one
+
+
+def test_tf32_on_ampere_and_later_only():
+    """Finding 9: the fp32 paths (KoBART, predict, the in-training generation) never used TF32 tensor cores."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        assert not device.enable_tf32(T4) and not device.enable_tf32(CPU)
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+        assert device.enable_tf32(A100)
+        assert torch.backends.cuda.matmul.allow_tf32 is True and torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_combinations_that_would_crash_or_hang_are_refused(tmp_path):
+    """Finding 6 and the auto batch under DDP: refused before any model loads, with what to use instead."""
+    fsdp = tmp_path / "fsdp.yaml"
+    fsdp.write_text("distributed_type: FSDP\nnum_processes: 2\n")
+    qlora = ZooEntry.model_validate({**micro_entry("llama"), "quantization": "4bit", "lora": {"r": 4}})
+    merged = ZooEntry.model_validate({**micro_entry("llama"), "lora": {"r": 4, "merge": True}})
+    plain = ZooEntry.model_validate(micro_entry("llama"))
+    sharded = Training(launcher="accelerate", num_processes=2, accelerate_config=str(fsdp))
+    with pytest.raises(ParamsError, match="distributed_type FSDP.*quantization 4bit.*plain DDP"):
+        device.check_launch(sharded, qlora)
+    with pytest.raises(ParamsError, match="lora.merge: true"):
+        device.check_launch(sharded, merged)
+    device.check_launch(sharded, plain)  # FSDP of a plain model: the weights are gathered for saving
+    device.check_launch(Training(launcher="accelerate", num_processes=2), qlora)  # QLoRA under DDP: fine
+    with pytest.raises(ParamsError, match="batch_size = auto with training.num_processes > 1"):
+        device.check_launch(Training(launcher="accelerate", num_processes=2, batch_size="auto"), plain)
+    device.check_launch(Training(batch_size="auto"), plain)  # one process may halve its own batch
+    with pytest.raises(ParamsError, match="accelerate_config .*cannot be read"):
+        device.check_launch(Training(launcher="accelerate", accelerate_config=str(tmp_path / "nope.yaml")), plain)
+
+
+def _meta(entry: ZooEntry):
+    from dialsum import memory
+
+    model = memory.build_meta(memory.REFERENCE_CONFIGS[entry.pretrained])
+    for p in model.parameters():  # QLoRA: the base is frozen; the adapters' state is small
+        p.requires_grad_(False)
+    return model
+
+
+BIG = ("solar-10.7b", "polyglot-ko-12.8b", "kullm-v2", "koalpaca", "ldcc-solar")
+
+
+def _card_24gb(entry: ZooEntry) -> Device:
+    """An RTX 4090 after the entry's 4-bit weights loaded (and ~1.5 GiB of CUDA context and fp32 head)."""
+    from dialsum import memory
+
+    weights = memory.estimate(_meta(entry))["nf4_bytes"]
+    return Device(
+        n_gpu=1, name="RTX 4090", capability=(8, 9), total_bytes=24 * GiB, free_bytes=24 * GiB - weights - 1.5 * GiB
+    )
+
+
+def test_memory_check_stops_with_settings_that_fit():
+    """Finding 8: the 10B entries inherited batch 16 / eval batch 64; the fp32 logits of one evaluation batch
+    alone (~19 GB for SOLAR) overflow a 24 GB card at the first evaluation."""
+    params = load(ROOT / "params.yaml")
+    entry = params.zoo["solar-10.7b"]
+    card = _card_24gb(entry)
+    old = params.training  # the run-wide defaults the entries used to inherit
+    assert (old.batch_size, old.eval_batch_size) == (16, 64)
+    with pytest.raises(ParamsError) as err:
+        device.check_memory(_meta(entry), entry, old, card)
+    msg = str(err.value)
+    assert "RTX 4090" in msg and "training.batch_size=" in msg and "\n" not in msg
+    fit = dict(kv.split("=") for kv in msg.split("set ")[1].split(" (")[0].split())
+    bs, accum = int(fit["training.batch_size"]), int(fit["training.gradient_accumulation_steps"])
+    assert bs * accum >= 16  # the same effective batch
+    suggested = old.model_copy(
+        update={
+            "batch_size": bs,
+            "gradient_accumulation_steps": accum,
+            "eval_batch_size": int(fit["training.eval_batch_size"]),
+        }
+    )
+    device.check_memory(_meta(entry), entry, suggested, card)  # what it suggests fits
+    device.check_memory(_meta(entry), entry, old, CPU)  # no GPU: nothing to check
+
+
+@pytest.mark.parametrize("name", BIG)
+def test_10b_entries_fit_a_24gb_card_by_default(name):
+    params = load(ROOT / "params.yaml")
+    entry, tcfg = params.zoo[name], for_model(params, name).training
+    assert tcfg.batch_size * tcfg.gradient_accumulation_steps == 16  # the effective batch they always had
+    device.check_memory(_meta(entry), entry, tcfg, _card_24gb(entry))
+
+
+def test_qlora_merge_frees_the_training_model_before_loading_the_base(monkeypatch, tmp_path):
+    """Finding 7: `lora.merge: true` after QLoRA loaded the 16-bit base while the training model still held the GPU."""
+    events = []
+
+    class Trained:
+        def save_pretrained(self, out, **kw):
+            events.append("adapter saved")
+
+    class Merged:
+        def merge_and_unload(self):
+            return self
+
+        def save_pretrained(self, out, **kw):
+            events.append("merged saved")
+
+    trained = Trained()
+    alive = weakref.ref(trained)
+
+    def load(adapter, entry):
+        gc.collect()
+        events.append("base loaded, training model " + ("alive" if alive() else "gone"))
+        assert entry.quantization == "none"
+        return Merged(), None, "causal"
+
+    monkeypatch.setattr(models, "load_for_inference", load)
+    monkeypatch.setattr(models, "save_tokenizer", lambda tok, out: None)
+    entry = {**micro_entry("llama"), "quantization": "4bit", "lora": {"r": 4, "merge": True}}
+    holder = {"model": trained}
+    del trained
+    models.save_trained(holder["model"], None, tmp_path, entry, release=lambda: holder.clear())
+    assert events == ["adapter saved", "base loaded, training model gone", "merged saved"]
+
+
+def test_release_leaves_no_reference_to_the_trained_model(tmp_path):
+    """What `release` drops in the train stage: after it, nothing the Trainer built keeps the model alive."""
+    from test_training import _trainer
+
+    from dialsum.training import _release
+
+    trainer = _trainer(tmp_path)
+    trainer.create_optimizer_and_scheduler(num_training_steps=2)
+    alive = weakref.ref(trainer.model)
+    _release(trainer)
+    gc.collect()
+    assert alive() is None
+
+
+def test_in_training_rouge_is_sharded_over_ranks_with_one_process_results(tmp_path, llama_init, world=2):
+    """Finding 5: every rank generated the whole validation set. Now each generates its share, the summaries are
+    gathered, and every rank scores the same full set: the same metrics and summaries as one process."""
+    _, init_dir = llama_init
+    worker = [str(ROOT / "tests" / "ddp_eval_worker.py"), str(init_dir)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    one = tmp_path / "one"
+    subprocess.run([sys.executable, *worker, str(one)], check=True, env=env, timeout=300)
+    many = tmp_path / "many"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port", str(port)]
+    p = subprocess.run([*cmd, *worker, str(many)], env=env, timeout=300, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    single = json.loads((one / "rank0.json").read_text())
+    ranks = [json.loads((many / f"rank{r}.json").read_text()) for r in range(world)]
+    n = len(single["predictions"])
+    assert single["generated"] == n
+    assert sorted(r["generated"] for r in ranks) == [n // world, n - n // world]  # each its share, no more
+    for r in ranks:
+        assert r["predictions"] == single["predictions"]
+        assert r["metrics"] == single["metrics"]
