@@ -265,3 +265,35 @@ def test_in_training_rouge_is_sharded_over_ranks_with_one_process_results(tmp_pa
     for r in ranks:
         assert r["predictions"] == single["predictions"]
         assert r["metrics"] == single["metrics"]
+
+
+def test_train_frees_the_qlora_model_before_the_merge_loads_the_base(monkeypatch, tmp_path, llama_init):
+    """The same through training.train on a 4-bit stand-in: when the unquantized base loads for the merge, the
+    trained k-bit model is already unreachable (on a GPU: its memory is free)."""
+    from dialsum import training
+    from dialsum.params import typed
+
+    entry, init_dir = llama_init
+    entry = {**entry, "quantization": "4bit", "lora": {"r": 4, "alpha": 8, "merge": True}}
+    p = load(ROOT / "params.yaml").model_dump(exclude_unset=True)
+    p["zoo"]["tiny-llama"] = entry
+    p["training"].update(epochs=1, eval_every_epochs=1, batch_size=4, resume="never")
+    p["metrics"]["tokenize"] = "whitespace"
+    df = pd.read_csv(ROOT / "data/sample/train.csv").head(8)
+    seen, real_release, real_load = {}, training._release, models.load_for_inference
+
+    def release(trainer):
+        seen["model"] = weakref.ref(trainer.model)
+        real_release(trainer)
+
+    def load_base(adapter, e):
+        gc.collect()
+        seen["alive at base load"] = seen["model"]() is not None
+        return real_load(adapter, e)
+
+    monkeypatch.setattr(training, "_release", release)
+    monkeypatch.setattr(models, "load_for_inference", load_base)
+    run = training.Run("tiny-llama", 0, init_dir, tmp_path / "out", tmp_path / "ckpt", signature="sig")
+    training.train(typed(p), run, df, df.head(4), track=False)
+    assert seen["alive at base load"] is False
+    assert (tmp_path / "out" / "model.safetensors").exists() and not (tmp_path / "out" / "adapter_config.json").exists()

@@ -423,10 +423,10 @@ def train(params: Params | dict, run: Run, train_df: pd.DataFrame, val_df: pd.Da
         from .io import atomic_dir
         from .models import save_trained
 
-        model, tokenizer = trainer.model, trainer.processing_class
-        with atomic_dir(run.out_dir) as tmp:
-            save_trained(model, tokenizer, tmp, params.zoo[run.model], state, release=lambda: _release(trainer))
-        del model
+        with atomic_dir(run.out_dir) as tmp:  # no local name for the model here: `release` must drop the last one
+            save_trained(
+                trainer.model, trainer.processing_class, tmp, params.zoo[run.model], state, lambda: _release(trainer)
+            )
         shutil.rmtree(run.ckpt_dir, ignore_errors=True)  # the best model is saved: checkpoints served their purpose
     _end_distributed()
     return result
