@@ -6,7 +6,7 @@ metrics/predict/<model>-<fold>.json."""
 import hashlib
 import logging
 
-from dialsum import data, generation, io, paths, tta
+from dialsum import data, decoding, generation, io, paths, tta
 from dialsum.metrics import Scorer
 from dialsum.tracking import matrix_item, run_stage, seed_everything
 
@@ -18,7 +18,9 @@ def main():
     entry = params.zoo[model_name]
     seed_everything(params.seed)
     augmenter = tta.Augmenter.from_params(params.tta, params.seed)  # fails fast on a bad paraphraser
-    summarizer = generation.Summarizer.load(paths.model_dir(model_name, fold), entry, params.generation)
+    settings, lengths = decoding.load_choice(paths.decoding(model_name))  # decode@model's search, if it ran
+    gen = settings.generation_section(params.generation) if settings.generation else params.generation
+    summarizer = generation.Summarizer.load(paths.model_dir(model_name, fold), entry, gen)
     d = data.load_processed()
     splits = {
         "oof": d["train"][d["train"]["fold"] == fold] if fold != "full" else d["train"].iloc[:0],
@@ -29,7 +31,7 @@ def main():
     digest = hashlib.sha256()
     oof = None
     for split, df in splits.items():
-        out = summarizer.views(df["fname"], df["dialogue"], augmenter, desc=split)
+        out = decoding.views(summarizer, df["fname"], df["dialogue"], augmenter, settings, lengths, desc=split)
         out_csv = paths.predictions(f"{model_name}/{fold}", split)
         io.write_csv(out_csv, out)
         digest.update(out_csv.read_bytes())

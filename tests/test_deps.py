@@ -271,6 +271,7 @@ def test_dvc_outs_are_the_paths_module():
         "prepare": {paths.PROCESSED},
         "init": {paths.init_dir(m)},
         "train": {paths.model_dir(m, f), paths.train_metrics(m, f), paths.live_dir(m, f) / "plots/metrics"},
+        "decode": {paths.decoding(m), paths.decode_metrics(m)},
         "predict": {paths.prediction_dir(f"{m}/{f}"), paths.predict_metrics(m, f)},
         "average": {paths.prediction_dir(f"{m}/avg"), paths.average_metrics(m)},
         "ensemble": {paths.ENSEMBLE_PREDICTIONS, paths.SUBMISSION, paths.ENSEMBLE_METRICS},

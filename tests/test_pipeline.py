@@ -598,6 +598,29 @@ def test_tune_stage_resumes_its_study_through_dvc(project):
     assert applied.startswith("dvc exp run -S") and "training.learning_rate=" in applied
 
 
+def test_decode_search_reruns_predict_and_ensemble_never_train(project):
+    """Issue 32: `dvc exp run -S decode.trials=N` searches decoding settings on the trained models, then re-runs
+    predict and the ensemble with the choice; no model is trained again. The metrics show what was chosen."""
+    dst, _ = project
+    pfile = dst / "params.yaml"
+    good = pfile.read_text()
+    try:
+        cmd = [sys.executable, "-m", "dvc", "exp", "run", "-S", "decode.trials=3", "-S", "decode.rows=12"]
+        ran = stages_run(run(cmd, dst).stdout)
+        assert {"decode@tiny-bart", "decode@tiny-llama", "ensemble"} <= ran, ran
+        assert any(s.startswith("predict@") for s in ran) and not any(s.startswith(("train@", "init@")) for s in ran)
+        for m in ("tiny-bart", "tiny-llama"):
+            d = json.loads((dst / f"metrics/decode/{m}.json").read_text())
+            assert d["trials"] == 3 and d["searched_on"] == "out-of-fold" and d["rows"] == 12
+            assert d["best_rouge_sum"] >= d["default_rouge_sum"] and "num_beams" in d["chosen"]
+            chosen = yaml.safe_load((dst / f"decoding/{m}.yaml").read_text())
+            assert chosen["generation"]["num_beams"] == d["chosen"]["num_beams"]
+        shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], dst).stdout
+        assert "best_rouge_sum" in shown
+    finally:
+        pfile.write_text(good)  # the next experiment starts from the committed settings
+
+
 def test_qlora_gptneox_experiment(project):
     """Issue 4's acceptance line: a 4-bit Polyglot-architecture stand-in through the whole pipeline."""
     dst, _ = project

@@ -290,6 +290,54 @@ class Tune(Section):
     search_space: dict[str, dict[str, Any]] = {}  # key path -> {type, low, high, log, step | choices}
 
 
+# the generation keys a decoding search may set, and dialsum's own switches (dialsum.decoding)
+DECODE_GENERATION_KEYS = (
+    "num_beams",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "repetition_penalty",
+    "max_new_tokens",
+    "min_new_tokens",
+)
+LENGTH_CONTROLS = ("none", "quantile")
+POST_EDITS = ("trim_unfinished", "drop_fillers", "drop_repeats")
+DECODE_SPACE = {
+    "num_beams": [1, 2, 4, 8],
+    "length_penalty": [0.5, 1.0, 1.5, 2.0],
+    "no_repeat_ngram_size": [0, 3],
+    "repetition_penalty": [1.0, 1.2],
+    "length_control": ["none", "quantile"],
+    "trim_unfinished": [False, True],
+    "drop_fillers": [False, True],
+    "drop_repeats": [False, True],
+}
+
+
+class Decode(Section):
+    """The decoding search over trained models (stage decode@<model>): no re-training."""
+
+    trials: int = Field(0, ge=0)  # 0 = no search: predict decodes with generation.* as written
+    rows: int = Field(200, ge=1)  # out-of-fold rows the search scores (dev rows when the fold is `full`)
+    folds: int = Field(1, ge=1)  # fold models the search loads (the first of cv.folds), rows spread over them
+    seed: int = Field(0, ge=0)
+    quantile: Num = Field(0.9, gt=0.5, lt=1)  # length_control: quantile: caps at this quantile per length bin
+    space: dict[str, list[Any]] = Field(default_factory=lambda: {k: list(v) for k, v in DECODE_SPACE.items()})
+
+    @model_validator(mode="after")
+    def _known(self):
+        known = (*DECODE_GENERATION_KEYS, "length_control", *POST_EDITS)
+        for key, choices in self.space.items():
+            if key not in known:
+                raise ValueError(f"space: unknown key {key!r} (known: {', '.join(known)})")
+            if not choices:
+                raise ValueError(f"space.{key}: needs at least one choice")
+            if key == "length_control" and not set(choices) <= set(LENGTH_CONTROLS):
+                raise ValueError(f"space.length_control: choices are {', '.join(LENGTH_CONTROLS)}")
+            if key in POST_EDITS and not all(isinstance(c, bool) for c in choices):
+                raise ValueError(f"space.{key}: choices are true/false")
+        return self
+
+
 class Wandb(Section):
     enabled: bool = False
     project: Text = "dialsum"
@@ -332,6 +380,7 @@ class Params(Section):
     tta: TTA = TTA()
     ensemble: Ensemble = Ensemble()
     tune: Tune = Tune()
+    decode: Decode = Decode()
     report: Report = Report()
     tracking: Tracking = Tracking()
     debug: Debug = Debug()

@@ -55,5 +55,14 @@ def predict_metrics(model: str, fold) -> Path:
     return Path(f"metrics/predict/{model}-{fold}.json")
 
 
+def decoding(model: str) -> Path:
+    """decode@model: the chosen decoding settings predict reads (generation keys, length control, post-edits)."""
+    return Path(f"decoding/{model}.yaml")
+
+
+def decode_metrics(model: str) -> Path:
+    return Path(f"metrics/decode/{model}.json")
+
+
 def average_metrics(model: str) -> Path:
     return Path(f"metrics/average/{model}.json")

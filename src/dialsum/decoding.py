@@ -1,0 +1,252 @@
+"""The decoding search: the generation settings, length caps and post-edits that score best on a trained
+model's own held-out rows, found without re-training (stage decode@<model>; predict reads its choice).
+
+Competition write-ups on DialogSum-ko gain more from decoding than from training (length_penalty 1.0 -> 0.5:
++11 points; beams, repetition penalties and trimming unfinished sentences on an untouched SOLAR QLoRA: +7).
+Each trial decodes the same out-of-fold rows (dev rows for fold ``full``) with the fold models already
+trained and scores them with the run's own :class:`~dialsum.metrics.Scorer`. Trial 0 is the settings
+params.yaml already has, so the chosen settings never score below them on the searched rows.
+
+- length control ``quantile``: per-dialogue ``min/max_new_tokens`` from the training split, by bins of source
+  length: the summaries' lower and upper ``decode.quantile`` in tokens of the dialogue's own bin;
+- post-edits: ``trim_unfinished`` (a summary cut by the length limit loses its unfinished last sentence),
+  ``drop_fillers`` (standalone filler words), ``drop_repeats`` (a sentence or clause said again).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .metrics import Scorer
+from .params import DECODE_GENERATION_KEYS, POST_EDITS, Decode, Generation, Params
+
+log = logging.getLogger(__name__)
+
+# sentence ends: Latin punctuation, the ideographic full stop, and Korean declaratives written without a stop
+_END = re.compile(r"(?:[.!?。]|(?<=[다요죠함음임됨]))(?=\s|$)")
+_FILLERS = {"음", "어", "그", "저", "아", "뭐", "음.", "어.", "um", "uh", "er", "hmm", "um,", "uh,", "음,", "어,"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One decoding choice: ``generation`` keys over params' generation section, the length control, the
+    post-edits switched on."""
+
+    generation: dict = field(default_factory=dict)
+    length_control: str = "none"
+    post_edits: tuple[str, ...] = ()
+
+    @classmethod
+    def from_choice(cls, choice: dict) -> "Settings":
+        gen = {k: v for k, v in choice.items() if k in DECODE_GENERATION_KEYS}
+        edits = tuple(e for e in POST_EDITS if choice.get(e))
+        return cls(gen, choice.get("length_control", "none"), edits)
+
+    def as_dict(self) -> dict:
+        return {
+            "generation": dict(self.generation),
+            "length_control": self.length_control,
+            "post_edits": list(self.post_edits),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Settings":
+        return cls(dict(d.get("generation") or {}), d.get("length_control", "none"), tuple(d.get("post_edits") or ()))
+
+    def generation_section(self, base: Generation) -> Generation:
+        return Generation.model_validate({**base.model_dump(), **self.generation})
+
+
+# ------------------------------------------------------------------------------------------------ post-edits
+def trim_unfinished(text: str) -> str:
+    """Drop an unfinished last sentence when an earlier one ended (a summary stopped by the length limit)."""
+    text = text.rstrip()
+    ends = list(_END.finditer(text))
+    if not ends or ends[-1].end() == len(text):
+        return text
+    return text[: ends[-1].end()].rstrip()
+
+
+def drop_fillers(text: str) -> str:
+    return " ".join(w for w in text.split() if w.lower() not in _FILLERS)
+
+
+def drop_repeats(text: str) -> str:
+    """Drop a sentence or comma-clause that repeats an earlier one word for word (spaces and case aside)."""
+    pieces = re.split(r"(?<=[.!?,。])\s+", text.strip())
+    seen, kept = set(), []
+    for piece in pieces:
+        key = re.sub(r"[\s.!?,。]+", " ", piece).strip().lower()
+        if key and key in seen:
+            continue
+        seen.add(key)
+        kept.append(piece)
+    out = " ".join(kept)
+    return out[:-1] + "." if out.endswith(",") and text.rstrip().endswith(".") else out
+
+
+EDITS = {"trim_unfinished": trim_unfinished, "drop_fillers": drop_fillers, "drop_repeats": drop_repeats}
+
+
+def post_edit(texts, edits) -> list[str]:
+    out = list(texts)
+    for name in POST_EDITS:  # a fixed order, whatever order the settings list them in
+        if name in edits:
+            out = [EDITS[name](t) for t in out]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ length control
+@dataclass(frozen=True)
+class LengthModel:
+    """Summary-length caps by source-length bin: ``edges`` (source tokens) and per bin (min, max) new tokens."""
+
+    edges: tuple[float, ...]
+    limits: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def fit(cls, tokenizer, dialogues, summaries, quantile: float, bins: int = 5) -> "LengthModel":
+        src = np.array([len(tokenizer(d).input_ids) for d in dialogues])
+        tgt = np.array([len(tokenizer(s).input_ids) for s in summaries])
+        edges = tuple(np.unique(np.quantile(src, np.linspace(0, 1, bins + 1)[1:-1])).tolist())
+        which = np.searchsorted(edges, src, side="right")
+        limits = []
+        for b in range(len(edges) + 1):
+            t = tgt[which == b] if (which == b).any() else tgt
+            lo, hi = np.quantile(t, 1 - quantile), np.quantile(t, quantile)
+            limits.append((int(math.floor(lo * 0.8)), int(math.ceil(hi * 1.1)) + 2))
+        return cls(edges, tuple(limits))
+
+    def as_dict(self) -> dict:
+        return {"edges": list(self.edges), "limits": [list(x) for x in self.limits]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LengthModel":
+        return cls(tuple(d["edges"]), tuple(tuple(x) for x in d["limits"]))
+
+    def bins(self, tokenizer, dialogues) -> list[int]:
+        return np.searchsorted(self.edges, [len(tokenizer(d).input_ids) for d in dialogues], side="right").tolist()
+
+
+def _by_length(summarizer, settings: Settings, lengths: LengthModel | None, dialogues):
+    """(rows, generation section) groups: one group with the settings' generation, or one per length bin."""
+    gen = settings.generation_section(summarizer.gen)
+    if settings.length_control == "none" or lengths is None:
+        return [(list(range(len(dialogues))), gen)]
+    groups = {}
+    for i, b in enumerate(lengths.bins(summarizer.tokenizer, dialogues)):
+        groups.setdefault(b, []).append(i)
+    out = []
+    for b, rows in sorted(groups.items()):
+        lo, hi = lengths.limits[b]
+        out.append((rows, gen.model_copy(update={"min_new_tokens": min(lo, hi - 1), "max_new_tokens": hi})))
+    return out
+
+
+def summarize(summarizer, dialogues, settings: Settings, lengths: LengthModel | None, desc="decode", progress=False):
+    """One summary per dialogue under ``settings`` (post-edits applied), in input order."""
+    dialogues, base = list(dialogues), summarizer.gen
+    texts = [""] * len(dialogues)
+    try:
+        for rows, gen in _by_length(summarizer, settings, lengths, dialogues):
+            summarizer.gen = gen
+            out, _ = summarizer([dialogues[i] for i in rows], desc=desc, progress=progress)
+            for i, t in zip(rows, out):
+                texts[i] = t
+    finally:
+        summarizer.gen = base
+    return post_edit(texts, settings.post_edits)
+
+
+def views(summarizer, fnames, dialogues, augmenter, settings: Settings, lengths: LengthModel | None, desc="generate"):
+    """:meth:`Summarizer.views` under ``settings``: each length bin decoded with its caps, post-edits applied,
+    rows in the order the plain call gives (by input, then view)."""
+    fnames, dialogues, base = list(fnames), list(dialogues), summarizer.gen
+    if settings == Settings():
+        return summarizer.views(fnames, dialogues, augmenter, desc=desc)
+    index = {f: i for i, f in enumerate(fnames)}  # fnames are unique within a split (data checks them)
+    parts = []
+    try:
+        for rows, gen in _by_length(summarizer, settings, lengths, dialogues):
+            summarizer.gen = gen
+            out = summarizer.views([fnames[i] for i in rows], [dialogues[i] for i in rows], augmenter, desc=desc)
+            out["_row"] = out["fname"].map(index)
+            parts.append(out)
+    finally:
+        summarizer.gen = base
+    df = pd.concat(parts).sort_values("_row", kind="stable").drop(columns="_row").reset_index(drop=True)
+    df["summary"] = post_edit(df["summary"], settings.post_edits)
+    return df
+
+
+# ------------------------------------------------------------------------------------------------ the search
+def defaults(space: dict, gen: Generation) -> dict:
+    """Trial 0: what params.yaml already decodes with (no length control, no post-edit)."""
+    out = {}
+    for key in space:
+        if key in DECODE_GENERATION_KEYS:
+            out[key] = getattr(gen, key)
+        else:
+            out[key] = "none" if key == "length_control" else False
+    return out
+
+
+def search(params: Params, summarizers: list, rows: list[pd.DataFrame], lengths: LengthModel | None) -> dict:
+    """The Optuna study of ``params.decode`` over the fold models' ``summarizers``, each scored on its own
+    ``rows`` (fname, dialogue, summary...). Returns the chosen settings, the default's and the best score,
+    and every trial. Identical settings sampled twice are scored once."""
+    import optuna
+
+    from .data import references
+
+    dec: Decode = params.decode
+    scorer = Scorer.from_params(params)
+    refs = [r for df in rows for r in references(df)]
+    space = {k: list(v) for k, v in dec.space.items()}
+    start = defaults(space, params.generation)
+    for k, v in start.items():  # the defaults are always a choice, so trial 0 can be them
+        if v not in space[k]:
+            space[k] = [v, *space[k]]
+    cache: dict = {}
+
+    def score(choice: dict) -> float:
+        key = tuple(sorted((k, str(v)) for k, v in choice.items()))
+        if key not in cache:
+            s = Settings.from_choice(choice)
+            preds = [t for summ, df in zip(summarizers, rows) for t in summarize(summ, df["dialogue"], s, lengths)]
+            cache[key] = scorer.score(preds, refs)["rouge_sum"]
+        return cache[key]
+
+    def objective(trial) -> float:
+        choice = {k: trial.suggest_categorical(k, choices) for k, choices in space.items()}
+        return score(choice)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=dec.seed))
+    study.enqueue_trial(start)
+    study.optimize(objective, n_trials=max(1, dec.trials), show_progress_bar=True)
+    best = study.best_trial
+    trials = [{"number": t.number, "rouge_sum": round(t.value, 6), **t.params} for t in study.trials]
+    return {
+        "settings": Settings.from_choice(best.params).as_dict(),
+        "default_rouge_sum": round(study.trials[0].value, 6),
+        "best_rouge_sum": round(best.value, 6),
+        "trials": trials,
+    }
+
+
+def load_choice(path: Path) -> tuple[Settings, LengthModel | None]:
+    """decode@model's choice: the settings and the length caps they were searched with."""
+    import yaml
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no decoding choice (run `dvc repro decode`)")
+    d = yaml.safe_load(Path(path).read_text()) or {}
+    return Settings.from_dict(d), LengthModel.from_dict(d["lengths"]) if d.get("lengths") else None

@@ -1,0 +1,116 @@
+"""The decoding search (dialsum.decoding): post-edits, length caps, the study over a trained model without
+re-training, and predict's views under a choice."""
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, micro_entry
+from dialsum import decoding, generation, models
+from dialsum.params import Generation, load, typed
+
+
+def test_trim_unfinished_keeps_whole_sentences():
+    assert decoding.trim_unfinished("#Person1#은 방을 예약했다. #Person2#는 내일") == "#Person1#은 방을 예약했다."
+    assert decoding.trim_unfinished("He booked a room. She will") == "He booked a room."
+    assert decoding.trim_unfinished("He booked a room.") == "He booked a room."
+    assert decoding.trim_unfinished("no sentence end at all") == "no sentence end at all"  # nothing to fall back to
+    assert decoding.trim_unfinished("방을 예약했다 그리고") == "방을 예약했다"  # a Korean declarative ends a sentence
+
+
+def test_fillers_and_repeats_are_dropped():
+    assert decoding.drop_fillers("음 #Person1#은 어 방을 예약했다.") == "#Person1#은 방을 예약했다."
+    assert decoding.drop_fillers("그는 um 간다") == "그는 간다"
+    assert decoding.drop_repeats("방을 예약했다. 방을 예약했다. 내일 간다.") == "방을 예약했다. 내일 간다."
+    assert decoding.drop_repeats("he came, he came, and left.") == "he came, and left."
+    assert decoding.drop_repeats("one. two.") == "one. two."
+    # a fixed order whatever the settings list
+    text = "음 끝났다. 끝났다. 그리고"
+    assert decoding.post_edit([text], ("drop_repeats", "trim_unfinished", "drop_fillers")) == ["끝났다."]
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return pd.read_csv(ROOT / "data/sample/train.csv"), pd.read_csv(ROOT / "data/sample/dev.csv")
+
+
+@pytest.fixture(scope="module")
+def summarizer(tmp_path_factory, sample):
+    train, _ = sample
+    entry = micro_entry("llama", max_target_len=12)
+    out = tmp_path_factory.mktemp("decode") / "init"
+    models.build_init(entry, list(train["dialogue"]) + list(train["summary"]), out, seed=0)
+    return generation.Summarizer.load(out, entry, Generation())
+
+
+def test_length_caps_grow_with_the_dialogue(summarizer, sample):
+    train, _ = sample
+    # summaries as long as a tenth of their dialogue: caps must follow the source length
+    long_short = train.assign(summary=[d[: max(4, len(d) // 10)] for d in train["dialogue"]])
+    lm = decoding.LengthModel.fit(summarizer.tokenizer, long_short["dialogue"], long_short["summary"], 0.9)
+    highs = [hi for _, hi in lm.limits]
+    assert len(highs) >= 2 and highs == sorted(highs) and highs[0] < highs[-1]
+    assert all(lo < hi for lo, hi in lm.limits)
+    assert decoding.LengthModel.from_dict(lm.as_dict()) == lm
+
+
+def _params(**decode):
+    p = load(ROOT / "params.yaml").model_dump(exclude_unset=True)
+    p["metrics"]["tokenize"] = "whitespace"
+    p["decode"].update(decode)
+    return typed(p)
+
+
+def test_search_starts_from_the_defaults_never_ends_below_them_and_repeats_itself(summarizer, sample):
+    train, dev = sample
+    rows = [dev.head(6)]
+    lm = decoding.LengthModel.fit(summarizer.tokenizer, train["dialogue"], train["summary"], 0.9)
+    params = _params(trials=5, seed=3)
+    calls = []
+    real = summarizer.__class__.__call__
+    summarizer.__class__.__call__ = lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1]
+    try:
+        first = decoding.search(params, [summarizer], rows, lm)
+    finally:
+        summarizer.__class__.__call__ = real
+    again = decoding.search(params, [summarizer], rows, lm)
+    assert first == again  # seeded: the same trials, scores and choice
+    t0 = first["trials"][0]
+    assert t0["num_beams"] == params.generation.num_beams and t0["length_control"] == "none"
+    assert not any(t0[e] for e in ("trim_unfinished", "drop_fillers", "drop_repeats"))
+    assert first["default_rouge_sum"] == t0["rouge_sum"]
+    assert first["best_rouge_sum"] >= first["default_rouge_sum"]
+    assert first["best_rouge_sum"] == max(t["rouge_sum"] for t in first["trials"])
+    assert len(first["trials"]) == 5 and summarizer.gen == Generation()  # the summarizer's own settings restored
+    distinct = {
+        tuple(sorted((k, str(v)) for k, v in t.items() if k not in ("number", "rouge_sum"))) for t in first["trials"]
+    }
+    assert len(calls) <= len(distinct) * 5  # a repeated choice is scored from the cache (at most 5 length bins each)
+
+
+def test_views_under_a_choice_keep_the_plain_row_order(summarizer, sample):
+    train, dev = sample
+    lm = decoding.LengthModel.fit(summarizer.tokenizer, train["dialogue"], train["summary"], 0.9)
+    dev = dev.head(8)
+    from dialsum import tta
+
+    aug = tta.Augmenter([], 0, seed=0)
+    plain = decoding.views(summarizer, dev["fname"], dev["dialogue"], aug, decoding.Settings(), lm)
+    assert plain.equals(summarizer.views(dev["fname"], dev["dialogue"], aug))
+    capped = decoding.views(
+        summarizer, dev["fname"], dev["dialogue"], aug, decoding.Settings({}, "quantile", ("trim_unfinished",)), lm
+    )
+    assert list(capped["fname"]) == list(plain["fname"]) and list(capped["view"]) == list(plain["view"])
+    settings, _ = (
+        decoding.Settings.from_dict(decoding.Settings({"num_beams": 2}, "quantile", ("drop_fillers",)).as_dict()),
+        lm,
+    )
+    assert settings.generation == {"num_beams": 2} and settings.post_edits == ("drop_fillers",)
+
+
+def test_bad_space_is_a_one_line_error():
+    from dialsum.params import ParamsError
+
+    with pytest.raises(ParamsError, match="decode.*unknown key 'beams'"):
+        _params(space={"beams": [1, 2]})
+    with pytest.raises(ParamsError, match="decode.space.length_control choices are none, quantile"):
+        _params(space={"length_control": ["median"]})
