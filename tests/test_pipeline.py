@@ -82,6 +82,7 @@ def test_repro_builds_every_output(project):
         {"prepare", "ensemble", "tune", "plots", "report"}
         | {f"init@{m}" for m in p["models"]}
         | {f"average@{m}" for m in p["models"]}
+        | {f"decode@{m}" for m in p["models"]}
     )
     for m in p["models"]:
         for f in p["cv"]["folds"]:
