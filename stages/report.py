@@ -1,5 +1,5 @@
 """report: per-dialogue error analysis of the dev split -> reports/index.html (one self-contained page: scores,
-diagnostics, worst dialogues, a sortable and filterable table of every source's summary; README "Reports")."""
+diagnostics, worst dialogues, a sortable and filterable table of every source's summary; docs/reports.md)."""
 
 import logging
 

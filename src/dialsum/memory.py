@@ -15,8 +15,8 @@ from .models import LORA_TARGETS, lora_targets, scratch_config
 from .params import ZooEntry, section
 
 # config.json of each hub checkpoint: the keys that decide the parameter count, plus the published token ids
-# and positions, which `dialsum replica` builds its random-weight replicas from (sources: README, "Using real
-# checkpoints").
+# and positions, which `dialsum replica` builds its random-weight replicas from (sources: docs/models.md, "Using
+# real checkpoints").
 REFERENCE_CONFIGS = {
     "gogamza/kobart-base-v2": dict(
         model_type="bart",

@@ -1,7 +1,7 @@
 """Faithful replicas of the real checkpoints: their published architecture and tokenizer conventions, with
 random weights, so every convention dialsum relies on can be exercised where the hub cannot be reached.
 
-What is real and what is a stand-in (README, "Using real checkpoints"):
+What is real and what is a stand-in (docs/models.md, "Using real checkpoints"):
 
 - ``kobart``: KoBART's released tokenizer itself (``--tokenizer``, default ``../shared/fixtures/kobart-tokenizer``)
   and ``gogamza/kobart-base-v2``'s config (BART, d_model 768, 6+6 layers, 16 heads, FFN 3072, 30,000 tokens,
