@@ -56,7 +56,7 @@ def main():
     cache.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load((ws / "params.yaml").read_text())
     entry, gen = params["zoo"][a.model], params["generation"]
-    scorer = Scorer(params["metrics"]["tokenize"], params["metrics"]["multi_ref"])
+    scorer = Scorer.from_params(params)  # the workspace's metrics.* (tokenize, multi_ref, rouge, remove_tokens)
     proc = data.load_processed(ws / "data/processed")
     frames = {"dev": proc["dev"].head(a.dev_rows), "test": proc["test"].head(a.test_rows)}
     if not any(c.startswith("summary") for c in frames["test"].columns):  # a competition test split: dev only

@@ -23,6 +23,7 @@ ap.add_argument("predictions")
 ap.add_argument("data")
 ap.add_argument("--tokenize", default="morpheme")
 ap.add_argument("--multi-ref", default="max")
+ap.add_argument("--rouge", default="rouge-score", choices=["rouge-score", "rouge"])  # metrics.rouge
 ap.add_argument("--view", default="orig")
 a = ap.parse_args()
 pred = pd.read_csv(a.predictions, dtype=str, keep_default_na=False)
@@ -37,5 +38,5 @@ if missing:
     )
 summary = pred.drop_duplicates("fname").set_index("fname")["summary"]
 preds = [summary[f] for f in data["fname"]]
-scores = Scorer(a.tokenize, a.multi_ref).score(preds, references(data))
+scores = Scorer(a.tokenize, a.multi_ref, rouge=a.rouge).score(preds, references(data))
 print(json.dumps({**scores, "distinct_summaries": len(set(preds))}))

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import ROOT, micro_entry
 from dialsum import decoding, generation, models
+from dialsum.metrics import Scorer
 from dialsum.params import Generation, load, typed
 
 
@@ -114,3 +115,30 @@ def test_bad_space_is_a_one_line_error():
         _params(space={"beams": [1, 2]})
     with pytest.raises(ParamsError, match="decode.space.length_control choices are none, quantile"):
         _params(space={"length_control": ["median"]})
+
+
+def test_search_finds_a_planted_winner_and_reports_its_real_score(summarizer, sample):
+    """The references are the model's own output at 2 beams and 6 new tokens, so one setting scores far above
+    params.yaml's (4 beams, the entry's length); the reported score is what re-generating with the choice gives."""
+    _, dev = sample
+    params = _params(trials=12, seed=0, space={"num_beams": [1, 2], "max_new_tokens": [6]})
+    rows = dev.head(10).copy()
+    base = summarizer.gen
+    try:
+        summarizer.gen = params.generation.model_copy(update={"num_beams": 2, "max_new_tokens": 6})
+        rows["summary"] = summarizer(list(rows["dialogue"]), progress=False)[0]
+        summarizer.gen = params.generation  # what the stage loads it with
+        r = decoding.search(params, [summarizer], [rows], None)
+        t0 = r["trials"][0]
+        assert (t0["num_beams"], t0["max_new_tokens"]) == (
+            params.generation.num_beams,
+            params.generation.max_new_tokens,
+        )
+        assert r["best_rouge_sum"] > r["default_rouge_sum"] + 1.0
+        assert r["settings"]["generation"] == {"num_beams": 2, "max_new_tokens": 6}
+        chosen = decoding.Settings.from_dict(r["settings"])
+        again = decoding.summarize(summarizer, rows["dialogue"], chosen, None)
+    finally:
+        summarizer.gen = base
+    score = Scorer.from_params(params).score(again, [[s] for s in rows["summary"]])["rouge_sum"]
+    assert score == pytest.approx(r["best_rouge_sum"], abs=1e-6)

@@ -41,11 +41,13 @@ def cmd_score(a) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    scorer = Scorer(a.tokenize, a.multi_ref, a.remove_tokens or ())
+    scorer = Scorer(a.tokenize, a.multi_ref, a.remove_tokens or (), a.rouge)
     result = scorer.score(list(pred["summary"]), refs)
     for k in ("rouge1", "rouge2", "rougeL", "rouge_sum", "bleu"):
         print(f"{k:>10}: {result[k]:.4f}")
-    print(json.dumps({**result, "tokenize": a.tokenize, "multi_ref": a.multi_ref}, ensure_ascii=False))
+    print(
+        json.dumps({**result, "tokenize": a.tokenize, "multi_ref": a.multi_ref, "rouge": a.rouge}, ensure_ascii=False)
+    )
     return 0
 
 
@@ -334,7 +336,7 @@ def cmd_schema(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .params import TOKENIZE_MODES, Metrics
+    from .params import MULTI_REF, ROUGE_IMPLS, TOKENIZE_MODES, Metrics
 
     ap = argparse.ArgumentParser(prog="dialsum", description="Dialogue summarization pipeline helpers.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -352,8 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("ref")
     metrics = Metrics()  # params.yaml's `metrics` defaults
     p.add_argument("--tokenize", choices=TOKENIZE_MODES, default=metrics.tokenize)
-    p.add_argument("--multi-ref", choices=["max", "mean"], default=metrics.multi_ref)
+    p.add_argument("--multi-ref", choices=MULTI_REF, default=metrics.multi_ref)
     p.add_argument("--remove-tokens", nargs="*", default=metrics.remove_tokens)
+    # the DialogSum-ko leaderboard: --rouge rouge --multi-ref mean --tokenize morpheme (docs/scoring-leaderboard.md)
+    p.add_argument("--rouge", choices=ROUGE_IMPLS, default=metrics.rouge)
     p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("summarize", help="summaries for new dialogues with a trained model folder or the ensemble")

@@ -13,15 +13,24 @@ Speaker and PII tags (``#Person1#``, ``#PhoneNumber#``) are one token in every m
 rouge-score turns them into ``person1``). ``metrics.remove_tokens`` (model special tokens such as
 ``<s>``) are removed from predictions before scoring.
 
+``metrics.rouge`` picks the arithmetic on those tokens: ``rouge-score`` (n-gram counts, sentence-level LCS)
+or ``rouge``, the PyPI ``rouge`` 1.0.1 package the DialogSum-ko leaderboard scores with: it is handed the
+tokens joined by spaces (as the competition feeds it space-joined morphemes), splits that text into
+sentences at ".", counts n-gram *sets* and takes a summary-level (union) LCS for ROUGE-L. A prediction or
+reference that leaves that package no sentence (no token, or only ".") scores 0 where the package would raise.
+
 Corpus scores are the mean over dialogues of per-dialogue F1; with several references (``summary1..K``)
-each metric takes the ``max`` or the ``mean`` over references, per dialogue. ``rouge_sum`` =
-rouge1 + rouge2 + rougeL. ``bleu`` is sacrebleu's corpus BLEU on the same tokens, scaled to 0–1.
+each metric takes the ``max`` or the ``mean`` over references, per dialogue (the leaderboard: ``mean``).
+``rouge_sum`` = rouge1 + rouge2 + rougeL (x 100: the leaderboard's score). ``bleu`` is sacrebleu's corpus
+BLEU on the same tokens, scaled to 0–1. See docs/scoring-leaderboard.md.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Iterable, Sequence
 
@@ -29,7 +38,7 @@ import numpy as np
 from rouge_score import rouge_scorer
 
 from .data import TAG_RE
-from .params import TOKENIZE_MODES, Metrics, Params, section
+from .params import MULTI_REF, ROUGE_IMPLS, TOKENIZE_MODES, Metrics, Params, section
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 # rouge-score keeps runs of [a-z0-9] after lowercasing; we add Hangul syllables, compatibility and conjoining jamo.
@@ -109,11 +118,20 @@ def strip_tokens(text: str, remove_tokens: Sequence[str]) -> str:
 class Scorer:
     """ROUGE-1/2/L F1 and BLEU on one tokenization; reuse one instance to share the token cache."""
 
-    def __init__(self, tokenize: str = "morpheme", multi_ref: str = "max", remove_tokens: Sequence[str] = ()):
-        if multi_ref not in ("max", "mean"):
-            raise ValueError(f"metrics.multi_ref must be max or mean; got {multi_ref!r}")
+    def __init__(
+        self,
+        tokenize: str = "morpheme",
+        multi_ref: str = "max",
+        remove_tokens: Sequence[str] = (),
+        rouge: str = "rouge-score",
+    ):
+        if multi_ref not in MULTI_REF:
+            raise ValueError(f"metrics.multi_ref must be one of {', '.join(MULTI_REF)}; got {multi_ref!r}")
+        if rouge not in ROUGE_IMPLS:
+            raise ValueError(f"metrics.rouge must be one of {', '.join(ROUGE_IMPLS)}; got {rouge!r}")
         self.tokenizer = CachedTokenizer(tokenize)
         self.multi_ref = multi_ref
+        self.rouge = rouge
         self.remove_tokens = list(remove_tokens)
         self._rouge = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=self.tokenizer)
 
@@ -121,7 +139,7 @@ class Scorer:
     def from_params(cls, params: Params | dict) -> "Scorer":
         """From the ``metrics`` section of params (or of a params mapping, e.g. another revision's file)."""
         m = params.metrics if isinstance(params, Params) else section(Metrics, params.get("metrics"), "metrics")
-        return cls(m.tokenize, m.multi_ref, m.remove_tokens)
+        return cls(m.tokenize, m.multi_ref, m.remove_tokens, m.rouge)
 
     def _texts(self, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> tuple[list[str], list[list[str]]]:
         # NFC on both sides: a decomposed reference (macOS-exported CSV) would share no token with a prediction
@@ -136,11 +154,33 @@ class Scorer:
         self.tokenizer.tokenize_many(list(preds) + [r for rs in refs for r in rs])
         out = np.zeros((len(preds), len(ROUGE_TYPES)))
         agg = np.max if self.multi_ref == "max" else np.mean
-        for i, (p, rs) in enumerate(zip(preds, refs)):
+        for i, rs in enumerate(refs):
             if not rs:
                 raise ValueError(f"row {i + 1}: no reference summary")
+        if self.rouge == "rouge":
+            return self._per_row_package(preds, refs, agg)
+        for i, (p, rs) in enumerate(zip(preds, refs)):
             s = [self._rouge.score(r, p) for r in rs]
             out[i] = [agg([x[t].fmeasure for x in s]) for t in ROUGE_TYPES]
+        return out
+
+    def _per_row_package(self, preds: list[str], refs: list[list[str]], agg) -> np.ndarray:
+        from rouge import Rouge
+
+        join = {t: " ".join(self.tokenizer.tokenize(t)) for t in list(preds) + [r for rs in refs for r in rs]}
+        longest = max((len(s.split()) for t in join.values() for s in t.split(".")), default=0)
+        package = Rouge(metrics=["rouge-1", "rouge-2", "rouge-l"], stats=["f"])
+        out = np.zeros((len(preds), len(ROUGE_TYPES)))
+        # the package rebuilds each LCS recursively, one frame per step: a long "."-free sentence (a degenerate
+        # generation) would otherwise hit Python's recursion limit
+        with _recursion_room(2 * longest + 100):
+            for i, (p, rs) in enumerate(zip(preds, refs)):
+                hyp = join[p]
+                s = [
+                    package.get_scores(hyp, join[r])[0] if _has_sentence(hyp) and _has_sentence(join[r]) else None
+                    for r in rs
+                ]
+                out[i] = [agg([x[k]["f"] if x else 0.0 for x in s]) for k in ("rouge-1", "rouge-2", "rouge-l")]
         return out
 
     def bleu(self, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
@@ -164,6 +204,21 @@ class Scorer:
         out["bleu"] = float(self.bleu(preds, refs))
         out["n"] = len(preds)
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def _has_sentence(text: str) -> bool:
+    """Whether the ``rouge`` package finds a sentence in ``text`` (it raises on none)."""
+    return any(len(s) > 0 for s in text.split("."))
+
+
+@contextmanager
+def _recursion_room(depth: int):
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, depth + 1000))  # 1000: room for the frames already on the stack
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
 
 
 def ngram_counts(tokens: Sequence[str], n: int):

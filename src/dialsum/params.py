@@ -78,6 +78,8 @@ BatchSize = Annotated[
 # the choices below are dialsum's lists of what exists: the modules doing the work import them from here
 AUGMENTATIONS = ("reorder", "mask", "synonym", "paraphrase")  # dialsum.tta
 TOKENIZE_MODES = ("morpheme", "whitespace", "default")  # dialsum.metrics
+ROUGE_IMPLS = ("rouge-score", "rouge")  # dialsum.metrics: the PyPI package doing the ROUGE arithmetic
+MULTI_REF = ("max", "mean")  # dialsum.metrics
 ENSEMBLE_STRATEGIES = (
     "auto",
     "averaging",
@@ -251,7 +253,10 @@ def new_tokens(gen: dict | Generation, max_target_len: int | None = None) -> int
 
 class Metrics(Section):
     tokenize: Literal[TOKENIZE_MODES] = "morpheme"
-    multi_ref: Literal["max", "mean"] = "max"
+    multi_ref: Literal[MULTI_REF] = "max"
+    # rouge-score counts repeated n-grams (a repeat costs precision); `rouge` (the DialogSum-ko leaderboard's
+    # package) counts n-gram sets and scores summary-level ROUGE-L, so repetition is free there
+    rouge: Literal[ROUGE_IMPLS] = "rouge-score"
     remove_tokens: list[Text] = ["<s>", "</s>", "<pad>", "<unk>", "<usr>", "<sys>"]  # deleted before scoring
 
 
