@@ -205,11 +205,11 @@ def test_the_registry_is_the_strategy_choices():
         ["x", "y"],
     )
     assert E.options(["a", "b"], groups, True) == [
-        "single:a",
-        "single:b",
+        "single:a/0",
+        "single:b/0",
         "majority_vote",
         "rouge_weighted",
         "stacking",
         "blending",
     ]
-    assert E.options(["a", "b"], groups[:1], False) == ["single:a", "single:b", "majority_vote"]
+    assert E.options(["a", "b"], groups[:1], False) == ["single:a/0", "single:b/0", "majority_vote"]

@@ -2,8 +2,11 @@
 
 Every strategy scores the candidates of one dialogue (every source x view x pool candidate) and takes the
 best (ties: the higher model log-prob, then the first candidate in source order, so choices are
-deterministic). ``auto`` (the default) chooses among the others and each model alone by their cross-fitted
-out-of-fold score (:func:`combine`); collapsed sources are left out before (:func:`collapsed_sources`).
+deterministic). ``auto`` (the default) chooses among the others and each fold model alone
+(``single:<model>/<fold>``, scored on its own fold's out-of-fold rows: on dev and test a dialogue has a
+candidate per model x fold, so "a model alone" must name the fold it uses) by their cross-fitted
+out-of-fold score, a fold model winning ties (:func:`combine`); collapsed sources are left out before
+(:func:`collapsed_sources`).
 
 - ``majority_vote``: MBR consensus, each candidate's mean ROUGE-1/2 F1 to all candidates.
 - ``rouge_weighted``: the same vote with each candidate's vote weighted by its source's out-of-fold ROUGE

@@ -13,7 +13,7 @@ from ..metrics import CachedTokenizer
 from ..params import Ensemble, Params, ParamsError, section
 from .candidates import candidate_targets
 from .pools import Group, build_groups, pick, select
-from .strategies import REGISTRY, fit_strategy, is_fitted
+from .strategies import REGISTRY, fit_strategy, has_source, is_fitted
 
 log = logging.getLogger(__package__)
 
@@ -31,7 +31,14 @@ def crossfit(
 ) -> tuple[list[float], dict]:
     """Scores ``strategy`` on ``groups`` without letting a fitted strategy see the dialogue it chooses for:
     each of ``folds`` seeded parts of the dialogues is chosen for by a fit on the others. Returns the
-    per-group ``{id(group): score array}`` and the mean target of the choices (x 3: a rouge_sum)."""
+    per-group ``{id(group): score array}`` and the mean target of the choices (x 3: a rouge_sum).
+
+    ``single:<model>/<fold>`` is scored on the dialogues that fold model has a candidate for only: out of
+    fold, the rows of its own fold (its own out-of-fold score), so fold models compete by their own rows."""
+    if strategy.startswith("single:") and "/" in strategy:
+        keep = [i for i, g in enumerate(groups) if has_source(g, strategy.split(":", 1)[1])]
+        if keep:
+            groups, targets = [groups[i] for i in keep], [targets[i] for i in keep]
     fitted = is_fitted(strategy)
     if fitted and len(groups) < 2:
         raise ValueError(
@@ -54,10 +61,13 @@ def crossfit(
 
 
 def options(models: Sequence[str], groups: list[Group], weighted: bool) -> list[str]:
-    """What ``auto`` chooses among: each model alone first (so a tie goes to the simplest), then the
+    """What ``auto`` chooses among: each fold model alone first (so a tie goes to the simplest), then the
     registry's strategies that offer themselves for this pool (``weighted``: there are OOF scores or ``ensemble.weights``)."""
     present = set().union(*(set(g.cands["model"]) for g in groups)) if groups else set()
-    opts = [f"single:{m}" for m in models if m in present]
+    sources = set().union(*(set(g.cands["source"]) for g in groups)) if groups else set()
+    # each fold model on its own: on dev and test a dialogue has a candidate per model x fold, so "the model
+    # alone" must say which fold, and the choice among them is made on each fold's own out-of-fold rows
+    opts = [f"single:{s}" for m in models for s in sorted(sources) if s.split("/")[0] == m]
     return opts + [n for n, s in REGISTRY.items() if s.offer and s.offer(present, groups, weighted)]
 
 
@@ -101,6 +111,7 @@ def combine(
             if fit_on == "oof"
             else "dev (no out-of-fold rows: cross-fitted on dev, so its dev score is optimistic)",
             "rouge_sum_by_option": table,
+            **({"single_options_scored_on": "each fold model's own out-of-fold rows"} if fit_on == "oof" else {}),
         }
         log.info("auto: %s (rouge_sum on %s: %s)", chosen, fit_on, ", ".join(f"{k} {v:.4f}" for k, v in table.items()))
         if dev_refs and fit_on == "oof" and pools.get("dev"):

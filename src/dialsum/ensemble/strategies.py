@@ -97,6 +97,26 @@ def _is_single(g: Group, model: str) -> np.ndarray:
     return ((c["model"] == model) & (c["view"] == "orig") & (cand == 0)).to_numpy()
 
 
+def _is_source(g: Group, source: str) -> np.ndarray:
+    c = g.cands
+    cand = c["candidate"] if "candidate" in c else 0
+    return ((c["source"] == source) & (c["view"] == "orig") & (cand == 0)).to_numpy()
+
+
+def has_source(g: Group, source: str) -> bool:
+    return bool(_is_source(g, source).any())
+
+
+def _single_source(source: str) -> Callable:
+    def single(g):
+        mine = _is_source(g, source)
+        if not mine.any():  # the source has no candidate here (collapsed and left out): MBR instead
+            return weighted_consensus(g.sim, np.ones(len(g.cands)))
+        return mine.astype(float)
+
+    return single
+
+
 def _single(model: str, source_scores: dict) -> Callable:
     rank = {s: v for s, v in source_scores.items() if s.split("/")[0] == model}
 
@@ -123,7 +143,7 @@ def fit_strategy(
     candidates' ``targets`` only. ``source_scores`` maps sources (``model/fold``) to their OOF ``rouge_sum``.
 
     ``single:<model>`` is that model alone: its original view's first candidate, from the fold with the best
-    OOF score where a dialogue has several."""
+    OOF score where a dialogue has several; ``single:<model>/<fold>`` that one fold model alone."""
     model_oof = {
         m: float(np.mean([v for s, v in source_scores.items() if s.split("/")[0] == m]))
         for m in models
@@ -131,7 +151,8 @@ def fit_strategy(
     }
     cfg = section(Ensemble, cfg, "ensemble")
     if strategy.startswith("single:"):
-        return _single(strategy.split(":", 1)[1], source_scores), {}
+        target = strategy.split(":", 1)[1]
+        return (_single_source(target) if "/" in target else _single(target, source_scores)), {}
     if strategy not in REGISTRY:
         raise ValueError(f"unknown ensemble.strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
     entry, info = REGISTRY[strategy], {}
