@@ -198,7 +198,7 @@ def test_the_registry_is_the_strategy_choices():
     from dialsum.params import ENSEMBLE_STRATEGIES
 
     assert set(E.REGISTRY) == set(ENSEMBLE_STRATEGIES) - {"auto"}
-    assert E.FITTED == ("auto", "stacking", "blending")
+    assert E.FITTED == ("auto", "stacking", "blending", "rerank")
     groups = E.build_groups(
         pd.concat([frame(f, [("a", 0, "orig", "비가 온다", -1), ("b", 0, "orig", "눈이 온다", -2)]) for f in "xy"]),
         TOK,

@@ -15,6 +15,9 @@ out-of-fold score, a fold model winning ties (:func:`combine`); collapsed source
   maximising the ROUGE of the selection against the OOF references), then applied to dev/test.
 - ``stacking``: a reranker: a gradient-boosted regressor trained on out-of-fold candidates predicts each
   candidate's ROUGE from features that need no reference (:func:`candidate_features`); the argmax is chosen.
+- ``rerank``: a cross-encoder over (dialogue, candidate) pairs trained on out-of-fold candidates to predict
+  their ROUGE (:mod:`.rerank`); the argmax is chosen. ``auto`` does not consider it (it trains an encoder per
+  cross-fitting part).
 - ``averaging`` / ``weighted_avg`` average log-probabilities *during* generation (see
   :meth:`dialsum.generation.Summarizer.averaged`); across models with other tokenizers their outputs are
   combined here by ``majority_vote`` / ``rouge_weighted``.
@@ -38,6 +41,7 @@ from .candidates import (
     read_candidates,
 )
 from .fitting import FITTED, choose, combine, crossfit, fit_set, options
+from .rerank import Reranker, fit_reranker, rerank_scores
 from .pools import (
     Group,
     build_groups,
@@ -54,6 +58,9 @@ from .stage import KEYS, run, summarize_new
 from .strategies import REGISTRY, STRATEGIES, Fit, Strategy, fit_strategy, is_fitted
 
 __all__ = [
+    "Reranker",
+    "fit_reranker",
+    "rerank_scores",
     "FITTED",
     "KEYS",
     "REGISTRY",

@@ -16,6 +16,7 @@ from ..metrics import CachedTokenizer
 from ..params import ENSEMBLE_STRATEGIES, Ensemble, section
 from .blending import fit_blend
 from .pools import Group, vote_weights, weighted_consensus
+from .rerank import fit_reranker, rerank_scores
 from .stacking import candidate_features, fit_stacker
 
 log = logging.getLogger(__package__)
@@ -74,6 +75,11 @@ def _blending(fit: Fit) -> tuple:
     return (lambda g: weighted_consensus(g.sim, np.array([bw.get(m, 0.0) for m in g.cands["model"]]))), info
 
 
+def _rerank(fit: Fit) -> tuple:
+    reranker = fit_reranker(fit.groups, fit.targets, fit.cfg, fit.seed)
+    return (lambda g: rerank_scores(reranker, g)), {"rerank_backbone": fit.cfg.rerank_backbone}
+
+
 REGISTRY: dict[str, Strategy] = {
     "majority_vote": Strategy(_consensus, offer=lambda present, groups, weighted: True),
     "averaging": Strategy(_consensus),  # across models; token-level averaging happened in the average stage
@@ -84,6 +90,8 @@ REGISTRY: dict[str, Strategy] = {
     "blending": Strategy(
         _blending, fitted=True, offer=lambda present, groups, weighted: len(groups) >= 2 and len(present) > 1
     ),
+    # not offered to auto: crossfit_folds + 1 encoder trainings per run
+    "rerank": Strategy(_rerank, fitted=True),
 }
 
 
