@@ -191,3 +191,25 @@ def test_numeric_looking_fnames_stay_text(tmp_path):
     path.write_text("fname,summary,logprob\n001,a,-1.0\n010,,-2.0\n")
     df = E.read_candidates(path)
     assert list(df["fname"]) == ["001", "010"] and list(df["summary"]) == ["a", ""]
+
+
+def test_the_registry_is_the_strategy_choices():
+    # a strategy missing from either side would pass validation and fail at fit time, or never be selectable
+    from dialsum.params import ENSEMBLE_STRATEGIES
+
+    assert set(E.REGISTRY) == set(ENSEMBLE_STRATEGIES) - {"auto"}
+    assert E.FITTED == ("auto", "stacking", "blending", "rerank")
+    groups = E.build_groups(
+        pd.concat([frame(f, [("a", 0, "orig", "비가 온다", -1), ("b", 0, "orig", "눈이 온다", -2)]) for f in "xy"]),
+        TOK,
+        ["x", "y"],
+    )
+    assert E.options(["a", "b"], groups, True) == [
+        "single:a/0",
+        "single:b/0",
+        "majority_vote",
+        "rouge_weighted",
+        "stacking",
+        "blending",
+    ]
+    assert E.options(["a", "b"], groups[:1], False) == ["single:a/0", "single:b/0", "majority_vote"]

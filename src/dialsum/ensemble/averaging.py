@@ -1,0 +1,80 @@
+"""Model averaging over one model's fold models (the average stage; ``averaging`` / ``weighted_avg``): the fold
+weights, loading the fold models, one beam search on their mean log-probs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from .. import paths
+from ..params import Params, typed
+
+log = logging.getLogger(__package__)
+
+
+def fold_weights(params: Params | dict, model: str, folds: list, root: Path = Path(".")) -> list[float]:
+    """averaging: equal. weighted_avg: ``ensemble.weights`` by ``model/fold``, else each fold model's OOF ROUGE
+    (from predict's metrics)."""
+    params = typed(params)
+    if params.ensemble.strategy == "averaging":
+        return [1.0] * len(folds)
+    given = params.ensemble.weights or {}
+    out = []
+    for f in folds:
+        if f"{model}/{f}" in given:
+            out.append(float(given[f"{model}/{f}"]))
+            continue
+        oof = json.loads((root / paths.predict_metrics(model, f)).read_text()).get("oof")
+        out.append(oof["rouge_sum"] if oof else 1.0)  # fold `full` has no OOF rows: weight 1
+    return out
+
+
+def fold_members(params: Params | dict, model: str, root: Path = Path(".")) -> list:
+    """``model``'s trained fold models (``cv.folds``) as :class:`~dialsum.generation.Summarizer` objects;
+    a missing folder or a fold with another vocabulary (log-probs that cannot be averaged) stops here."""
+    params = typed(params)
+    members = []
+    for f in params.cv.folds:
+        d = root / paths.model_dir(model, f)
+        member = _load_member(params, model, d)
+        if members and member.tokenizer.get_vocab() != members[0].tokenizer.get_vocab():
+            raise ValueError(
+                f"{d} has another vocabulary than fold {params.cv.folds[0]}; "
+                "log-probabilities of different tokenizers cannot be averaged"
+            )
+        members.append(member)
+    return members
+
+
+def _load_member(params: Params, model: str, model_dir: Path):
+    from ..generation import Summarizer
+
+    _check_trained(model_dir)
+    return Summarizer.load(model_dir, params.zoo[model], params.generation)
+
+
+def _check_trained(model_dir: Path) -> None:
+    if not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{model_dir}: no trained model; run `dvc repro` (or `dvc pull`) first")
+
+
+def average_folds(
+    params: Params | dict, model: str, frames: dict[str, pd.DataFrame], root: Path = Path(".")
+) -> tuple[dict[str, pd.DataFrame], list[float]]:
+    """Model averaging (the average stage, and ``dialsum summarize --ensemble``): one beam search per dialogue
+    of each frame (fname, dialogue) on the weighted mean of ``model``'s fold models' next-token log-probs.
+    Returns ``{split: [fname, view, summary, logprob]}`` and the fold weights (:func:`fold_weights`)."""
+    params = typed(params)
+    members = fold_members(params, model, root)
+    weights = fold_weights(params, model, list(params.cv.folds), root)
+    log.info("averaging %d fold models of %s, weights %s", len(members), model, weights)
+    out = {}
+    for split, df in frames.items():
+        texts, lps = members[0].averaged(members[1:], weights, df["dialogue"], desc=f"{split} averaged")
+        out[split] = pd.DataFrame(
+            {"fname": list(df["fname"]), "view": "orig", "summary": texts, "logprob": [round(x, 6) for x in lps]}
+        )
+    return out, weights

@@ -1,0 +1,200 @@
+"""Fitted selection: what the fitted strategies learn from (:func:`fit_set`), cross-fitting (:func:`crossfit`),
+``auto``'s options and choice, and :func:`combine` / :func:`choose`, the one entry point of the ensemble stage
+and ``dialsum summarize --ensemble``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from ..metrics import CachedTokenizer
+from ..params import Ensemble, Params, ParamsError, section
+from .candidates import candidate_targets
+from .pools import Group, build_groups, pick, select
+from .strategies import REGISTRY, fit_strategy, has_source, is_fitted
+
+log = logging.getLogger(__package__)
+
+
+def crossfit(
+    strategy: str,
+    cfg: dict,
+    models,
+    groups: list[Group],
+    targets: list[np.ndarray],
+    source_scores: dict,
+    tok: CachedTokenizer,
+    seed: int,
+    folds: int,
+) -> tuple[list[float], dict]:
+    """Scores ``strategy`` on ``groups`` without letting a fitted strategy see the dialogue it chooses for:
+    each of ``folds`` seeded parts of the dialogues is chosen for by a fit on the others. Returns the
+    per-group ``{id(group): score array}`` and the mean target of the choices (x 3: a rouge_sum).
+
+    ``single:<model>/<fold>`` is scored on the dialogues that fold model has a candidate for only: out of
+    fold, the rows of its own fold (its own out-of-fold score), so fold models compete by their own rows."""
+    if strategy.startswith("single:") and "/" in strategy:
+        keep = [i for i, g in enumerate(groups) if has_source(g, strategy.split(":", 1)[1])]
+        if keep:
+            groups, targets = [groups[i] for i in keep], [targets[i] for i in keep]
+    fitted = is_fitted(strategy)
+    if fitted and len(groups) < 2:
+        raise ValueError(
+            f"ensemble.strategy = {strategy} needs at least 2 scored dialogues to cross-fit on, got {len(groups)}"
+        )
+    folds = min(folds, len(groups))
+    parts = np.random.default_rng(seed).permutation(len(groups)) % folds if fitted else np.zeros(len(groups), int)
+    scores, values = {}, []
+    for f in sorted(set(parts.tolist())):
+        held = [i for i in range(len(groups)) if parts[i] == f]
+        fit_on = [i for i in range(len(groups)) if parts[i] != f] if fitted else []
+        score, _ = fit_strategy(
+            strategy, cfg, models, [groups[i] for i in fit_on], [targets[i] for i in fit_on], source_scores, tok, seed
+        )
+        for i in held:
+            s = np.asarray(score(groups[i]), dtype=float)
+            scores[id(groups[i])] = s
+            values.append(float(targets[i][pick(groups[i], s)]))
+    return scores, 3 * float(np.mean(values)) if values else float("nan")
+
+
+def options(models: Sequence[str], groups: list[Group], weighted: bool) -> list[str]:
+    """What ``auto`` chooses among: each fold model alone first (so a tie goes to the simplest), then the
+    registry's strategies that offer themselves for this pool (``weighted``: there are OOF scores or ``ensemble.weights``)."""
+    present = set().union(*(set(g.cands["model"]) for g in groups)) if groups else set()
+    sources = set().union(*(set(g.cands["source"]) for g in groups)) if groups else set()
+    # each fold model on its own: on dev and test a dialogue has a candidate per model x fold, so "the model
+    # alone" must say which fold, and the choice among them is made on each fold's own out-of-fold rows
+    opts = [f"single:{s}" for m in models for s in sorted(sources) if s.split("/")[0] == m]
+    return opts + [n for n, s in REGISTRY.items() if s.offer and s.offer(present, groups, weighted)]
+
+
+def combine(
+    strategy: str,
+    cfg: dict,
+    models: Sequence[str],
+    pools: dict,
+    fit_groups: list[Group],
+    fit_refs: dict,
+    fit_on: str,
+    source_scores: dict,
+    scorer,
+    seed: int,
+    dev_refs: dict | None = None,
+) -> tuple[dict, dict]:
+    """The ensemble: one summary per dialogue for every split of ``pools`` ({split: [Group]}).
+
+    Fitted strategies (and ``auto``'s choice) learn from ``fit_groups`` with references ``fit_refs``:
+    the out-of-fold pools (``fit_on`` = "oof"), or, with fold `full` only, the dev pools (``fit_on`` =
+    "dev"): then the dev choices are cross-fitted (each dev dialogue chosen for by a fit on the others) and
+    the metrics say so, and test is chosen by a fit on all of dev. With ``dev_refs`` ({fname: [reference]})
+    and out-of-fold fitting, ``auto`` also reports each option's dev score: dev pools are shaped like test
+    (a candidate per model x fold), out-of-fold pools are not. Returns ({split: selection}, info)."""
+    cfg = section(Ensemble, cfg, "ensemble")
+    tok, folds = scorer.tokenizer, cfg.crossfit_folds
+    targets = candidate_targets(fit_groups, fit_refs, scorer) if fit_groups else []
+    info: dict = {}
+    runs: dict = {}  # option -> crossfit(...) on fit_groups, reused for the cross-fitted choices below
+    fits: dict = {}  # option -> fit_strategy(...) on all of fit_groups, when auto scored the options on dev
+    if strategy == "auto":
+        if not fit_groups:
+            raise ValueError("ensemble.strategy = auto chooses on scored candidates and there are none")
+        for o in options(models, fit_groups, bool(source_scores or cfg.weights)):
+            runs[o] = crossfit(o, cfg, models, fit_groups, targets, source_scores, tok, seed, folds)
+        table = {o: round(run[1], 6) for o, run in runs.items()}
+        chosen = max(table, key=lambda o: table[o])  # first best: a model alone wins ties
+        info["auto"] = {
+            "chosen": chosen,
+            "chosen_on": fit_on
+            if fit_on == "oof"
+            else "dev (no out-of-fold rows: cross-fitted on dev, so its dev score is optimistic)",
+            "rouge_sum_by_option": table,
+            **({"single_options_scored_on": "each fold model's own out-of-fold rows"} if fit_on == "oof" else {}),
+        }
+        log.info("auto: %s (rouge_sum on %s: %s)", chosen, fit_on, ", ".join(f"{k} {v:.4f}" for k, v in table.items()))
+        if dev_refs and fit_on == "oof" and pools.get("dev"):
+            # for the reader only: the choice stays the out-of-fold one, dev is what it is scored on
+            dev_table = {}
+            for o in table:
+                fits[o] = fit_strategy(o, cfg, models, fit_groups, targets, source_scores, tok, seed)
+                sel = select(pools["dev"], fits[o][0])
+                dev_table[o] = round(
+                    scorer.score(list(sel["summary"]), [dev_refs[f] for f in sel["fname"]])["rouge_sum"], 6
+                )
+            info["auto"]["dev_rouge_sum_by_option"] = dev_table
+        strategy = chosen
+    score, fitted = fits.get(strategy) or fit_strategy(
+        strategy, cfg, models, fit_groups, targets, source_scores, tok, seed
+    )
+    if "fitted_on" in fitted:
+        fitted["fitted_on"] = {f"{fit_on}_{k}": v for k, v in fitted["fitted_on"].items()}
+    info.update(fitted)
+    out = {}
+    for split, groups in pools.items():
+        if split == fit_on and is_fitted(strategy):
+            if groups is fit_groups and strategy in runs:  # auto cross-fitted exactly this already
+                dev_scores = runs[strategy][0]
+            else:
+                dev_targets = targets if groups is fit_groups else candidate_targets(groups, fit_refs, scorer)
+                dev_scores, _ = crossfit(strategy, cfg, models, groups, dev_targets, source_scores, tok, seed, folds)
+            out[split] = select(groups, lambda g: dev_scores[id(g)])
+            info["crossfitted_on"] = f"{split} ({folds} folds: each {split} dialogue chosen by a fit on the others)"
+        else:
+            out[split] = select(groups, score)
+    return out, info
+
+
+FITTED = ("auto", *(n for n, s in REGISTRY.items() if s.fitted))  # strategies that learn from scored candidates
+
+
+def fit_set(strategy: str, cands: dict, frames: dict, tok: CachedTokenizer) -> tuple[list, dict, str]:
+    """What a fitted strategy (and ``auto``'s choice) learns from: ``(groups, {fname: references}, on)``, the
+    out-of-fold pools (``on`` = "oof"), or with fold ``full`` only the dev pools ("dev", cross-fitted by
+    :func:`combine`); nothing ("none") for the other strategies. ``frames``: the processed train and dev."""
+    if strategy not in FITTED:
+        return [], {}, "none"
+    split = "oof" if not cands["oof"].empty else "dev"
+    frame = frames["train"] if split == "oof" else frames["dev"]
+    from ..data import references
+
+    refs = dict(zip(frame["fname"], references(frame)))
+    order = list(dict.fromkeys(cands[split]["fname"]))
+    return build_groups(cands[split], tok, order, dict(zip(frame["fname"], frame["dialogue"]))), refs, split
+
+
+def choose(
+    params: Params, pools: dict, inputs: dict, stored: dict, frames: dict, oof_scores: dict, scorer
+) -> tuple[dict, dict, dict]:
+    """One summary per dialogue of each ``inputs[split]`` (fname, dialogue) from ``pools[split]`` by
+    ``ensemble.strategy``; fitted strategies learn from the ``stored`` candidates (:func:`fit_set`; ``frames``:
+    the processed train and dev). Returns ``({split: chosen rows}, strategy info, {split: groups})``."""
+    cfg, tok = params.ensemble, scorer.tokenizer
+    groups = {
+        s: build_groups(pools[s], tok, list(df["fname"]), dict(zip(df["fname"], df["dialogue"])))
+        for s, df in inputs.items()
+    }
+    fit_groups, fit_refs, fit_on = fit_set(cfg.strategy, stored, frames, tok)
+    dev_refs = None
+    if "dev" in groups and any(c.startswith("summary") for c in frames["dev"]):
+        from ..data import references
+
+        dev_refs = dict(zip(frames["dev"]["fname"], references(frames["dev"])))
+    try:
+        result, info = combine(
+            cfg.strategy,
+            cfg,
+            params.models,
+            groups,
+            fit_groups,
+            fit_refs,
+            fit_on,
+            oof_scores,
+            scorer,
+            params.seed,
+            dev_refs=dev_refs,
+        )
+    except ValueError as e:
+        raise ParamsError(f"params.yaml: {e}") from None
+    return result, info, groups

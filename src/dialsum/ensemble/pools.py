@@ -1,0 +1,139 @@
+"""A dialogue's candidate pool (:class:`Group`) and choosing one candidate from it: pairwise ROUGE-1/2
+similarities, weighted MBR consensus, the deterministic :func:`pick` and :func:`select`.
+
+Similarities: each distinct text is tokenized once and its n-gram counts built once; a pair then costs a
+Counter intersection. ROUGE-L is left out of the vote on purpose: its LCS is quadratic in pure Python and
+ranks candidates almost as ROUGE-1/2 do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..metrics import CachedTokenizer, ngram_counts
+
+
+def _overlap(a: dict, b: dict) -> int:
+    if len(a) > len(b):
+        a, b = b, a
+    get = b.get
+    return sum(min(c, get(k, 0)) for k, c in a.items())
+
+
+def similarity_matrix(texts: Sequence[str], tokenizer: CachedTokenizer) -> np.ndarray:
+    """Pairwise mean of ROUGE-1 and ROUGE-2 F1 (1 on the diagonal).
+
+    F1 = 2 * overlap / (|a| + |b|) on clipped n-gram counts (rouge-score's definition); each distinct text
+    is counted once and duplicates share its row.
+    """
+    uniq = list(dict.fromkeys(texts))
+    index = [uniq.index(t) for t in texts] if len(uniq) < len(texts) else list(range(len(texts)))
+    toks = tokenizer.tokenize_many(uniq)
+    grams = []
+    for t in toks:
+        g1, g2 = ngram_counts(t, 1), ngram_counts(t, 2)
+        grams.append((g1, sum(g1.values()), g2, sum(g2.values())))
+    m = len(uniq)
+    u = np.eye(m)
+    for i in range(m):
+        a1, n1, a2, n2 = grams[i]
+        for j in range(i + 1, m):
+            b1, k1, b2, k2 = grams[j]
+            f1 = 2 * _overlap(a1, b1) / (n1 + k1) if n1 + k1 else 0.0
+            f2 = 2 * _overlap(a2, b2) / (n2 + k2) if n2 + k2 else 0.0
+            u[i, j] = u[j, i] = (f1 + f2) / 2
+    sim = u[np.ix_(index, index)]
+    np.fill_diagonal(sim, 1.0)
+    return sim
+
+
+def weighted_consensus(sim: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Score of each candidate = weighted mean similarity to all candidates, itself included (so a lone
+    heavy voter can still pick its own candidate; with equal weights the ranking is plain MBR)."""
+    w = np.asarray(w, dtype=float)
+    total = w.sum()
+    return (sim @ w) / total if total > 0 else sim.mean(axis=1)
+
+
+def consensus_scores(candidates: Sequence[str], tokenizer: CachedTokenizer) -> np.ndarray:
+    """Mean ROUGE-1/2 F1 of each candidate against the *others* (1 candidate: 1.0)."""
+    n = len(candidates)
+    if n == 1:
+        return np.ones(1)
+    sim = similarity_matrix(candidates, tokenizer)
+    return (sim.sum(axis=1) - 1.0) / (n - 1)
+
+
+@dataclass
+class Group:
+    """The candidates of one dialogue (every source x view x pool candidate), their pairwise similarities
+    and the dialogue itself (for reference-free features; may be empty)."""
+
+    fname: str
+    cands: pd.DataFrame
+    sim: np.ndarray
+    dialogue: str = ""
+
+
+def build_groups(
+    cands: pd.DataFrame, tokenizer: CachedTokenizer, order: Sequence[str], dialogues: dict | None = None
+) -> list[Group]:
+    """One :class:`Group` per fname in ``order`` from ``cands`` [fname, source, model, view, summary, ...];
+    ``dialogues`` (fname -> text) feeds the features that compare a summary with its dialogue."""
+    tokenizer.tokenize_many(cands["summary"].unique())  # one batch: kiwipiepy is much faster that way
+    groups = dict(tuple(cands.groupby("fname", sort=False)))
+    out = []
+    for fname in order:
+        g = groups.get(fname)
+        if g is None:
+            raise ValueError(f"no candidate summary for {fname}")
+        g = g.reset_index(drop=True)
+        out.append(Group(fname, g, similarity_matrix(list(g["summary"]), tokenizer), (dialogues or {}).get(fname, "")))
+    return out
+
+
+def pick(g: Group, s: np.ndarray) -> int:
+    """The index of the best score; a tie goes to the higher model log-prob, then to the first candidate."""
+    s = np.round(np.asarray(s, dtype=float), 9)
+    top = np.flatnonzero(s == s.max())
+    if len(top) > 1 and "logprob" in g.cands:
+        lp = g.cands["logprob"].astype(float).to_numpy()[top]
+        top = top[lp == lp.max()]
+    return int(top[0])
+
+
+def select(groups: list[Group], score) -> pd.DataFrame:
+    """The :func:`pick` of ``score(group) -> array`` per group."""
+    rows = []
+    for g in groups:
+        s = np.asarray(score(g), dtype=float)
+        best = pick(g, s)
+        c = g.cands.iloc[best]
+        rows.append(
+            {
+                "fname": g.fname,
+                "summary": c["summary"],
+                "source": c["source"],
+                "view": c.get("view", "orig"),
+                "candidate": int(c.get("candidate", 0)),
+                "score": round(float(s[best]), 6),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def mbr_select(cands: pd.DataFrame, tokenizer: CachedTokenizer, order: Sequence[str]) -> pd.DataFrame:
+    """``majority_vote`` on a candidate frame (kept for callers that have no groups yet)."""
+    groups = build_groups(cands, tokenizer, order)
+    return select(groups, lambda g: weighted_consensus(g.sim, np.ones(len(g.cands)))).rename(
+        columns={"score": "consensus"}
+    )
+
+
+def vote_weights(cands: pd.DataFrame, weights: dict) -> np.ndarray:
+    """Per-candidate weight: by source (``model/fold``), else by model, else 1."""
+    return np.array([float(weights.get(s, weights.get(m, 1.0))) for s, m in zip(cands["source"], cands["model"])])

@@ -1,0 +1,102 @@
+"""``rerank``: a cross-encoder over (dialogue, candidate) pairs (``ensemble.rerank_backbone``, by default the
+packaged MiniLM) with a one-output regression head, trained on the out-of-fold candidates to predict each
+one's ROUGE against its references; a dialogue's candidates are then ranked by the prediction. Seeded,
+length-sorted token-budget batches, CPU-deterministic."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..params import Ensemble
+from .pools import Group
+
+
+def _batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices in length order, cut so that a batch's padded size (count x its longest) stays within budget."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    out, cur, longest = [], [], 0
+    for i in order:
+        longest_if = max(longest, lengths[i])
+        if cur and longest_if * (len(cur) + 1) > budget:
+            out.append(cur)
+            cur, longest_if = [], lengths[i]
+        cur.append(i)
+        longest = longest_if
+    return out + ([cur] if cur else [])
+
+
+class Reranker:
+    def __init__(self, cfg: Ensemble, seed: int):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from ..models import resolve_checkpoint
+
+        path = resolve_checkpoint(cfg.rerank_backbone)
+        torch.manual_seed(seed)  # the new regression head's initial weights
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        self.cfg, self.seed = cfg, seed
+
+    def _encode(self, pairs: list[tuple[str, str]]) -> list[list[int]]:
+        # the candidate is what is being judged: the dialogue gives way when the pair is too long
+        enc = self.tok(
+            [d for d, _ in pairs], [c for _, c in pairs], truncation="only_first", max_length=self.cfg.rerank_max_len
+        )
+        return enc["input_ids"], enc.get("token_type_ids")
+
+    def _tensors(self, ids, types, idx):
+        import torch
+
+        n = max(len(ids[i]) for i in idx)
+        pad = self.tok.pad_token_id or 0
+        x = torch.tensor([ids[i] + [pad] * (n - len(ids[i])) for i in idx])
+        mask = torch.tensor([[1] * len(ids[i]) + [0] * (n - len(ids[i])) for i in idx])
+        out = {"input_ids": x, "attention_mask": mask}
+        if types is not None:
+            out["token_type_ids"] = torch.tensor([types[i] + [0] * (n - len(types[i])) for i in idx])
+        return out
+
+    def fit(self, pairs: list[tuple[str, str]], y: np.ndarray) -> "Reranker":
+        import torch
+
+        ids, types = self._encode(pairs)
+        batches = _batches([len(i) for i in ids], self.cfg.rerank_tokens)
+        opt = torch.optim.AdamW(self.model.parameters(), lr=float(self.cfg.rerank_lr))
+        rng = np.random.default_rng(self.seed)
+        target = torch.tensor(np.asarray(y, dtype=np.float32))
+        self.model.train()
+        for _ in range(self.cfg.rerank_epochs):
+            for b in rng.permutation(len(batches)):
+                idx = batches[b]
+                pred = self.model(**self._tensors(ids, types, idx)).logits.squeeze(-1)
+                loss = torch.nn.functional.mse_loss(pred, target[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        self.model.eval()
+        return self
+
+    def predict(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        import torch
+
+        ids, types = self._encode(pairs)
+        out = np.zeros(len(ids))
+        with torch.no_grad():
+            for idx in _batches([len(i) for i in ids], self.cfg.rerank_tokens):
+                out[idx] = self.model(**self._tensors(ids, types, idx)).logits.squeeze(-1).double().numpy()
+        return out
+
+
+def _pairs(g: Group) -> list[tuple[str, str]]:
+    return [(g.dialogue, s) for s in g.cands["summary"]]
+
+
+def fit_reranker(groups: list[Group], targets: list[np.ndarray], cfg: Ensemble, seed: int) -> Reranker:
+    """A cross-encoder trained on ``groups``' candidates and their ``targets`` only."""
+    pairs = [p for g in groups for p in _pairs(g)]
+    return Reranker(cfg, seed).fit(pairs, np.concatenate(targets))
+
+
+def rerank_scores(reranker: Reranker, g: Group) -> np.ndarray:
+    return reranker.predict(_pairs(g))

@@ -1,0 +1,80 @@
+"""The ``rerank`` strategy: a cross-encoder over (dialogue, candidate) pairs, trained on scored candidates."""
+
+import numpy as np
+import pandas as pd
+
+from dialsum import ensemble as E
+from dialsum.metrics import CachedTokenizer, Scorer
+from dialsum.params import Ensemble
+
+TOK = CachedTokenizer("whitespace")
+WORDS = "tom mary doctor school tomorrow today goes comes booking phone market apple train ticket".split()
+
+
+def world(n, seed, split):
+    """Each dialogue states its summary; `good` restates it, `bad` says something else, `flat` the same
+    sentence for everything."""
+    rng = np.random.default_rng(seed)
+    rows, refs, dialogues = [], {}, {}
+    for i in range(n):
+        f = f"{split}_{i}"
+        ref, wrong = " ".join(rng.choice(WORDS, 6)), " ".join(rng.choice(WORDS, 6))
+        refs[f], dialogues[f] = [ref], f"#Person1#: {ref} #Person2#: okay"
+        for m, text in (("good", ref), ("bad", wrong), ("flat", "two people talk")):
+            rows.append({"fname": f, "model": m, "source": f"{m}/0", "view": "orig", "candidate": 0, "summary": text})
+    frame = pd.DataFrame(rows)
+    return E.build_groups(frame, TOK, list(dict.fromkeys(frame["fname"])), dialogues), refs
+
+
+CFG = {"rerank_epochs": 6, "rerank_lr": 1e-4, "rerank_tokens": 1024}
+
+
+def test_rerank_learns_to_rank_a_hand_made_pool():
+    groups, refs = world(16, 0, "fit")
+    scorer = Scorer("whitespace")
+    targets = E.candidate_targets(groups, refs, scorer)
+    reranker = E.fit_reranker(groups, targets, Ensemble(**CFG), seed=0)
+    pool = pd.DataFrame(
+        {
+            "fname": "new",
+            "model": ["bad", "good", "flat"],
+            "source": ["bad/0", "good/0", "flat/0"],
+            "view": "orig",
+            "candidate": 0,
+            "summary": ["apple market phone today comes", "mary books a train ticket tomorrow", "two people talk"],
+        }
+    )
+    g = E.build_groups(pool, TOK, ["new"], {"new": "#Person1#: mary books a train ticket tomorrow #Person2#: okay"})
+    s = E.rerank_scores(reranker, g[0])
+    assert int(np.argmax(s)) == 1
+    held, _ = world(10, 1, "held")
+    chosen = E.select(held, lambda g: E.rerank_scores(reranker, g))
+    assert (chosen["source"] == "good/0").mean() >= 0.8
+    again = E.fit_reranker(groups, targets, Ensemble(**CFG), seed=0)  # seeded: the same fit
+    assert np.array_equal(E.rerank_scores(again, g[0]), s)
+
+
+def test_rerank_never_sees_dev_or_test_references_when_oof_exists(monkeypatch):
+    oof, oof_refs = world(12, 0, "oof")
+    dev, dev_refs = world(6, 1, "dev")
+    test, test_refs = world(6, 2, "test")
+    scorer = Scorer("whitespace")
+    seen: list = []
+    real = scorer.per_row
+    monkeypatch.setattr(scorer, "per_row", lambda preds, rs: seen.extend(r for x in rs for r in x) or real(preds, rs))
+    out, info = E.combine(
+        "rerank",
+        {**CFG, "rerank_epochs": 1},
+        ["good", "bad", "flat"],
+        {"dev": dev, "test": test},
+        oof,
+        oof_refs,
+        "oof",
+        {},
+        scorer,
+        0,
+    )
+    assert len(out["dev"]) == 6 and len(out["test"]) == 6 and "crossfitted_on" not in info
+    assert info["fitted_on"] == {"oof_dialogues": 12, "oof_candidates": 36}
+    held_out = {r for refs in (dev_refs, test_refs) for x in refs.values() for r in x}
+    assert seen and set(seen) <= {r for x in oof_refs.values() for r in x} and not (set(seen) & held_out)
