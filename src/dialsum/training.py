@@ -24,7 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from . import generation, paths
 from .data import references
-from .metrics import Scorer
+from .metrics import SOURCE_DEPENDENCE_MIN, Scorer
 from .params import Generation, Params, Training, section, typed, written
 from .sequences import build_features
 from .tracking import seed_everything, start_wandb
@@ -381,7 +381,6 @@ class SummarizationTrainer(Seq2SeqTrainer):
 
 # Source dependence: the references' loss with a shuffled source minus with their own, in nats per summary
 # token. A model that learned only a language model of summaries scores ~0 (issue 33: tiny-bart 0.008).
-SOURCE_DEPENDENCE_MIN = 0.05  # below this an evaluation logs a WARNING: the model ignores its input
 SOURCE_DEPENDENCE_ROWS = 64  # validation rows it is measured on (the first ones): two loss passes, cheap
 SOURCE_DEPENDENCE_BATCH = 8
 
