@@ -17,7 +17,9 @@ import torch
 
 from dialsum.models import load_for_inference
 from dialsum.params import ZooEntry
-from dialsum.sequences import build_features, conventions, decode, source_ids
+from dialsum.generation import Summarizer
+from dialsum.params import Generation
+from dialsum.sequences import build_features
 
 
 def derangement(n: int, seed: int = 0) -> list[int]:
@@ -52,17 +54,18 @@ def main():
     args = ap.parse_args()
     model, tok, family = load_for_inference(args.model_dir)
     df = pd.read_csv(args.dev_csv, dtype=str, keep_default_na=False).head(args.rows)
-    entry = ZooEntry(family=family, max_source_len=args.max_source_len, max_target_len=args.max_target_len)
+    entry = ZooEntry(
+        family=family, pretrained=args.model_dir, max_source_len=args.max_source_len, max_target_len=args.max_target_len
+    )
     own, cut = build_features(df, tok, entry, model.config)
     other_df = df.assign(dialogue=df["dialogue"].iloc[derangement(len(df))].tolist())
     other, _ = build_features(other_df, tok, entry, model.config)
     lo, lx = mean_loss(model, own), mean_loss(model, other)
-    conv = conventions(tok, family, model.config)
-    summaries = []
-    for d in df["dialogue"]:
-        ids = torch.tensor([source_ids(tok, d, conv, args.max_source_len, None)[0]])
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=65, num_beams=1)
-        summaries.append(decode(tok, out[0, 0 if model.config.is_encoder_decoder else ids.shape[1] :], conv))
+    gen = Generation(num_beams=1, max_new_tokens=args.max_target_len + 1)
+    tok.padding_side = "left"
+    summaries, _ = Summarizer(model, tok, family, gen, args.max_source_len, None, 16)(
+        list(df["dialogue"]), desc="generate", progress=False
+    )
     print(
         f"{args.model_dir}: {len(df)} rows ({cut} truncated)  loss own {lo:.3f}  other {lx:.3f}  "
         f"other-own {lx - lo:+.3f} nats/token  distinct greedy summaries {len(set(summaries))}/{len(df)}"
