@@ -65,9 +65,11 @@ def test_evaluation_encodes_each_dialogue_once_with_the_same_results(tmp_path):
     trainer.rouge.reuses_encoder = lambda *a: False  # the plain way: generation encodes the rows again
     plain = trainer.evaluate()
 
-    assert reused_encodes == [4, 4, 2]  # the three loss-pass batches, and nothing for the generation
+    # the three loss-pass batches, nothing for the generation; then the source dependence's own and shuffled
+    # passes (batches of 8), which run outside the reuse
+    assert reused_encodes == [4, 4, 2, 8, 2, 8, 2]
     assert len(reuses) >= 6 and all(reuses)  # loss pass (3, compared with itself) + generation calls
-    assert sum(encodes) == 20  # plain: every row encoded by the loss pass and again by the generation
+    assert sum(encodes) == 20 + 20  # plain: every row by the loss pass and the generation (+ source dependence)
     assert reused_predictions == list(trainer.rouge.predictions)
     assert all(isinstance(p, str) for p in reused_predictions) and any(reused_predictions)
     for key in ("eval_loss", "eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rouge_sum"):
