@@ -350,3 +350,10 @@ def test_summarize_a_model_folder_with_the_settings_it_was_trained_with(tmp_path
     params.unlink()
     assert summarize(elsewhere, tmp_path / "x.csv", "--entry", "mini") == 2
     assert "no params file" in capsys.readouterr().err
+
+
+def test_the_bart_stand_ins_dropout_is_the_entrys_and_bart_s_0_1_without_one():
+    tok = models.train_tokenizer(["#Person1#: 안녕하세요. #Person2#: 네."] * 4, 300, "seq2seq")
+    arch = micro_entry()["arch"]
+    assert models.scratch_config(micro_entry(), tok).dropout == 0.1
+    assert models.scratch_config(micro_entry(arch={**arch, "dropout": 0.0}), tok).dropout == 0.0

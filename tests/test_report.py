@@ -248,3 +248,14 @@ def test_page_is_deterministic_and_a_missing_input_is_one_line(tmp_path, capsys)
     assert dialsum(["report", "--compare", "HEAD", "nope", "--repo", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a DVC repository" in err
+
+
+def test_each_model_folds_source_dependence_is_shown_and_an_ignoring_one_is_named(tmp_path):
+    params = _workspace(tmp_path)
+    (tmp_path / "metrics/train").mkdir(parents=True)
+    (tmp_path / "metrics/train/a-0.json").write_text(json.dumps({"rouge_sum": 1.0, "source_dependence": 0.004}))
+    (tmp_path / "metrics/train/b-0.json").write_text(json.dumps({"rouge_sum": 1.0, "source_dependence": 0.61}))
+    index = report.build_index(params, tmp_path)
+    assert {h["name"]: h.get("source_dependence") for h in index["header"][1:]} == {"a/0": 0.004, "b/0": 0.61}
+    html = report.write_index(params, tmp_path / "reports/index.html", tmp_path).read_text(encoding="utf-8")
+    assert "0.0040" in html and "0.6100" in html and html.count("ignores its input") == 1

@@ -65,9 +65,11 @@ def test_evaluation_encodes_each_dialogue_once_with_the_same_results(tmp_path):
     trainer.rouge.reuses_encoder = lambda *a: False  # the plain way: generation encodes the rows again
     plain = trainer.evaluate()
 
-    assert reused_encodes == [4, 4, 2]  # the three loss-pass batches, and nothing for the generation
+    # the three loss-pass batches, nothing for the generation; then the source dependence's own and shuffled
+    # passes (batches of 8), which run outside the reuse
+    assert reused_encodes == [4, 4, 2, 8, 2, 8, 2]
     assert len(reuses) >= 6 and all(reuses)  # loss pass (3, compared with itself) + generation calls
-    assert sum(encodes) == 20  # plain: every row encoded by the loss pass and again by the generation
+    assert sum(encodes) == 20 + 20  # plain: every row by the loss pass and the generation (+ source dependence)
     assert reused_predictions == list(trainer.rouge.predictions)
     assert all(isinstance(p, str) for p in reused_predictions) and any(reused_predictions)
     for key in ("eval_loss", "eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rouge_sum"):
@@ -152,3 +154,46 @@ def test_a_resumed_run_evaluates_on_its_own_steps_not_the_checkpoints(tmp_path):
     again.train(resume_from_checkpoint=str(checkpoint))
     evaluated = [h["step"] for h in again.state.log_history if "eval_loss" in h]
     assert evaluated == [4, 8, 16]  # the checkpoint's own evaluation, then once per epoch of 8 steps
+
+
+def test_a_model_that_ignores_its_dialogue_gets_no_source_dependence_and_a_warning(tmp_path, caplog):
+    import logging
+
+    trainer = _trainer(tmp_path)
+    with torch.no_grad():  # the decoder's cross-attention adds nothing: the encoder's output never reaches it
+        for layer in trainer.model.get_decoder().layers:
+            layer.encoder_attn.out_proj.weight.zero_()
+            layer.encoder_attn.out_proj.bias.zero_()
+    with caplog.at_level(logging.WARNING, logger="dialsum.training"):
+        metrics = trainer.evaluate()
+    assert abs(metrics["eval_source_dependence"]) < 1e-6
+    assert any("ignores its input" in r.getMessage() for r in caplog.records)
+
+
+class _Reader(torch.nn.Module):
+    """A model that reads its input: it predicts the source's first token everywhere (seq2seq: the source's
+    token at each position), so its references cost little after their own source only."""
+
+    def __init__(self, encoder_decoder: bool, vocab: int = 16):
+        super().__init__()
+        self.config = SimpleNamespace(is_encoder_decoder=encoder_decoder)
+        self.vocab, self.w = vocab, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        width = labels.shape[1] if labels is not None else input_ids.shape[1]
+        src = input_ids[:, :width] if labels is not None else input_ids[:, :1].expand(-1, width)
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(src, self.vocab).float() * 10 + self.w)
+
+
+def test_a_model_that_reads_its_dialogue_gets_a_positive_source_dependence():
+    from dialsum.training import derangement, source_dependence
+
+    assert sorted(derangement(5)) == list(range(5)) and all(i != p for i, p in enumerate(derangement(5)))
+    copy_rows = [{"input_ids": [i + 1, i + 2], "attention_mask": [1, 1], "labels": [i + 1, i + 2]} for i in range(6)]
+    own, other = source_dependence(_Reader(True), copy_rows, pad_id=0)
+    assert own < 0.01 and other - own > 5
+    causal = [
+        {"input_ids": [i + 1, 9, i + 1], "attention_mask": [1] * 3, "labels": [-100, -100, i + 1]} for i in range(6)
+    ]
+    own, other = source_dependence(_Reader(False), causal, pad_id=0)
+    assert own < 0.01 and other - own > 5

@@ -41,6 +41,9 @@ from .data import TAG_RE
 from .params import MULTI_REF, ROUGE_IMPLS, TOKENIZE_MODES, Metrics, Params, section
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+# Source dependence (the references' loss with another dialogue minus with their own, nats/token; training.py
+# measures it at each evaluation): below this a model ignores its input (issue 33's tiny-bart: 0.008)
+SOURCE_DEPENDENCE_MIN = 0.05
 # rouge-score keeps runs of [a-z0-9] after lowercasing; we add Hangul syllables, compatibility and conjoining jamo.
 _DEFAULT_RE = re.compile(r"[a-z0-9\uac00-\ud7a3\u3131-\u318e\u1100-\u11ff]+")
 

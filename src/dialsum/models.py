@@ -117,7 +117,7 @@ def scratch_config(entry: ZooEntry | dict, tokenizer):
             max_position_embeddings=n_pos,
             decoder_start_token_id=tokenizer.eos_token_id,
             forced_eos_token_id=tokenizer.eos_token_id,
-            dropout=0.1,
+            dropout=0.1 if a.dropout is None else a.dropout,
             **ids,
         )
     if a.type == "llama":

@@ -144,6 +144,9 @@ class Arch(Section):
     layers: int = Field(ge=1)
     heads: int = Field(ge=1)
     ffn: int = Field(ge=8)
+    # bart's dropout (embeddings, residuals); null = 0.1. Causal stand-ins have none. At 0.1 the 2-layer
+    # stand-in learned a language model of the summaries and ignored the encoder (docs/source-dependence.md)
+    dropout: Optional[float] = Field(None, ge=0, lt=1)
 
 
 class Training(Section):

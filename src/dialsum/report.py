@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from . import io, paths
 from .data import DataError, references
-from .metrics import Scorer
+from .metrics import SOURCE_DEPENDENCE_MIN, Scorer
 from .params import Params, new_tokens, section, typed, written
 from .params import Report as Settings
 from .tta import permute_speakers
@@ -312,6 +312,16 @@ def _environment():
 
 
 # ------------------------------------------------------------------------------------------------ report
+def source_dependence_of(root: Path, source: str) -> float | None:
+    """The training's source dependence of a ``model/fold`` source (metrics/train; training's
+    SOURCE_DEPENDENCE_MIN tells reading from ignoring), None for other sources or runs from before it."""
+    model, _, fold = source.partition("/")
+    path = Path(root) / paths.train_metrics(model, fold)
+    if not fold or not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("source_dependence")
+
+
 def build_index(params: Params | dict, root: Path = Path("."), settings: Settings | None = None) -> dict:
     """Everything ``reports/index.html`` shows, as plain data (the tests read it too)."""
     params = typed(params)
@@ -429,6 +439,7 @@ def build_index(params: Params | dict, root: Path = Path("."), settings: Setting
             **{k: metrics["sources"][s].get(k) for k in KEYS},
             "collapsed": s in (metrics.get("collapsed") or {}),
             "best": s == metrics.get("best_single"),
+            "source_dependence": source_dependence_of(root, s),
         }
         for s in sources
     ]
@@ -443,6 +454,7 @@ def build_index(params: Params | dict, root: Path = Path("."), settings: Setting
         "examples": examples,
         "ratios": ratios,
         "diagnostics": DIAGNOSTICS,
+        "source_dependence_min": SOURCE_DEPENDENCE_MIN,
         "settings": settings,
         "plots": _plots(table, sources),
         "topics": by_topic(table, sources),
@@ -593,6 +605,7 @@ def build_compare(a: Run, b: Run, settings: Settings) -> dict:
         "changed_params": changed,
         "rows": rows,
         "diagnostics": DIAGNOSTICS,
+        "source_dependence_min": SOURCE_DEPENDENCE_MIN,
         "most_improved": [rows[i] for i in order[::-1][:n] if diff[i] > 1e-9],
         "most_degraded": [rows[i] for i in order[:n] if diff[i] < -1e-9],
     }

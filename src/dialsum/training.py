@@ -24,7 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from . import device, generation, paths
 from .data import references
-from .metrics import Scorer
+from .metrics import SOURCE_DEPENDENCE_MIN, Scorer
 from .params import Generation, Params, Training, section, typed, written
 from .sequences import build_features
 from .tracking import seed_everything, start_wandb
@@ -357,6 +357,28 @@ class SummarizationTrainer(Seq2SeqTrainer):
         self.rouge.reset(self.model)
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **kw)
 
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        """The Trainer's loop plus ``<prefix>_source_dependence`` (:func:`source_dependence`), so it is logged
+        with the evaluation's other figures. Every rank computes it alike on the same first rows."""
+        out = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if metric_key_prefix == "eval" and self.eval_dataset is not None:
+            n = min(SOURCE_DEPENDENCE_ROWS, len(self.eval_dataset))
+            rows = [self.eval_dataset[i] for i in range(n)]
+            own, other = source_dependence(self.model, rows, self.processing_class.pad_token_id)
+            out.metrics[f"{metric_key_prefix}_source_dependence"] = other - own
+            if other - own < SOURCE_DEPENDENCE_MIN:
+                log.warning(
+                    "the model ignores its input: the references' loss with another dialogue is %.3f nats/token, "
+                    "with their own %.3f (source dependence %.3f < %.2f; docs/source-dependence.md)",
+                    other,
+                    own,
+                    other - own,
+                    SOURCE_DEPENDENCE_MIN,
+                )
+        return out
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         reusing = self.rouge.active
         self.rouge.keeping = reusing
@@ -369,6 +391,74 @@ class SummarizationTrainer(Seq2SeqTrainer):
             logits = labels[:, :1] if labels is not None else None
             self.rouge.summarize_batch(self.model, inputs)  # the model itself, not a wrapper
         return loss, logits, labels
+
+
+# Source dependence: the references' loss with a shuffled source minus with their own, in nats per summary
+# token. A model that learned only a language model of summaries scores ~0 (issue 33: tiny-bart 0.008).
+SOURCE_DEPENDENCE_ROWS = 64  # validation rows it is measured on (the first ones): two loss passes, cheap
+SOURCE_DEPENDENCE_BATCH = 8
+
+
+def derangement(n: int, seed: int = 0) -> list[int]:
+    """A seeded permutation with no fixed point (row i gets another row's source), identical on every rank."""
+    if n < 2:
+        return list(range(n))
+    g = torch.Generator().manual_seed(seed)
+    return ((torch.arange(n) + torch.randint(1, n, (1,), generator=g)) % n).tolist()
+
+
+def _with_source(target: dict, source: dict, encoder_decoder: bool) -> dict:
+    """``target``'s labels after ``source``'s input (a causal row's prompt is its leading -100 labels)."""
+    if encoder_decoder:
+        return {"input_ids": source["input_ids"], "labels": target["labels"]}
+    n_tgt = sum(1 for t in target["labels"] if t != -100)
+    n_src = len(source["labels"]) - sum(1 for t in source["labels"] if t != -100)
+    ids = list(source["input_ids"][:n_src]) + list(target["input_ids"][-n_tgt:])
+    return {"input_ids": ids, "labels": [-100] * n_src + list(target["labels"][-n_tgt:])}
+
+
+@torch.no_grad()
+def _summary_loss(model, rows: list[dict], pad_id: int) -> float:
+    """Mean loss per reference token (sum over tokens / tokens, not a mean of batch means)."""
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    for b in range(0, len(rows), SOURCE_DEPENDENCE_BATCH):
+        batch = rows[b : b + SOURCE_DEPENDENCE_BATCH]
+        width = max(len(r["input_ids"]) for r in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, r in enumerate(batch):
+            ids[j, : len(r["input_ids"])], mask[j, : len(r["input_ids"])] = torch.tensor(r["input_ids"]), 1
+        if model.config.is_encoder_decoder:
+            lw = max(len(r["labels"]) for r in batch)
+            labels = torch.full((len(batch), lw), -100, dtype=torch.long)
+            for j, r in enumerate(batch):
+                labels[j, : len(r["labels"])] = torch.tensor(r["labels"])
+            labels = labels.to(device)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels).logits
+        else:
+            labels = torch.full_like(ids, -100)
+            for j, r in enumerate(batch):
+                labels[j, : len(r["labels"])] = torch.tensor(r["labels"])
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1]
+            labels = labels[:, 1:].to(device)
+        nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
+        total += nll.item()
+        count += int((labels != -100).sum())
+    return total / max(count, 1)
+
+
+def source_dependence(model, rows: list[dict], pad_id: int, seed: int = 0) -> tuple[float, float]:
+    """(loss with the own source, loss with a deranged one) of ``rows``' references, per token."""
+    enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
+    perm = derangement(len(rows), seed)
+    shuffled = [_with_source(rows[i], rows[perm[i]], enc_dec) for i in range(len(rows))]
+    was_training = model.training
+    model.eval()
+    try:
+        return _summary_loss(model, rows, pad_id), _summary_loss(model, shuffled, pad_id)
+    finally:
+        model.train(was_training)
 
 
 @dataclass(frozen=True)
@@ -409,7 +499,7 @@ def train(params: Params | dict, run: Run, train_df: pd.DataFrame, val_df: pd.Da
     result = {
         k.removeprefix("eval_"): round(float(v), 6)
         for k, v in metrics.items()
-        if k.removeprefix("eval_") in ("rouge1", "rouge2", "rougeL", "rouge_sum", "loss")
+        if k.removeprefix("eval_") in ("rouge1", "rouge2", "rougeL", "rouge_sum", "loss", "source_dependence")
     }
     result.update(
         n_train=len(train_df),
