@@ -1,11 +1,17 @@
-"""The decoding search (decode@<model>) on a workspace's trained models, and what its choice is worth on dev.
+"""The decoding search (decode@<model>) on a workspace's trained models, and what its choice is worth on rows
+the search never saw.
 
-    python benchmarks/decode_search.py [--trials 20] [--rows 200] [--models tiny-bart tiny-llama]
+    python benchmarks/decode_search.py [--workspace .] [--trials 20] [--rows 200] [--models tiny-bart]
+        [--eval-rows 0] [--post-edits-alone] [--both-metrics]
 
 For each model: the search exactly as the stage runs it (``decoding.search`` on the first fold model's
-out-of-fold rows, trial 0 = params' generation), its wall time, and then the first fold model on dev with
-params' settings and with the choice: rouge_sum of each and the paired bootstrap 95 % interval of the gain
-(2,000 resamples of the dialogues). Dev rows are never seen by the search. Prints a JSON line last.
+out-of-fold rows, or with fold ``full`` on the first ``--rows`` dev rows; trial 0 = params' generation), its
+wall time, and then that fold model on the evaluation rows (dev for CV folds; test, scored against all its
+references, for fold ``full``, whose search used dev) with params' settings and with the choice: rouge_sum of
+each and the paired bootstrap 95 % interval of the gain (2,000 resamples of the dialogues). With
+``--post-edits-alone``, each post-edit alone on top of params' settings; with ``--both-metrics``, every row
+is also scored with the other ROUGE implementation (``metrics.rouge``: rouge-score | rouge). Prints a JSON
+line per model.
 """
 
 from __future__ import annotations
@@ -25,27 +31,39 @@ sys.path.insert(0, str(ROOT / "src"))
 def main() -> int:
     from dialsum import data, decoding, generation, paths
     from dialsum.metrics import Scorer
-    from dialsum.params import load, typed
+    from dialsum.params import POST_EDITS, load, typed
     from dialsum.report import paired_bootstrap
     from dialsum.tracking import seed_everything
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workspace", type=Path, default=ROOT)
     ap.add_argument("--trials", type=int, default=20)
-    ap.add_argument("--rows", type=int, default=200)
+    ap.add_argument("--rows", type=int, default=200, help="rows the search scores (out-of-fold, or dev for `full`)")
+    ap.add_argument("--eval-rows", type=int, default=0, help="first N evaluation rows (0 = all)")
     ap.add_argument("--models", nargs="*")
+    ap.add_argument("--post-edits-alone", action="store_true")
+    ap.add_argument("--both-metrics", action="store_true")
     a = ap.parse_args()
-    raw = load(ROOT / "params.yaml").model_dump(exclude_unset=True)
+    ws = a.workspace.resolve()
+    raw = load(ws / "params.yaml").model_dump(exclude_unset=True)
     raw["decode"].update(trials=a.trials, rows=a.rows)
     params = typed(raw)
     seed_everything(params.seed)
-    d = data.load_processed(ROOT / paths.PROCESSED)
+    d = data.load_processed(ws / paths.PROCESSED)
     scorer = Scorer.from_params(params)
-    refs = data.references(d["dev"])
-    out = []
+    other = None
+    if a.both_metrics:
+        m = params.metrics
+        other = Scorer(m.tokenize, m.multi_ref, m.remove_tokens, "rouge" if m.rouge == "rouge-score" else "rouge-score")
     for name in a.models or params.models:
         entry, fold = params.zoo[name], params.cv.folds[0]
-        summ = generation.Summarizer.load(ROOT / paths.model_dir(name, fold), entry, params.generation)
-        rows = d["train"][d["train"]["fold"] == fold].head(a.rows).reset_index(drop=True)
+        summ = generation.Summarizer.load(ws / paths.model_dir(name, fold), entry, params.generation)
+        if fold == "full":
+            rows, split = d["dev"].head(a.rows).reset_index(drop=True), "test"
+        else:
+            rows, split = d["train"][d["train"]["fold"] == fold].head(a.rows).reset_index(drop=True), "dev"
+        ev = d[split].head(a.eval_rows) if a.eval_rows else d[split]
+        refs = data.references(ev)
         lengths = decoding.LengthModel.fit(
             summ.tokenizer, d["train"]["dialogue"], d["train"]["summary"], params.decode.quantile
         )
@@ -53,25 +71,43 @@ def main() -> int:
         result = decoding.search(params, [summ], [rows], lengths)
         seconds = time.perf_counter() - t
         chosen = decoding.Settings.from_dict(result["settings"])
-        base = scorer.per_row(decoding.summarize(summ, d["dev"]["dialogue"], decoding.Settings(), lengths), refs).sum(1)
-        best = scorer.per_row(decoding.summarize(summ, d["dev"]["dialogue"], chosen, lengths), refs).sum(1)
-        lo, hi = paired_bootstrap(best - base)
-        out.append(
-            {
-                "model": f"{name}/{fold}",
-                "search_rows": len(rows),
-                "trials": a.trials,
-                "search_s": round(seconds, 1),
-                "oof_default": result["default_rouge_sum"],
-                "oof_best": result["best_rouge_sum"],
-                "dev_default": round(float(np.mean(base)), 4),
-                "dev_chosen": round(float(np.mean(best)), 4),
-                "dev_gain_ci": [round(lo, 4), round(hi, 4)],
-                "chosen": result["settings"],
-            }
-        )
-        print(json.dumps(out[-1], ensure_ascii=False))
-    print(json.dumps(out, ensure_ascii=False))
+        runs = {"params": decoding.Settings(), "chosen": chosen}
+        if a.post_edits_alone:
+            runs |= {e: decoding.Settings(post_edits=(e,)) for e in POST_EDITS}
+        texts, secs = {}, {}
+        for k, s in runs.items():
+            if k == "chosen" and s == runs["params"]:
+                texts[k], secs[k] = texts["params"], secs["params"]
+                continue
+            t0 = time.perf_counter()
+            texts[k] = decoding.summarize(summ, ev["dialogue"], s, lengths)
+            secs[k] = round(time.perf_counter() - t0, 1)
+        rec = {
+            "model": f"{name}/{fold}",
+            "searched_on": f"{len(rows)} {'dev' if fold == 'full' else 'out-of-fold'} rows",
+            "trials": a.trials,
+            "search_s": round(seconds, 1),
+            "search_default": result["default_rouge_sum"],
+            "search_best": result["best_rouge_sum"],
+            "chosen": result["settings"],
+            "eval": f"{len(ev)} {split} rows",
+            "metrics": {},
+        }
+        for label, sc in (("main", scorer), ("other", other)):
+            if sc is None:
+                continue
+            per = {k: sc.per_row(v, refs).sum(1) for k, v in texts.items()}
+            table = {}
+            for k, v in per.items():
+                lo, hi = paired_bootstrap(v - per["params"])
+                table[k] = {
+                    "rouge_sum": round(float(np.mean(v)), 4),
+                    "gain": round(float(np.mean(v - per["params"])), 4),
+                    "ci": [round(lo, 4), round(hi, 4)],
+                    "decode_s": secs[k],
+                }
+            rec["metrics"][f"{sc.rouge}"] = table
+        print(json.dumps(rec, ensure_ascii=False), flush=True)
     return 0
 
 

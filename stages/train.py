@@ -2,13 +2,22 @@
 models/<model>/<fold>/ and metrics/train/<model>-<fold>.json. Checkpoints live in checkpoints/ (not a
 DVC output) so an interrupted run resumes."""
 
+import logging
+
 from dialsum import data, io, params as P, paths, training
 from dialsum.tracking import matrix_item, run_stage
+
+log = logging.getLogger("train")
 
 
 def main():
     params, model, fold = matrix_item("train")
-    params = P.for_model(params, model)  # zoo.<model>.training overrides
+    merged = P.for_model(params, model)
+    # the zoo entry's keys win over `-S training.<key>=...`: say so rather than ignore the user's value silently
+    shadowed = {k: v for k, v in P.written(merged.training).items() if P.written(params.training).get(k) != v}
+    if shadowed:
+        log.info("zoo.%s.training sets %s over the training section", model, shadowed)
+    params = merged
     if training.relaunch(params, model, ["stages/train.py", "--model", model, "--fold", str(fold)]):
         return  # training.launcher: accelerate ran this script in num_processes workers
     d = data.load_processed()

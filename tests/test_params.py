@@ -193,3 +193,16 @@ def test_numbers_keep_their_written_type(root):
         p["training"]["learning_rate"] = bad
         with pytest.raises(ParamsError, match="training.learning_rate"):
             validate(p)
+
+
+def test_training_keys_set_for_an_experiment_reach_every_default_model(params):
+    """`dvc exp run -S training.epochs=5` on the default run: a zoo entry of the default models that set its own
+    `training.epochs` would win over it without a word (session 16's tiny-bart did)."""
+    from dialsum.params import for_model, override
+
+    changed = override(
+        validate(params), {"training.epochs": 5, "training.batch_size": 4, "training.eval_every_epochs": 1}
+    )
+    for m in changed.models:
+        t = for_model(changed, m).training
+        assert (t.epochs, t.batch_size, t.eval_every_epochs) == (5, 4, 1), m

@@ -78,3 +78,38 @@ def test_rerank_never_sees_dev_or_test_references_when_oof_exists(monkeypatch):
     assert info["fitted_on"] == {"oof_dialogues": 12, "oof_candidates": 36}
     held_out = {r for refs in (dev_refs, test_refs) for x in refs.values() for r in x}
     assert seen and set(seen) <= {r for x in oof_refs.values() for r in x} and not (set(seen) & held_out)
+
+
+def swapped_world(n, seed, split):
+    """Two models, each right on half the dialogues; the other writes what the first speaker said. Both
+    candidates overlap the dialogue alike and have the same length, so no model alone and no reference-free
+    feature of stacking tells them apart; a reader of (dialogue, candidate) can: the summary is the answer."""
+    rng = np.random.default_rng(seed)
+    rows, refs, dialogues = [], {}, {}
+    for i in range(n):
+        f = f"{split}_{i}"
+        ref, wrong = " ".join(rng.choice(WORDS, 6)), " ".join(rng.choice(WORDS, 6))
+        refs[f], dialogues[f] = [ref], f"#Person1#: {wrong} #Person2#: {ref}"
+        right = ("a", "b")[i % 2]
+        for m in ("a", "b"):
+            text = ref if m == right else wrong
+            rows.append({"fname": f, "model": m, "source": f"{m}/0", "view": "orig", "candidate": 0, "summary": text})
+    frame = pd.DataFrame(rows)
+    return E.build_groups(frame, TOK, list(dict.fromkeys(frame["fname"])), dialogues), refs
+
+
+def test_auto_weighs_rerank_only_when_asked_and_then_chooses_it_where_it_wins():
+    oof, oof_refs = swapped_world(40, 0, "oof")
+    test, _ = swapped_world(8, 1, "test")
+    scorer = Scorer("whitespace")
+    cfg = {**CFG, "crossfit_folds": 2}
+    _, plain = E.combine("auto", cfg, ["a", "b"], {"test": test}, oof, oof_refs, "oof", {}, scorer, 0)
+    assert "rerank" not in plain["auto"]["rouge_sum_by_option"]
+    out, info = E.combine(
+        "auto", {**cfg, "auto_also": ["rerank"]}, ["a", "b"], {"test": test}, oof, oof_refs, "oof", {}, scorer, 0
+    )
+    table = info["auto"]["rouge_sum_by_option"]
+    assert info["auto"]["chosen"] == "rerank", table
+    assert table["rerank"] > max(table["single:a/0"], table["single:b/0"], table["stacking"])
+    right = [f"{('a', 'b')[i % 2]}/0" for i in range(8)]
+    assert (out["test"]["source"].to_numpy() == np.array(right)).mean() >= 0.75  # and it reads the new dialogues

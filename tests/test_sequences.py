@@ -34,6 +34,19 @@ def replicas(tmp_path_factory):
     }
 
 
+def test_replica_dropout_replaces_every_published_rate(tmp_path):
+    from transformers import AutoConfig
+
+    for kind in replica.KINDS:
+        published = replica.published_config(kind, layers=1, d_model=64)
+        out = replica.build(kind, tmp_path / kind, TEXTS, 1, 64, KOBART_TOKENIZER, dropout=0.0)
+        cfg = AutoConfig.from_pretrained(out)
+        rates = [k for k in replica.DROPOUT_KEYS if hasattr(published, k)]
+        assert rates and all(getattr(cfg, k) == 0.0 for k in rates), (kind, rates)
+        if kind == "kobart":
+            assert published.dropout == 0.1  # what the flag changes: BART's own rate
+
+
 def init_tokenizer(path, tmp):
     """The tokenizer as the init stage leaves it (tags added, saved, loaded again)."""
     from transformers import AutoTokenizer

@@ -224,7 +224,7 @@ def cmd_replica(a) -> int:
         if a.kind != "kobart":  # KoBART's own tokenizer is used as released; the others are trained on TRAIN
             texts = _train_texts(a.train)
         with atomic_dir(Path(a.out)) as tmp:
-            replica.build(a.kind, tmp, texts, a.layers, a.d_model, a.tokenizer, a.vocab_size, a.seed)
+            replica.build(a.kind, tmp, texts, a.layers, a.d_model, a.tokenizer, a.vocab_size, a.seed, a.dropout)
     except (DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -440,6 +440,12 @@ def main(argv: list[str] | None = None) -> int:
         help="solar/polyglot: tokenizer size (the model keeps the published embedding size)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="replace the published dropout rates (0.0 for a narrow replica trained from scratch on the sample)",
+    )
     p.set_defaults(fn=cmd_replica)
 
     p = sub.add_parser(

