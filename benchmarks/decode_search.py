@@ -2,14 +2,15 @@
 the search never saw.
 
     python benchmarks/decode_search.py [--workspace .] [--trials 20] [--rows 200] [--models tiny-bart]
-        [--eval-rows 0] [--post-edits-alone] [--both-metrics]
+        [--eval-rows 0] [--each-alone] [--both-metrics]
 
 For each model: the search exactly as the stage runs it (``decoding.search`` on the first fold model's
 out-of-fold rows, or with fold ``full`` on the first ``--rows`` dev rows; trial 0 = params' generation), its
 wall time, and then that fold model on the evaluation rows (dev for CV folds; test, scored against all its
 references, for fold ``full``, whose search used dev) with params' settings and with the choice: rouge_sum of
 each and the paired bootstrap 95 % interval of the gain (2,000 resamples of the dialogues). With
-``--post-edits-alone``, each post-edit alone on top of params' settings; with ``--both-metrics``, every row
+``--each-alone``, the length control alone and each post-edit alone on top of params' settings (a post-edit
+edits the params' summaries: no generation); with ``--both-metrics``, every row
 is also scored with the other ROUGE implementation (``metrics.rouge``: rouge-score | rouge). Prints a JSON
 line per model.
 """
@@ -41,7 +42,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=200, help="rows the search scores (out-of-fold, or dev for `full`)")
     ap.add_argument("--eval-rows", type=int, default=0, help="first N evaluation rows (0 = all)")
     ap.add_argument("--models", nargs="*")
-    ap.add_argument("--post-edits-alone", action="store_true")
+    ap.add_argument("--each-alone", action="store_true")
     ap.add_argument("--both-metrics", action="store_true")
     a = ap.parse_args()
     ws = a.workspace.resolve()
@@ -72,16 +73,20 @@ def main() -> int:
         seconds = time.perf_counter() - t
         chosen = decoding.Settings.from_dict(result["settings"])
         runs = {"params": decoding.Settings(), "chosen": chosen}
-        if a.post_edits_alone:
-            runs |= {e: decoding.Settings(post_edits=(e,)) for e in POST_EDITS}
+        if a.each_alone:
+            runs["length_control"] = decoding.Settings(length_control="quantile")
         texts, secs = {}, {}
         for k, s in runs.items():
-            if k == "chosen" and s == runs["params"]:
+            same = (s.generation_section(summ.gen), s.length_control, s.post_edits) == (summ.gen, "none", ())
+            if k == "chosen" and same:  # the search kept params' own settings
                 texts[k], secs[k] = texts["params"], secs["params"]
                 continue
             t0 = time.perf_counter()
             texts[k] = decoding.summarize(summ, ev["dialogue"], s, lengths)
             secs[k] = round(time.perf_counter() - t0, 1)
+        if a.each_alone:  # post-edits act on the decoded text: the params' summaries, edited
+            for e in POST_EDITS:
+                texts[e], secs[e] = decoding.post_edit(texts["params"], (e,)), 0.0
         rec = {
             "model": f"{name}/{fold}",
             "searched_on": f"{len(rows)} {'dev' if fold == 'full' else 'out-of-fold'} rows",
