@@ -11,19 +11,31 @@ TOK = CachedTokenizer("whitespace")
 WORDS = "tom mary doctor school tomorrow today goes comes booking phone market apple train ticket".split()
 
 
-def world(n, seed, split):
-    """Each dialogue states its summary; `good` restates it, `bad` says something else, `flat` the same
-    sentence for everything."""
+def pool_world(n, seed, split, dialogue, candidates):
+    """``n`` dialogues, each with a random six-word reference and a wrong sentence; ``dialogue(i, ref, wrong)``
+    writes the dialogue and ``candidates(i, ref, wrong)`` the pool as ``(model, summary)`` pairs."""
     rng = np.random.default_rng(seed)
     rows, refs, dialogues = [], {}, {}
     for i in range(n):
         f = f"{split}_{i}"
         ref, wrong = " ".join(rng.choice(WORDS, 6)), " ".join(rng.choice(WORDS, 6))
-        refs[f], dialogues[f] = [ref], f"#Person1#: {ref} #Person2#: okay"
-        for m, text in (("good", ref), ("bad", wrong), ("flat", "two people talk")):
+        refs[f], dialogues[f] = [ref], dialogue(i, ref, wrong)
+        for m, text in candidates(i, ref, wrong):
             rows.append({"fname": f, "model": m, "source": f"{m}/0", "view": "orig", "candidate": 0, "summary": text})
     frame = pd.DataFrame(rows)
     return E.build_groups(frame, TOK, list(dict.fromkeys(frame["fname"])), dialogues), refs
+
+
+def world(n, seed, split):
+    """Each dialogue states its summary; `good` restates it, `bad` says something else, `flat` the same
+    sentence for everything."""
+    return pool_world(
+        n,
+        seed,
+        split,
+        lambda i, ref, wrong: f"#Person1#: {ref} #Person2#: okay",
+        lambda i, ref, wrong: [("good", ref), ("bad", wrong), ("flat", "two people talk")],
+    )
 
 
 CFG = {"rerank_epochs": 6, "rerank_lr": 1e-4, "rerank_tokens": 1024}
@@ -84,18 +96,13 @@ def swapped_world(n, seed, split):
     """Two models, each right on half the dialogues; the other writes what the first speaker said. Both
     candidates overlap the dialogue alike and have the same length, so no model alone and no reference-free
     feature of stacking tells them apart; a reader of (dialogue, candidate) can: the summary is the answer."""
-    rng = np.random.default_rng(seed)
-    rows, refs, dialogues = [], {}, {}
-    for i in range(n):
-        f = f"{split}_{i}"
-        ref, wrong = " ".join(rng.choice(WORDS, 6)), " ".join(rng.choice(WORDS, 6))
-        refs[f], dialogues[f] = [ref], f"#Person1#: {wrong} #Person2#: {ref}"
-        right = ("a", "b")[i % 2]
-        for m in ("a", "b"):
-            text = ref if m == right else wrong
-            rows.append({"fname": f, "model": m, "source": f"{m}/0", "view": "orig", "candidate": 0, "summary": text})
-    frame = pd.DataFrame(rows)
-    return E.build_groups(frame, TOK, list(dict.fromkeys(frame["fname"])), dialogues), refs
+    return pool_world(
+        n,
+        seed,
+        split,
+        lambda i, ref, wrong: f"#Person1#: {wrong} #Person2#: {ref}",
+        lambda i, ref, wrong: [(m, ref if m == ("a", "b")[i % 2] else wrong) for m in ("a", "b")],
+    )
 
 
 def test_auto_weighs_rerank_only_when_asked_and_then_chooses_it_where_it_wins():
