@@ -499,6 +499,22 @@ def test_ensemble_strategies_never_retrain(project):
     assert (dst / "predictions/tiny-bart/avg/dev.csv").exists()
 
 
+def test_rerank_strategy_reruns_only_the_ensemble_side(project):
+    """Issue 34: `-S ensemble.strategy=rerank` fits the cross-encoder on the out-of-fold candidates of the folds
+    that ran and re-runs neither training nor predict."""
+    dst, _ = project
+    out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "ensemble.strategy=rerank"], dst).stdout
+    ran = stages_run(out)
+    assert "ensemble" in ran and all(s in ("ensemble", "plots", "report") or s.startswith("average@") for s in ran), ran
+    ens = json.loads((dst / "metrics/ensemble.json").read_text())
+    assert ens["strategy"] == "rerank" and ens["gain"] is not None
+    train = pd.read_csv(dst / "data/processed/train.csv")
+    kept = {int(s.split("/")[1]) for s in ens["sources"] if s not in ens["collapsed"]}
+    assert ens["fitted_on"]["oof_dialogues"] == int(train["fold"].isin(kept).sum()) > 0
+    chosen = pd.read_csv(dst / "predictions/ensemble/dev.csv", keep_default_na=False)
+    assert set(chosen["source"]) <= set(ens["sources"]) and (chosen["summary"].str.len() > 0).all()
+
+
 def test_tta_views_reach_the_ensemble(project):
     dst, _ = project
     # two sources keep it quick; each summarises every dialogue and its views

@@ -120,3 +120,14 @@ def test_auto_weighs_rerank_only_when_asked_and_then_chooses_it_where_it_wins():
     assert table["rerank"] > max(table["single:a/0"], table["single:b/0"], table["stacking"])
     right = [f"{('a', 'b')[i % 2]}/0" for i in range(8)]
     assert (out["test"]["source"].to_numpy() == np.array(right)).mean() >= 0.75  # and it reads the new dialogues
+
+
+def test_rerank_scores_a_candidate_longer_than_its_window():
+    """A barely trained model can ramble past rerank_max_len: the pair is cut, never an error."""
+    from dialsum.ensemble.rerank import Reranker
+
+    r = Reranker(Ensemble(rerank_max_len=32), seed=0)
+    pairs = [("#Person1#: " + "hello there " * 40, "word " * 100), ("#Person1#: hi", "a short one")]
+    ids, _ = r._encode(pairs)
+    assert max(map(len, ids)) <= 32 and len(ids[1]) < 32
+    assert np.isfinite(r.predict(pairs)).all()

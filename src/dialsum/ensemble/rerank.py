@@ -39,9 +39,11 @@ class Reranker:
         self.cfg, self.seed = cfg, seed
 
     def _encode(self, pairs: list[tuple[str, str]]) -> list[list[int]]:
-        # the candidate is what is being judged: the dialogue gives way when the pair is too long
+        # the candidate is what is being judged: the (longer) dialogue gives way when the pair is too long, and a
+        # candidate longer than what is left of the dialogue is cut too (only_first raised on a rambling
+        # candidate of a barely trained model longer than rerank_max_len: the ensemble stage died)
         enc = self.tok(
-            [d for d, _ in pairs], [c for _, c in pairs], truncation="only_first", max_length=self.cfg.rerank_max_len
+            [d for d, _ in pairs], [c for _, c in pairs], truncation="longest_first", max_length=self.cfg.rerank_max_len
         )
         return enc["input_ids"], enc.get("token_type_ids")
 
