@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from dialsum import data, generation, models, params as P, training
-from dialsum.params import Generation, new_tokens
+from dialsum.params import Generation
 from dialsum.sequences import build_features
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -58,8 +58,9 @@ def main():
     tok.padding_side = "left"
     texts, _ = s(list(va["dialogue"]), desc="generate", progress=False)
     # and as predict writes them (params.generation: beam search by default)
-    pg = params.generation.model_copy(update={"max_new_tokens": new_tokens(params.generation, entry.max_target_len)})
-    beam = generation.Summarizer(model, tok, fam, pg, entry.max_source_len, entry.prompt, 64)
+    beam = generation.Summarizer(
+        model, tok, fam, params.generation, entry.max_source_len, entry.prompt, 64, entry.max_target_len
+    )
     beam_texts, _ = beam(list(va["dialogue"]), desc="generate", progress=False)
     print(
         f"RESULT {sys.argv[1:]} own {lo:.3f} other {lx:.3f} diff {lx - lo:+.3f} distinct {len(set(texts))}/{len(va)} "

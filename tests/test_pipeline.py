@@ -454,6 +454,13 @@ def test_dialsum_summarize_and_env(project, capsys):
     assert "torch" in capsys.readouterr().out
 
 
+def oof_dialogues_of_kept_folds(dst, ens):
+    """Training rows held out by the folds whose sources the ensemble kept: what a fitted strategy may see."""
+    train = pd.read_csv(dst / "data/processed/train.csv")
+    kept = {int(s.split("/")[1]) for s in ens["sources"] if s not in ens["collapsed"]}
+    return int(train["fold"].isin(kept).sum())
+
+
 def test_ensemble_strategies_never_retrain(project):
     """Issue 5: switching ensemble.strategy re-runs only average@ (which generates only for averaging) and
     ensemble; stacking is fitted on out-of-fold rows."""
@@ -469,9 +476,7 @@ def test_ensemble_strategies_never_retrain(project):
         assert ens["strategy"] == strategy and {"gain", "best_single", "models", "sources"} <= set(ens)
         if strategy == "stacking":  # fitted on exactly the out-of-fold rows of the folds that ran (and kept
             # a source: a collapsed one is left out, issue 22)
-            train = pd.read_csv(dst / "data/processed/train.csv")
-            kept = {int(s.split("/")[1]) for s in ens["sources"] if s not in ens["collapsed"]}
-            assert ens["fitted_on"]["oof_dialogues"] == int(train["fold"].isin(kept).sum()) > 0
+            assert ens["fitted_on"]["oof_dialogues"] == oof_dialogues_of_kept_folds(dst, ens) > 0
         # `dialsum summarize --ensemble` on the dev dialogues makes the stage's very choices (issue 7): for
         # stacking, four sources generate and the stacker is re-fitted from the stored out-of-fold
         # predictions; for weighted_avg, each model's folds are averaged token by token in one beam search
@@ -508,9 +513,7 @@ def test_rerank_strategy_reruns_only_the_ensemble_side(project):
     assert "ensemble" in ran and all(s in ("ensemble", "plots", "report") or s.startswith("average@") for s in ran), ran
     ens = json.loads((dst / "metrics/ensemble.json").read_text())
     assert ens["strategy"] == "rerank" and ens["gain"] is not None
-    train = pd.read_csv(dst / "data/processed/train.csv")
-    kept = {int(s.split("/")[1]) for s in ens["sources"] if s not in ens["collapsed"]}
-    assert ens["fitted_on"]["oof_dialogues"] == int(train["fold"].isin(kept).sum()) > 0
+    assert ens["fitted_on"]["oof_dialogues"] == oof_dialogues_of_kept_folds(dst, ens) > 0
     chosen = pd.read_csv(dst / "predictions/ensemble/dev.csv", keep_default_na=False)
     assert set(chosen["source"]) <= set(ens["sources"]) and (chosen["summary"].str.len() > 0).all()
 
