@@ -1,6 +1,8 @@
 """The decoding search (dialsum.decoding): post-edits, length caps, the study over a trained model without
 re-training, and predict's views under a choice."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -86,6 +88,19 @@ def test_search_starts_from_the_defaults_never_ends_below_them_and_repeats_itsel
         tuple(sorted((k, str(v)) for k, v in t.items() if k not in ("number", "rouge_sum"))) for t in first["trials"]
     }
     assert len(calls) <= len(distinct) * 5  # a repeated choice is scored from the cache (at most 5 length bins each)
+    # a study over post-edits alone decodes once: switching an edit re-scores the same summaries
+    calls.clear()
+    summarizer.__class__.__call__ = lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1]
+    try:
+        edits = decoding.search(
+            _params(trials=4, seed=0, space={"trim_unfinished": [False, True], "drop_repeats": [False, True]}),
+            [summarizer],
+            rows,
+            lm,
+        )
+    finally:
+        summarizer.__class__.__call__ = real
+    assert len(edits["trials"]) == 4 and len(calls) == 1
 
 
 def test_views_under_a_choice_keep_the_plain_row_order(summarizer, sample):
@@ -142,3 +157,50 @@ def test_search_finds_a_planted_winner_and_reports_its_real_score(summarizer, sa
         summarizer.gen = base
     score = Scorer.from_params(params).score(again, [[s] for s in rows["summary"]])["rouge_sum"]
     assert score == pytest.approx(r["best_rouge_sum"], abs=1e-6)
+
+
+def test_model_averaging_and_the_cli_decode_under_the_choice(summarizer, sample, tmp_path):
+    """average@ and `dialsum summarize` generate with decode@'s choice as predict does (before session 19 they
+    used params.generation whatever the search chose). Two folds of one model average to that model, so the
+    averaged beam search under the choice must give exactly what the choice gives the model alone."""
+    import yaml
+
+    from dialsum import ensemble, paths
+    from dialsum.cli import main as dialsum
+
+    from dialsum.data import clean_text
+
+    train, dev = sample
+    dev = dev.head(6).assign(dialogue=lambda d: [clean_text(x) for x in d["dialogue"]])  # as the CLI reads them
+    p = load(ROOT / "params.yaml").model_dump(exclude_unset=True)
+    p["zoo"]["m"] = micro_entry("llama", max_target_len=12)
+    p.update(models=["m"])
+    p["cv"]["folds"] = [0, 1]
+    p["ensemble"]["strategy"] = "averaging"
+    params = typed(p)
+    init = Path(summarizer.model.name_or_path)
+    for f in (0, 1):
+        (tmp_path / paths.model_dir("m", f)).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / paths.model_dir("m", f)).symlink_to(init, target_is_directory=True)
+    with pytest.raises(FileNotFoundError, match="decoding/m.yaml"):
+        ensemble.average_folds(params, "m", {"dev": dev}, tmp_path)
+    lm = decoding.LengthModel.fit(summarizer.tokenizer, train["dialogue"], train["summary"], 0.9)
+    chosen = decoding.Settings({"num_beams": 2}, "quantile", ("trim_unfinished",))
+    (tmp_path / "decoding").mkdir()
+    (tmp_path / paths.decoding("m")).write_text(yaml.safe_dump({**chosen.as_dict(), "lengths": lm.as_dict()}))
+    got = ensemble.average_folds(params, "m", {"dev": dev}, tmp_path)[0]["dev"]
+    base = summarizer.gen
+    try:
+        summarizer.gen = params.generation
+        want = decoding.summarize(summarizer, dev["dialogue"], chosen, lm)
+        plain = decoding.summarize(summarizer, dev["dialogue"], decoding.Settings(), None)
+    finally:
+        summarizer.gen = base
+    assert list(got["summary"]) == want and want != plain
+    # `dialsum summarize --model models/m/0` in that project: the same choice
+    pfile, inp, out = tmp_path / "params.yaml", tmp_path / "in.csv", tmp_path / "out.csv"
+    pfile.write_text(yaml.safe_dump(p))
+    dev[["fname", "dialogue"]].to_csv(inp, index=False)
+    argv = ["summarize", "--model", str(tmp_path / paths.model_dir("m", 0)), "--input", str(inp)]
+    assert dialsum([*argv, "--output", str(out), "--params", str(pfile)]) == 0
+    assert list(pd.read_csv(out, keep_default_na=False)["summary"]) == want

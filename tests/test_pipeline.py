@@ -550,7 +550,7 @@ def test_tta_views_reach_the_ensemble(project):
 
 
 def test_candidate_pools_reach_the_ensemble_and_selection_never_regenerates(project):
-    """Issue 22: `-S generation.candidates.k=4` (each method) writes 4 candidates per member per view, the
+    """Issue 22: `-S generation.candidates.k=4` (beam, sample) writes 4 candidates per member per view, the
     ensemble chooses among them, and switching the selection strategy re-runs neither training nor predict."""
     dst, _ = project
     good = (dst / "params.yaml").read_text()
@@ -562,7 +562,8 @@ def test_candidate_pools_reach_the_ensemble_and_selection_never_regenerates(proj
 
 def _pools_in_the_pipeline(dst):
     common = ["-S", "models=[tiny-bart]", "-S", "tta.strategies=[]", "-S", "generation.candidates.k=4"]
-    for method in ("beam", "diverse", "sample"):
+    # diverse beams take the beam path here with one more generate argument (tests/test_pools.py runs all three)
+    for method in ("beam", "sample"):
         out = run(
             [
                 sys.executable,
@@ -644,6 +645,13 @@ def test_decode_search_reruns_predict_and_ensemble_never_train(project):
             assert chosen["generation"]["num_beams"] == d["chosen"]["num_beams"]
         shown = run([sys.executable, "-m", "dvc", "exp", "show", "--json"], dst).stdout
         assert "best_rouge_sum" in shown
+        # `dialsum summarize --ensemble` decodes under the same choice: the stage's summaries, row for row
+        # (all of dev: the same rows batch the same way, so not even rounding can differ)
+        out = dst / "adhoc-decoded.csv"
+        argv = ["summarize", "--ensemble", "--input", str(dst / "data/processed/dev.csv"), "--output", str(out)]
+        assert dialsum([*argv, "--params", str(pfile)]) == 0
+        stage = pd.read_csv(dst / "predictions/ensemble/dev.csv", keep_default_na=False)
+        assert list(pd.read_csv(out, keep_default_na=False)["summary"]) == list(stage["summary"])
     finally:
         pfile.write_text(good)  # the next experiment starts from the committed settings
 
@@ -737,6 +745,8 @@ def test_replicas_run_through_the_pipeline_and_load_in_plain_transformers(projec
             "training.epochs=1",
             "-S",
             "generation.max_new_tokens=12",
+            "-S",
+            "generation.num_beams=1",  # greedy: what is checked is that the folders load and generate
             "-S",
             "tta.strategies=[]",
         ],

@@ -91,7 +91,10 @@ def cmd_summarize(a) -> int:
             if a.num_beams:
                 params = override(params, {"generation.num_beams": a.num_beams})
             out, info = summarize_new(
-                params, df.assign(dialogue=[clean_text(d) for d in df["dialogue"]]), Path(a.params).resolve().parent
+                params,
+                df.assign(dialogue=[clean_text(d) for d in df["dialogue"]]),
+                Path(a.params).resolve().parent,
+                {"num_beams": a.num_beams} if a.num_beams else None,  # the flag wins over decode@'s choice
             )
         except (ParamsError, DataError, FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
@@ -112,7 +115,7 @@ def cmd_summarize(a) -> int:
     if a.num_beams:
         gen = gen.model_copy(update={"num_beams": a.num_beams})
     # The zoo entry the folder was trained with: its source length and prompt are what the model learnt to read
-    name = a.entry or Path(a.model).resolve().parent.name
+    name = a.entry or Path(os.path.abspath(a.model)).parent.name  # not resolve(): a linked folder keeps its name
     entry = params.zoo.get(name) if params else None
     if a.entry and entry is None:
         why = "no such zoo entry in" if params else "no params file"
@@ -120,8 +123,21 @@ def cmd_summarize(a) -> int:
         return 2
     if entry is not None:
         print(f"zoo.{name}'s settings (max_source_len {entry.max_source_len}, its prompt)", file=sys.stderr)
+    from . import decoding
+
+    # decode@<entry>'s choice, as predict decodes the model (none: params' generation section as it is)
+    settings, lengths = (
+        decoding.choice_for(name, Path(a.params).resolve().parent, required=False)
+        if entry
+        else (decoding.Settings(), None)
+    )
+    if settings != decoding.Settings():
+        print(f"decode@{name}'s choice: {settings.as_dict()}", file=sys.stderr)
+    settings = decoding.overridden(settings, {"num_beams": a.num_beams} if a.num_beams else {})
     summarizer = generation.Summarizer.load(Path(a.model), entry, gen, a.max_source_len, a.batch_size)
-    texts, _ = summarizer([clean_text(d) for d in df["dialogue"]], desc="summarize")
+    texts = decoding.summarize(
+        summarizer, [clean_text(d) for d in df["dialogue"]], settings, lengths, "summarize", True
+    )
     write_csv(a.output, pd.DataFrame({"fname": df["fname"], "summary": texts}))
     print(f"{len(texts)} summaries -> {a.output}")
     return 0

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import paths
 from .metrics import Scorer
 from .params import DECODE_GENERATION_KEYS, POST_EDITS, Decode, Generation, Params
 
@@ -150,19 +151,35 @@ def _by_length(summarizer, settings: Settings, lengths: LengthModel | None, dial
     return out
 
 
-def summarize(summarizer, dialogues, settings: Settings, lengths: LengthModel | None, desc="decode", progress=False):
-    """One summary per dialogue under ``settings`` (post-edits applied), in input order."""
+def _grouped(summarizer, settings: Settings, lengths: LengthModel | None, dialogues, call) -> tuple[list, list]:
+    """(texts, log-probs) in input order: ``call(dialogues of a group)`` once per length group, with the
+    summarizer's generation section set to the group's; post-edits applied to the texts."""
     dialogues, base = list(dialogues), summarizer.gen
-    texts = [""] * len(dialogues)
+    texts, lps = [""] * len(dialogues), [0.0] * len(dialogues)
     try:
         for rows, gen in _by_length(summarizer, settings, lengths, dialogues):
             summarizer.gen = gen
-            out, _ = summarizer([dialogues[i] for i in rows], desc=desc, progress=progress)
-            for i, t in zip(rows, out):
-                texts[i] = t
+            out, lp = call([dialogues[i] for i in rows])
+            for i, t, x in zip(rows, out, lp):
+                texts[i], lps[i] = t, x
     finally:
         summarizer.gen = base
-    return post_edit(texts, settings.post_edits)
+    return post_edit(texts, settings.post_edits), lps
+
+
+def summarize(summarizer, dialogues, settings: Settings, lengths: LengthModel | None, desc="decode", progress=False):
+    """One summary per dialogue under ``settings`` (post-edits applied), in input order."""
+    return _grouped(summarizer, settings, lengths, dialogues, lambda ds: summarizer(ds, desc=desc, progress=progress))[
+        0
+    ]
+
+
+def averaged(members: list, weights, dialogues, settings: Settings, lengths: LengthModel | None, desc="averaged"):
+    """:meth:`Summarizer.averaged` (one beam search on the fold models' weighted mean log-probs) under
+    ``settings``: the first member's generation section per length group, post-edits applied. Returns
+    (texts, log-probs) in input order."""
+    head, rest = members[0], list(members[1:])
+    return _grouped(head, settings, lengths, dialogues, lambda ds: head.averaged(rest, weights, ds, desc=desc))
 
 
 def views(summarizer, fnames, dialogues, augmenter, settings: Settings, lengths: LengthModel | None, desc="generate"):
@@ -250,3 +267,18 @@ def load_choice(path: Path) -> tuple[Settings, LengthModel | None]:
         raise FileNotFoundError(f"{path}: no decoding choice (run `dvc repro decode`)")
     d = yaml.safe_load(Path(path).read_text()) or {}
     return Settings.from_dict(d), LengthModel.from_dict(d["lengths"]) if d.get("lengths") else None
+
+
+def choice_for(model: str, root: Path = Path("."), required: bool = True) -> tuple[Settings, LengthModel | None]:
+    """decode@``model``'s choice in the project at ``root`` (what predict decoded with), so that every later
+    generation of the model (model averaging, ``dialsum summarize``) decodes as predict did. ``required``
+    False: the plain settings when the project has none (a model folder used outside its pipeline)."""
+    path = Path(root) / paths.decoding(model)
+    if not path.exists() and not required:
+        return Settings(), None
+    return load_choice(path)
+
+
+def overridden(settings: Settings, generation: dict) -> Settings:
+    """``settings`` with ``generation`` keys (e.g. a command line's ``--num-beams``) winning over the choice's."""
+    return Settings({**settings.generation, **generation}, settings.length_control, settings.post_edits)

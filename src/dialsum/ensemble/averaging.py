@@ -62,18 +62,28 @@ def _check_trained(model_dir: Path) -> None:
 
 
 def average_folds(
-    params: Params | dict, model: str, frames: dict[str, pd.DataFrame], root: Path = Path(".")
+    params: Params | dict,
+    model: str,
+    frames: dict[str, pd.DataFrame],
+    root: Path = Path("."),
+    generation: dict | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[float]]:
     """Model averaging (the average stage, and ``dialsum summarize --ensemble``): one beam search per dialogue
-    of each frame (fname, dialogue) on the weighted mean of ``model``'s fold models' next-token log-probs.
-    Returns ``{split: [fname, view, summary, logprob]}`` and the fold weights (:func:`fold_weights`)."""
+    of each frame (fname, dialogue) on the weighted mean of ``model``'s fold models' next-token log-probs,
+    under decode@model's choice (generation keys, length caps, post-edits: what predict decodes with;
+    ``generation`` keys win over it). Returns ``{split: [fname, view, summary, logprob]}`` and the fold
+    weights (:func:`fold_weights`)."""
+    from .. import decoding
+
     params = typed(params)
+    settings, lengths = decoding.choice_for(model, root)
+    settings = decoding.overridden(settings, generation or {})
     members = fold_members(params, model, root)
     weights = fold_weights(params, model, list(params.cv.folds), root)
-    log.info("averaging %d fold models of %s, weights %s", len(members), model, weights)
+    log.info("averaging %d fold models of %s, weights %s, decoding %s", len(members), model, weights, settings)
     out = {}
     for split, df in frames.items():
-        texts, lps = members[0].averaged(members[1:], weights, df["dialogue"], desc=f"{split} averaged")
+        texts, lps = decoding.averaged(members, weights, df["dialogue"], settings, lengths, desc=f"{split} averaged")
         out[split] = pd.DataFrame(
             {"fname": list(df["fname"]), "view": "orig", "summary": texts, "logprob": [round(x, 6) for x in lps]}
         )

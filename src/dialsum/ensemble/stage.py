@@ -118,29 +118,36 @@ def _averaged_pool(params: Params, split: str, root: Path) -> pd.DataFrame:
     )
 
 
-def summarize_new(params: Params | dict, df: pd.DataFrame, root: Path = Path(".")) -> tuple[pd.DataFrame, dict]:
+def summarize_new(
+    params: Params | dict, df: pd.DataFrame, root: Path = Path("."), generation: dict | None = None
+) -> tuple[pd.DataFrame, dict]:
     """Summaries of new dialogues (``df``: fname, dialogue) by the pipeline's final ensemble: every trained
-    model x fold of ``params`` (with its TTA views), combined by ``ensemble.strategy`` exactly as the ensemble
-    stage does; stacking and blending are re-fitted from the stored out-of-fold predictions (seeded, so the
-    same fit). Returns [fname, summary, source, view, score] and the strategy's info."""
-    from .. import data, tta
+    model x fold of ``params`` (with its TTA views, decoded under decode@model's choice as predict does;
+    ``generation`` keys win over it), combined by ``ensemble.strategy`` exactly as the ensemble stage does;
+    stacking and blending are re-fitted from the stored out-of-fold predictions (seeded, so the same fit).
+    Returns [fname, summary, source, view, score] and the strategy's info."""
+    from .. import data, decoding, tta
     from ..metrics import Scorer
 
     params = typed(params)
     strategy = params.ensemble.strategy
     augmenter = tta.Augmenter.from_params(params.tta, params.seed)
-    for m in params.models:  # every model before the first generates: no hour lost to a missing fold
+    choices = {}
+    for m in params.models:  # every model before the first generates: no hour lost to a missing fold or choice
         for f in params.cv.folds:
             _check_trained(root / paths.model_dir(m, f))
+        choices[m] = decoding.choice_for(m, root)
     pool = []
     for m in params.models:
         if strategy in AVERAGING:
-            out = average_folds(params, m, {"input": df}, root)[0]["input"]
+            out = average_folds(params, m, {"input": df}, root, generation)[0]["input"]
             pool.append(out.assign(source=f"{m}/avg", model=m))
             continue
+        settings, lengths = choices[m]
+        settings = decoding.overridden(settings, generation or {})
         for f in params.cv.folds:  # one fold model in memory at a time
             member = _load_member(params, m, root / paths.model_dir(m, f))
-            out = member.views(df["fname"], df["dialogue"], augmenter, desc=f"{m}/{f}")
+            out = decoding.views(member, df["fname"], df["dialogue"], augmenter, settings, lengths, desc=f"{m}/{f}")
             pool.append(out.assign(source=f"{m}/{f}", model=m))
             del member
     pool = pd.concat(pool, ignore_index=True)
