@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, micro_entry
 from dialsum import decoding, generation, models
 from dialsum.metrics import Scorer
-from dialsum.params import Generation, load, typed
+from dialsum.params import Generation, load, override, typed
 
 
 def test_trim_unfinished_keeps_whole_sentences():
@@ -101,6 +101,22 @@ def test_search_starts_from_the_defaults_never_ends_below_them_and_repeats_itsel
     finally:
         summarizer.__class__.__call__ = real
     assert len(edits["trials"]) == 4 and len(calls) == 1
+    # under greedy search the length penalty changes no summary, so its choices share one decode too
+    greedy = override(_params(trials=4, seed=0, space={"length_penalty": [0.5, 1.0, 2.0]}), {"generation.num_beams": 1})
+    same = [
+        decoding.summarize(
+            summarizer, rows[0]["dialogue"], decoding.Settings({"num_beams": 1, "length_penalty": lp}), lm
+        )
+        for lp in (0.5, 2.0)
+    ]
+    assert same[0] == same[1]
+    calls.clear()
+    summarizer.__class__.__call__ = lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1]
+    try:
+        r = decoding.search(greedy, [summarizer], rows, lm)
+    finally:
+        summarizer.__class__.__call__ = real
+    assert len({t["length_penalty"] for t in r["trials"]}) > 1 and len(calls) == 1
 
 
 def test_views_under_a_choice_keep_the_plain_row_order(summarizer, sample):

@@ -232,13 +232,24 @@ def search(params: Params, summarizers: list, rows: list[pd.DataFrame], lengths:
         if v not in space[k]:
             space[k] = [v, *space[k]]
     cache: dict = {}
+    # what changes the decoded summaries -> the summaries before post-edits: a post-edit (or a length penalty
+    # under greedy search) costs no decode
+    decoded: dict = {}
 
     def score(choice: dict) -> float:
         key = tuple(sorted((k, str(v)) for k, v in choice.items()))
         if key not in cache:
             s = Settings.from_choice(choice)
-            preds = [t for summ, df in zip(summarizers, rows) for t in summarize(summ, df["dialogue"], s, lengths)]
-            cache[key] = scorer.score(preds, refs)["rouge_sum"]
+            gen = {**params.generation.model_dump(include=set(DECODE_GENERATION_KEYS)), **s.generation}
+            if gen.get("num_beams") == 1:  # greedy: the length penalty only ranks beams, it changes no summary
+                gen.pop("length_penalty", None)
+            how = (tuple(sorted((k, str(v)) for k, v in gen.items())), s.length_control)
+            if how not in decoded:
+                bare = Settings(s.generation, s.length_control)
+                decoded[how] = [
+                    t for summ, df in zip(summarizers, rows) for t in summarize(summ, df["dialogue"], bare, lengths)
+                ]
+            cache[key] = scorer.score(post_edit(decoded[how], s.post_edits), refs)["rouge_sum"]
         return cache[key]
 
     def objective(trial) -> float:
