@@ -1,3 +1,5 @@
+import pytest
+
 from conftest import micro_entry
 from dialsum import generation, models
 
@@ -22,8 +24,12 @@ def test_tags_are_single_tokens_and_survive_decoding(tmp_path):
     assert generation.decode(tok, ids) == s
 
 
-def test_pretrained_path_adds_tags_and_resizes(tmp_path):
-    """A hub-style checkpoint without the tags goes through from_pretrained + add tokens + resize."""
+@pytest.mark.parametrize("tied", [True, False])
+def test_pretrained_path_adds_tags_and_resizes(tmp_path, tied):
+    """A hub-style checkpoint without the tags goes through from_pretrained + add tokens + resize, and what
+    training saves loads back whole: an untied checkpoint keeps its own encoder and decoder embeddings
+    (transformers 5's resize ties them to the shared matrix, and the saved folder then lacked both)."""
+    import torch
     from transformers import AutoModelForSeq2SeqLM, BartConfig
 
     hub = tmp_path / "hub"
@@ -43,8 +49,11 @@ def test_pretrained_path_adds_tags_and_resizes(tmp_path):
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         decoder_start_token_id=tok.eos_token_id,
+        tie_word_embeddings=tied,
     )
+    torch.manual_seed(0)
     AutoModelForSeq2SeqLM.from_config(cfg).save_pretrained(hub)
+    hub_model = AutoModelForSeq2SeqLM.from_pretrained(hub)
     entry = {"family": "seq2seq", "pretrained": str(hub), "max_source_len": 64, "max_target_len": 16}
     init = tmp_path / "init"
     models.build_init(entry, TEXTS, init, seed=0)
@@ -55,6 +64,19 @@ def test_pretrained_path_adds_tags_and_resizes(tmp_path):
     summarizer = generation.Summarizer(model, tok2, "seq2seq", {"num_beams": 2, "max_new_tokens": 5}, 64)
     texts, lps = summarizer(TEXTS[:3], progress=False)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    n = len(tok)
+    for got, want in ((model.get_encoder(), hub_model.get_encoder()), (model.get_decoder(), hub_model.get_decoder())):
+        assert torch.equal(got.embed_tokens.weight[:n], want.embed_tokens.weight[:n])  # the checkpoint's rows
+    model.save_pretrained(tmp_path / "trained")  # what the Trainer's save_model writes
+    tok2.save_pretrained(tmp_path / "trained")
+    again, _, _ = models.load_for_inference(tmp_path / "trained")
+    for part in ("get_encoder", "get_decoder"):
+        assert torch.equal(getattr(again, part)().embed_tokens.weight, getattr(model, part)().embed_tokens.weight)
+    assert torch.equal(again.lm_head.weight, model.lm_head.weight)
+    batch = tok2(TEXTS[:1], return_tensors="pt")
+    with torch.no_grad():
+        losses = [m.eval()(**batch, labels=batch.input_ids).loss.item() for m in (model, again)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
 
 
 def test_causal_features_mask_prompt_and_keep_summary():
@@ -76,9 +98,6 @@ def test_causal_features_mask_prompt_and_keep_summary():
     n_prompt = f["labels"].count(-100)
     assert f["input_ids"][n_prompt:] == target
     assert tok.decode(f["input_ids"][:n_prompt]).rstrip().endswith("### 요약:")  # answer cue survives truncation
-
-
-import pytest  # noqa: E402
 
 
 @pytest.mark.parametrize("arch,family", [("bart", "seq2seq"), ("llama", "causal")])

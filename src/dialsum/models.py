@@ -281,7 +281,7 @@ def load_for_training(entry: ZooEntry | dict, init_dir: Path, seed: int):
         guard_cpu_4bit_packing(model)
     n_base = model.get_input_embeddings().weight.shape[0]
     if n_base < len(tokenizer):  # warm starts were resized by build_init already
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
+        resize_embeddings(model, len(tokenizer))
     sync_generation_ids(model, tokenizer)
     if qconf is not None:
         from peft import prepare_model_for_kbit_training
@@ -352,6 +352,28 @@ def lora_settings(entry: ZooEntry | dict) -> dict | None:
         )
         return dict(DEFAULT_LORA)
     return None
+
+
+def resize_embeddings(model, n: int) -> None:
+    """``resize_token_embeddings`` to ``n`` rows (a multiple of 8) that keeps an untied encoder-decoder's own
+    input embeddings. Transformers 5 points a BART-style model's encoder and decoder ``embed_tokens`` at the
+    resized shared matrix even when ``tie_word_embeddings`` is false, and ``save_pretrained`` then writes only
+    that one: the checkpoint would load with both embeddings MISSING, randomly initialised, and no error."""
+    import copy
+
+    cfg = model.config
+    parts = []
+    if cfg.is_encoder_decoder and not getattr(cfg, "tie_word_embeddings", True):
+        parts = [m for m in (model.get_encoder(), model.get_decoder()) if hasattr(m, "embed_tokens")]
+    own = [m.embed_tokens.weight.detach().clone() for m in parts]
+    model.resize_token_embeddings(n, pad_to_multiple_of=8)
+    shared = model.get_input_embeddings().weight.detach()
+    for m, w in zip(parts, own):
+        emb = copy.deepcopy(m.embed_tokens)  # its class keeps BART's embedding scale and padding index
+        rows = shared.clone()
+        rows[: w.shape[0]] = w  # the checkpoint's rows; the added tags start as the shared matrix's new rows
+        emb.weight = torch.nn.Parameter(rows)
+        m.embed_tokens = emb
 
 
 def sync_generation_ids(model, tokenizer) -> None:
@@ -478,7 +500,7 @@ def load_for_inference(model_dir: Path, entry: ZooEntry | dict | None = None):
         model = auto_classes(family).from_pretrained(base, **kwargs)
         guard_cpu_4bit_packing(model)
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=8)
+            resize_embeddings(model, len(tokenizer))
         model = PeftModel.from_pretrained(model, model_dir)
     else:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust)
