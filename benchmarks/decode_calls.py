@@ -6,6 +6,7 @@ Run from the repository root after `dvc repro`:
 """
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -45,8 +46,6 @@ def main():
             ).stdout
         )
         mods[a.rev] = "dialsum._decoding_at_rev"
-    import json
-
     runs = {k: [] for k in mods}
     try:
         for _ in range(a.repeats):

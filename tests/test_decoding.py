@@ -1,6 +1,7 @@
 """The decoding search (dialsum.decoding): post-edits, length caps, the study over a trained model without
 re-training, and predict's views under a choice."""
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -63,18 +64,24 @@ def _params(**decode):
     return typed(p)
 
 
+@contextmanager
+def generate_calls(summarizer):
+    """The list of the summarizer's generate calls made inside the block (one entry per call)."""
+    calls, real = [], summarizer.__class__.__call__
+    summarizer.__class__.__call__ = lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1]
+    try:
+        yield calls
+    finally:
+        summarizer.__class__.__call__ = real
+
+
 def test_search_starts_from_the_defaults_never_ends_below_them_and_repeats_itself(summarizer, sample):
     train, dev = sample
     rows = [dev.head(6)]
     lm = decoding.LengthModel.fit(summarizer.tokenizer, train["dialogue"], train["summary"], 0.9)
     params = _params(trials=5, seed=3)
-    calls = []
-    real = summarizer.__class__.__call__
-    summarizer.__class__.__call__ = lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1]
-    try:
+    with generate_calls(summarizer) as calls:
         first = decoding.search(params, [summarizer], rows, lm)
-    finally:
-        summarizer.__class__.__call__ = real
     again = decoding.search(params, [summarizer], rows, lm)
     assert first == again  # seeded: the same trials, scores and choice
     t0 = first["trials"][0]
@@ -89,17 +96,9 @@ def test_search_starts_from_the_defaults_never_ends_below_them_and_repeats_itsel
     }
     assert len(calls) <= len(distinct) * 5  # a repeated choice is scored from the cache (at most 5 length bins each)
     # a study over post-edits alone decodes once: switching an edit re-scores the same summaries
-    calls.clear()
-    summarizer.__class__.__call__ = lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1]
-    try:
-        edits = decoding.search(
-            _params(trials=4, seed=0, space={"trim_unfinished": [False, True], "drop_repeats": [False, True]}),
-            [summarizer],
-            rows,
-            lm,
-        )
-    finally:
-        summarizer.__class__.__call__ = real
+    edits_only = _params(trials=4, seed=0, space={"trim_unfinished": [False, True], "drop_repeats": [False, True]})
+    with generate_calls(summarizer) as calls:
+        edits = decoding.search(edits_only, [summarizer], rows, lm)
     assert len(edits["trials"]) == 4 and len(calls) == 1
     # under greedy search the length penalty changes no summary, so its choices share one decode too
     greedy = override(_params(trials=4, seed=0, space={"length_penalty": [0.5, 1.0, 2.0]}), {"generation.num_beams": 1})
@@ -110,12 +109,8 @@ def test_search_starts_from_the_defaults_never_ends_below_them_and_repeats_itsel
         for lp in (0.5, 2.0)
     ]
     assert same[0] == same[1]
-    calls.clear()
-    summarizer.__class__.__call__ = lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1]
-    try:
+    with generate_calls(summarizer) as calls:
         r = decoding.search(greedy, [summarizer], rows, lm)
-    finally:
-        summarizer.__class__.__call__ = real
     assert len({t["length_penalty"] for t in r["trials"]}) > 1 and len(calls) == 1
 
 

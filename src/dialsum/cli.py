@@ -72,7 +72,7 @@ def _read(path: str, cols: list[str]):
 def cmd_summarize(a) -> int:
     import pandas as pd
 
-    from . import generation
+    from . import decoding, generation
     from .data import DataError, clean_text, read_csv
     from .io import write_csv
     from .params import Generation, load
@@ -121,19 +121,14 @@ def cmd_summarize(a) -> int:
         why = "no such zoo entry in" if params else "no params file"
         print(f"error: --entry {a.entry}: {why} {a.params}", file=sys.stderr)
         return 2
+    settings, lengths = decoding.Settings(), None
     if entry is not None:
         print(f"zoo.{name}'s settings (max_source_len {entry.max_source_len}, its prompt)", file=sys.stderr)
-    from . import decoding
-
-    # decode@<entry>'s choice, as predict decodes the model (none: params' generation section as it is)
-    settings, lengths = (
-        decoding.choice_for(name, Path(a.params).resolve().parent, required=False)
-        if entry
-        else (decoding.Settings(), None)
-    )
-    if settings != decoding.Settings():
-        print(f"decode@{name}'s choice: {settings.as_dict()}", file=sys.stderr)
-    settings = decoding.overridden(settings, {"num_beams": a.num_beams} if a.num_beams else {})
+        # decode@<entry>'s choice, as predict decodes the model; the flag wins over it too
+        flags = {"num_beams": a.num_beams} if a.num_beams else None
+        settings, lengths = decoding.choice_for(name, Path(a.params).resolve().parent, flags, required=False)
+        if settings != decoding.Settings():
+            print(f"decoding with {settings.as_dict()} (decode@{name}'s choice)", file=sys.stderr)
     summarizer = generation.Summarizer.load(Path(a.model), entry, gen, a.max_source_len, a.batch_size)
     texts = decoding.summarize(
         summarizer, [clean_text(d) for d in df["dialogue"]], settings, lengths, "summarize", True

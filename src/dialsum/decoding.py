@@ -169,9 +169,10 @@ def _grouped(summarizer, settings: Settings, lengths: LengthModel | None, dialog
 
 def summarize(summarizer, dialogues, settings: Settings, lengths: LengthModel | None, desc="decode", progress=False):
     """One summary per dialogue under ``settings`` (post-edits applied), in input order."""
-    return _grouped(summarizer, settings, lengths, dialogues, lambda ds: summarizer(ds, desc=desc, progress=progress))[
-        0
-    ]
+    texts, _ = _grouped(
+        summarizer, settings, lengths, dialogues, lambda ds: summarizer(ds, desc=desc, progress=progress)
+    )
+    return texts
 
 
 def averaged(members: list, weights, dialogues, settings: Settings, lengths: LengthModel | None, desc="averaged"):
@@ -280,16 +281,15 @@ def load_choice(path: Path) -> tuple[Settings, LengthModel | None]:
     return Settings.from_dict(d), LengthModel.from_dict(d["lengths"]) if d.get("lengths") else None
 
 
-def choice_for(model: str, root: Path = Path("."), required: bool = True) -> tuple[Settings, LengthModel | None]:
+def choice_for(
+    model: str, root: Path = Path("."), generation: dict | None = None, required: bool = True
+) -> tuple[Settings, LengthModel | None]:
     """decode@``model``'s choice in the project at ``root`` (what predict decoded with), so that every later
-    generation of the model (model averaging, ``dialsum summarize``) decodes as predict did. ``required``
-    False: the plain settings when the project has none (a model folder used outside its pipeline)."""
+    generation of the model (model averaging, ``dialsum summarize``) decodes as predict did; ``generation``
+    keys (e.g. a command line's ``--num-beams``) win over the choice's. ``required`` False: the plain settings
+    when the project has none (a model folder used outside its pipeline)."""
     path = Path(root) / paths.decoding(model)
-    if not path.exists() and not required:
-        return Settings(), None
-    return load_choice(path)
-
-
-def overridden(settings: Settings, generation: dict) -> Settings:
-    """``settings`` with ``generation`` keys (e.g. a command line's ``--num-beams``) winning over the choice's."""
-    return Settings({**settings.generation, **generation}, settings.length_control, settings.post_edits)
+    settings, lengths = load_choice(path) if required or path.exists() else (Settings(), None)
+    if generation:
+        settings = Settings({**settings.generation, **generation}, settings.length_control, settings.post_edits)
+    return settings, lengths

@@ -76,8 +76,7 @@ def average_folds(
     from .. import decoding
 
     params = typed(params)
-    settings, lengths = decoding.choice_for(model, root)
-    settings = decoding.overridden(settings, generation or {})
+    settings, lengths = decoding.choice_for(model, root, generation)
     members = fold_members(params, model, root)
     weights = fold_weights(params, model, list(params.cv.folds), root)
     log.info("averaging %d fold models of %s, weights %s, decoding %s", len(members), model, weights, settings)

@@ -136,7 +136,7 @@ def summarize_new(
     for m in params.models:  # every model before the first generates: no hour lost to a missing fold or choice
         for f in params.cv.folds:
             _check_trained(root / paths.model_dir(m, f))
-        choices[m] = decoding.choice_for(m, root)
+        choices[m] = decoding.choice_for(m, root, generation)
     pool = []
     for m in params.models:
         if strategy in AVERAGING:
@@ -144,7 +144,6 @@ def summarize_new(
             pool.append(out.assign(source=f"{m}/avg", model=m))
             continue
         settings, lengths = choices[m]
-        settings = decoding.overridden(settings, generation or {})
         for f in params.cv.folds:  # one fold model in memory at a time
             member = _load_member(params, m, root / paths.model_dir(m, f))
             out = decoding.views(member, df["fname"], df["dialogue"], augmenter, settings, lengths, desc=f"{m}/{f}")
