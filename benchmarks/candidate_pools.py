@@ -51,6 +51,21 @@ def main():
     ap.add_argument("--pools", nargs="*", default=list(POOLS))
     ap.add_argument("--cache", default="/tmp/dialsum-pools")
     ap.add_argument("--json")
+    ap.add_argument(
+        "--methods",
+        nargs="*",
+        default=["majority_vote", "stacking", "auto", "oracle"],
+        help="selections to score: ensemble.strategy names, `stacking+rerank` (stacking_features: [rerank]), oracle",
+    )
+    ap.add_argument(
+        "--configs", nargs="*", help="only these pool[:k] configurations, e.g. beam-16:16 beam-16+sample-16"
+    )
+    ap.add_argument(
+        "--test-only",
+        action="store_true",
+        help="fitted methods: only the test column (fit on all dev; no dev cross-fit)",
+    )
+    ap.add_argument("--ensemble", nargs="*", default=[], help="ensemble.* overrides, KEY=VALUE (YAML values)")
     a = ap.parse_args()
     ws, cache = Path(a.workspace), Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -110,6 +125,9 @@ def main():
     configs = [(name, k) for name in a.pools for k in POOLS[name][1]]
     if {"beam-16", "sample-16"} <= set(a.pools):
         configs.append(("beam-16+sample-16", 32))
+    if a.configs:
+        configs = [(n, k) for n, k in configs if n in a.configs or f"{n}:{k}" in a.configs]
+    overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in a.ensemble)}
     for name, k in configs:
         parts = name.split("+")
 
@@ -127,7 +145,7 @@ def main():
         group_seconds = time.perf_counter() - t0
         targets = {s: E.candidate_targets(groups[s], refs[s], scorer) for s in frames}
         distinct = float(np.mean([g.cands["summary"].nunique() for g in groups[list(frames)[-1]]]))
-        for method in ("majority_vote", "stacking", "auto", "oracle"):
+        for method in a.methods:
             t0 = time.perf_counter()
             if method == "oracle":
                 chosen = {
@@ -136,9 +154,14 @@ def main():
                 }
                 info = {}
             else:
-                fit = (groups["dev"], refs["dev"], "dev") if method != "majority_vote" else ([], {}, "none")
-                sel, info = E.combine(method, {"crossfit_folds": 5}, [a.model], groups, *fit, {}, scorer, 0)
-                chosen = {s: list(sel[s]["summary"]) for s in frames}
+                strategy, cfg = method, {"crossfit_folds": 5, **overrides}
+                if method == "stacking+rerank":
+                    strategy, cfg = "stacking", {**cfg, "stacking_features": ["rerank"]}
+                fitted = strategy in E.FITTED
+                fit = (groups["dev"], refs["dev"], "dev") if fitted else ([], {}, "none")
+                on = {"test": groups["test"]} if a.test_only and fitted and "test" in groups else groups
+                sel, info = E.combine(strategy, cfg, [a.model], on, *fit, {}, scorer, 0)
+                chosen = {s: list(sel[s]["summary"]) for s in sel}
             seconds = time.perf_counter() - t0
             row = {
                 "pool": name,
@@ -146,8 +169,9 @@ def main():
                 "method": method,
                 "distinct_per_test_dialogue": round(distinct, 2),
                 "select_seconds": round(seconds + (group_seconds if method == "majority_vote" else 0), 2),
+                **({"ensemble": overrides} if overrides and method != "oracle" else {}),
             }
-            for s in frames:
+            for s in chosen:
                 fns = list(frames[s]["fname"])
                 per = scorer.per_row(chosen[s], [refs[s][fn] for fn in fns]).sum(axis=1)
                 row[s] = round(float(per.mean()), 4)
@@ -179,8 +203,16 @@ def main():
         "mbr_32x500": mbr,
         "generation": {k: gen[k] for k in ("num_beams", "max_new_tokens", "no_repeat_ngram_size", "batch_tokens")},
     }
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
+    if a.json:  # rows of earlier runs of other configurations or methods are kept
+        path = Path(a.json)
+        if path.exists() and (a.configs or a.methods != ap.get_default("methods")):
+            key = lambda r: (r["pool"], r["k"], r["method"], json.dumps(r.get("ensemble", {}), sort_keys=True))  # noqa: E731
+            new = {key(r) for r in results}
+            old = json.loads(path.read_text())
+            out["results"] = [r for r in old["results"] if key(r) not in new] + results
+            out["generation_seconds"] = {**old.get("generation_seconds", {}), **gen_seconds}
+            out["mbr_32x500"] = mbr or old.get("mbr_32x500", {})
+        path.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

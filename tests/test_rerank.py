@@ -131,3 +131,87 @@ def test_rerank_scores_a_candidate_longer_than_its_window():
     ids, _ = r._encode(pairs)
     assert max(map(len, ids)) <= 32 and len(ids[1]) < 32
     assert np.isfinite(r.predict(pairs)).all()
+
+
+def test_training_rows_keep_the_best_the_worst_and_the_spread():
+    from dialsum.ensemble.rerank import training_rows
+
+    t = np.array([0.5, 0.9, 0.1, 0.7, 0.3, 0.8])
+    assert training_rows(t, 0).tolist() == list(range(6)) and training_rows(t, 9).tolist() == list(range(6))
+    assert training_rows(t, 2).tolist() == [1, 2]  # best (0.9) and worst (0.1)
+    assert sorted(t[training_rows(t, 3)].tolist()) == [0.1, 0.7, 0.9]  # and a middle rank (the 3rd of 6)
+
+
+def test_rerank_with_centered_targets_on_a_subset_of_each_pool_still_ranks():
+    """``rerank_target: centered`` and ``rerank_pairs``: trained on 2 of each pool's 3 candidates (best and
+    worst), regressing the gap to the pool's mean (fewer steps: a higher rate), it still puts the right summary first on new dialogues."""
+    groups, refs = world(16, 0, "fit")
+    targets = E.candidate_targets(groups, refs, Scorer("whitespace"))
+    seen = []
+    real = E.Reranker.fit
+    E.Reranker.fit = lambda self, pairs, y: seen.append((len(pairs), np.asarray(y))) or real(self, pairs, y)
+    try:
+        reranker = E.fit_reranker(
+            groups, targets, Ensemble(**{**CFG, "rerank_lr": 2e-4}, rerank_pairs=2, rerank_target="centered"), 0
+        )
+    finally:
+        E.Reranker.fit = real
+    assert seen[0][0] == 32  # 16 pools x 2
+    means = np.array([t.mean() for t in targets])
+    assert np.allclose(
+        seen[0][1].reshape(16, 2).sum(axis=1), np.array([t.max() + t.min() for t in targets]) - 2 * means
+    )
+    held, _ = world(10, 1, "held")
+    assert (E.select(held, lambda g: E.rerank_scores(reranker, g))["source"] == "good/0").mean() >= 0.8
+
+
+def test_stacking_reads_the_cross_encoders_score_out_of_sample(monkeypatch):
+    """``stacking_features: [rerank]``: where no reference-free feature tells two models apart (swapped_world)
+    stacking alone is a coin toss; with the cross-encoder's score as a feature it picks the right one. The
+    score a fitting row gets comes from a cross-encoder that was not fitted on that dialogue, and no dev or
+    test reference is ever scored."""
+    from dialsum.ensemble import rerank as R
+
+    oof, oof_refs = swapped_world(40, 0, "oof")
+    test, test_refs = swapped_world(8, 1, "test")
+    scorer = Scorer("whitespace")
+    fitted_on: list = []
+    real_fit = R.fit_reranker
+    monkeypatch.setattr(
+        R, "fit_reranker", lambda g, t, c, s: fitted_on.append({x.fname for x in g}) or real_fit(g, t, c, s)
+    )
+    scored: list = []
+    real_scores = R.rerank_scores
+    monkeypatch.setattr(R, "rerank_scores", lambda r, g: scored.append((id(r), g.fname)) or real_scores(r, g))
+    seen: list = []
+    real = scorer.per_row
+    monkeypatch.setattr(scorer, "per_row", lambda preds, rs: seen.extend(r for x in rs for r in x) or real(preds, rs))
+    right = np.array([f"{('a', 'b')[i % 2]}/0" for i in range(8)])
+
+    plain, _ = E.combine("stacking", CFG, ["a", "b"], {"test": test}, oof, oof_refs, "oof", {}, scorer, 0)
+    assert not fitted_on
+    out, info = E.combine(
+        "stacking",
+        {**CFG, "stacking_features": ["rerank"]},
+        ["a", "b"],
+        {"test": test},
+        oof,
+        oof_refs,
+        "oof",
+        {},
+        scorer,
+        0,
+    )
+    assert info["stacking_features"] == ["rerank"] and info["fitted_on"] == {"oof_dialogues": 40, "oof_candidates": 80}
+    assert len(fitted_on) == 2 and not (fitted_on[0] & fitted_on[1]) and len(fitted_on[0] | fitted_on[1]) == 40
+    first_fit_ids = {}
+    for rid, fname in scored[:40]:  # the fitting rows' scores: each from the cross-encoder that never saw it
+        first_fit_ids.setdefault(rid, set()).add(fname)
+    assert len(first_fit_ids) == 2 and all(not (names & fit) for names, fit in zip(first_fit_ids.values(), fitted_on))
+    assert (
+        (out["test"]["source"].to_numpy() == right).mean()
+        >= 0.75
+        > (plain["test"]["source"].to_numpy() == right).mean()
+    )
+    held_out = {r for x in test_refs.values() for r in x}
+    assert seen and not (set(seen) & held_out)

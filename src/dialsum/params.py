@@ -91,6 +91,7 @@ ENSEMBLE_STRATEGIES = (
     "rerank",
 )  # dialsum.ensemble
 AUTO_ALSO = ("rerank",)  # fitted strategies `auto` weighs only when ensemble.auto_also names them (cost)
+STACKING_FEATURES = ("rerank",)  # ensemble.stacking_features: model-based extra columns of stacking
 AVERAGING = ("averaging", "weighted_avg")  # the strategies whose members are each model's fold average
 SAMPLERS = ("tpe", "gp", "random", "cmaes")  # dialsum.tuning
 PRUNERS = ("median", "percentile", "hyperband", "none")
@@ -285,6 +286,15 @@ class Ensemble(Section):
     rerank_lr: Num = Field(5e-5, gt=0, le=1)
     rerank_tokens: int = Field(4096, ge=64)  # rerank: padded tokens per batch
     rerank_max_len: int = Field(256, ge=16, le=512)  # rerank: tokens of dialogue + candidate
+    # rerank: candidates per dialogue it trains on (0 = all): the best, the worst and evenly spaced ranks
+    # between; fitting costs pairs x epochs, scoring one forward per candidate
+    rerank_pairs: int = Field(0, ge=0)
+    # rerank: what it regresses: raw (each candidate's ROUGE) | centered (minus its dialogue's mean: only the
+    # order within a pool decides, so it need not learn how hard a dialogue is)
+    rerank_target: Literal["raw", "centered"] = "raw"
+    # extra features of stacking's regressor: [rerank] adds the cross-encoder's score (and its gap to the
+    # pool's best), out-of-sample on the rows it fits on: two cross-encoders, each fitted on half the dialogues
+    stacking_features: list[Literal[STACKING_FEATURES]] = []
 
 
 class Tune(Section):

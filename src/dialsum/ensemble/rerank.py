@@ -1,9 +1,11 @@
 """``rerank``: a cross-encoder over (dialogue, candidate) pairs (``ensemble.rerank_backbone``, by default the
 packaged MiniLM) with a one-output regression head, trained on the out-of-fold candidates to predict each
 one's ROUGE against its references; a dialogue's candidates are then ranked by the prediction. Seeded,
-length-sorted token-budget batches, CPU-deterministic."""
+length-sorted token-budget batches, CPU-deterministic. :func:`rerank_feature` offers its score to ``stacking``."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -94,11 +96,45 @@ def _pairs(g: Group) -> list[tuple[str, str]]:
     return [(g.dialogue, s) for s in g.cands["summary"]]
 
 
+def training_rows(t: np.ndarray, n: int) -> np.ndarray:
+    """Which of a pool's candidates (targets ``t``) to train on when ``n`` per dialogue are asked for (0 = all):
+    the best, the worst and evenly spaced ranks between, so that every pool still shows its full spread."""
+    if not n or n >= len(t):
+        return np.arange(len(t))
+    order = np.argsort(-np.asarray(t, dtype=float), kind="stable")
+    return np.sort(order[np.unique(np.round(np.linspace(0, len(t) - 1, n)).astype(int))])
+
+
 def fit_reranker(groups: list[Group], targets: list[np.ndarray], cfg: Ensemble, seed: int) -> Reranker:
-    """A cross-encoder trained on ``groups``' candidates and their ``targets`` only."""
-    pairs = [p for g in groups for p in _pairs(g)]
-    return Reranker(cfg, seed).fit(pairs, np.concatenate(targets))
+    """A cross-encoder trained on ``groups``' candidates and their ``targets`` only (``rerank_pairs`` of each
+    pool; ``rerank_target: centered`` regresses each target minus its pool's mean)."""
+    pairs, y = [], []
+    for g, t in zip(groups, targets):
+        t = np.asarray(t, dtype=float)
+        keep = training_rows(t, cfg.rerank_pairs)
+        all_pairs = _pairs(g)
+        pairs += [all_pairs[i] for i in keep]
+        y.append(t[keep] - (t.mean() if cfg.rerank_target == "centered" else 0.0))
+    return Reranker(cfg, seed).fit(pairs, np.concatenate(y))
 
 
 def rerank_scores(reranker: Reranker, g: Group) -> np.ndarray:
     return reranker.predict(_pairs(g))
+
+
+def rerank_feature(
+    groups: list[Group], targets: list[np.ndarray], cfg: Ensemble, seed: int, parts: int = 2
+) -> tuple[list[np.ndarray], Callable[[Group], np.ndarray]]:
+    """The cross-encoder's score as a feature of a regressor fitted on ``groups``: out-of-sample there (each of
+    ``parts`` seeded parts of the dialogues scored by a cross-encoder fitted on the others: an in-sample score
+    would look better than it will on new pools, and the regressor would trust it too much), and for new
+    pools the mean of those cross-encoders. Returns (a score array per group, score(new group))."""
+    split = np.random.default_rng(seed).permutation(len(groups)) % min(parts, len(groups))
+    rerankers, scores = [], [np.zeros(0)] * len(groups)
+    for f in sorted(set(split.tolist())):
+        fit_on = [i for i in range(len(groups)) if split[i] != f] or list(range(len(groups)))
+        r = fit_reranker([groups[i] for i in fit_on], [targets[i] for i in fit_on], cfg, seed)
+        rerankers.append(r)
+        for i in np.flatnonzero(split == f):
+            scores[i] = rerank_scores(r, groups[i])
+    return scores, lambda g: np.mean([rerank_scores(r, g) for r in rerankers], axis=0)

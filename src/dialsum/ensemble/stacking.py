@@ -69,12 +69,21 @@ def fit_stacker(
     model_score: dict,
     tokenizer: CachedTokenizer,
     seed: int,
+    extra: list[np.ndarray] | None = None,
 ):
-    """A regressor from OOF candidates' features to their ROUGE against the OOF reference."""
+    """A regressor from OOF candidates' features to their ROUGE against the OOF reference; ``extra``: more
+    columns per group (:func:`with_scores`), appended to :func:`candidate_features`'."""
     from sklearn.ensemble import GradientBoostingRegressor
 
-    X = np.concatenate([candidate_features(g, models, model_score, tokenizer) for g in groups])
+    X = [candidate_features(g, models, model_score, tokenizer) for g in groups]
+    X = np.concatenate([np.hstack([x, e]) for x, e in zip(X, extra)] if extra is not None else X)
     y = np.concatenate(targets)
     reg = GradientBoostingRegressor(n_estimators=150, max_depth=3, learning_rate=0.05, subsample=1.0, random_state=seed)
     reg.fit(X, y)
     return reg
+
+
+def with_scores(score: np.ndarray) -> np.ndarray:
+    """A model's score of a pool's candidates as two stacking columns: the score and its gap to the pool's best."""
+    score = np.asarray(score, dtype=float)
+    return np.stack([score, score - score.max()], axis=1) if len(score) else np.zeros((0, 2))

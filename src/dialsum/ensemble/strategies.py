@@ -16,8 +16,8 @@ from ..metrics import CachedTokenizer
 from ..params import ENSEMBLE_STRATEGIES, Ensemble, section
 from .blending import fit_blend
 from .pools import Group, vote_weights, weighted_consensus
-from .rerank import fit_reranker, rerank_scores
-from .stacking import candidate_features, fit_stacker
+from .rerank import fit_reranker, rerank_feature, rerank_scores
+from .stacking import candidate_features, fit_stacker, with_scores
 
 log = logging.getLogger(__package__)
 STRATEGIES = ENSEMBLE_STRATEGIES
@@ -65,8 +65,15 @@ def _weighted(fit: Fit) -> tuple:
 
 def _stacking(fit: Fit) -> tuple:
     models, model_oof, tok = fit.models, fit.model_oof, fit.tok
-    reg = fit_stacker(fit.groups, fit.targets, models, model_oof, tok, fit.seed)
-    return (lambda g: reg.predict(candidate_features(g, models, model_oof, tok))), {}
+    if "rerank" not in fit.cfg.stacking_features:
+        reg = fit_stacker(fit.groups, fit.targets, models, model_oof, tok, fit.seed)
+        return (lambda g: reg.predict(candidate_features(g, models, model_oof, tok))), {}
+    held_out, rerank = rerank_feature(fit.groups, fit.targets, fit.cfg, fit.seed)
+    reg = fit_stacker(fit.groups, fit.targets, models, model_oof, tok, fit.seed, [with_scores(s) for s in held_out])
+    info = {"stacking_features": ["rerank"], "rerank_backbone": fit.cfg.rerank_backbone}
+    return (
+        lambda g: reg.predict(np.hstack([candidate_features(g, models, model_oof, tok), with_scores(rerank(g))]))
+    ), info
 
 
 def _blending(fit: Fit) -> tuple:
