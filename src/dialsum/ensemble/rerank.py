@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..params import Ensemble
 from .pools import Group
@@ -70,14 +71,17 @@ class Reranker:
         rng = np.random.default_rng(self.seed)
         target = torch.tensor(np.asarray(y, dtype=np.float32))
         self.model.train()
+        bar = tqdm(total=self.cfg.rerank_epochs * len(batches), desc=f"rerank: fit on {len(ids)} pairs", leave=False)
         for _ in range(self.cfg.rerank_epochs):
             for b in rng.permutation(len(batches)):
+                bar.update()
                 idx = batches[b]
                 pred = self.model(**self._tensors(ids, types, idx)).logits.squeeze(-1)
                 loss = torch.nn.functional.mse_loss(pred, target[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+        bar.close()
         self.model.eval()
         return self
 
@@ -87,7 +91,8 @@ class Reranker:
         ids, types = self._encode(pairs)
         out = np.zeros(len(ids))
         with torch.no_grad():
-            for idx in _batches([len(i) for i in ids], self.cfg.rerank_tokens):
+            batches = _batches([len(i) for i in ids], self.cfg.rerank_tokens)
+            for idx in tqdm(batches, desc=f"rerank: score {len(ids)} pairs", leave=False, disable=len(batches) < 8):
                 out[idx] = self.model(**self._tensors(ids, types, idx)).logits.squeeze(-1).double().numpy()
         return out
 
