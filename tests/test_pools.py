@@ -182,6 +182,14 @@ def collapsed_world(n=40, seed=0):
     return frames, refs, dialogues
 
 
+def test_seeded_parts_are_balanced_seeded_and_never_more_than_the_dialogues():
+    parts = E.seeded_parts(23, 5, seed=3)
+    assert sorted(np.bincount(parts).tolist()) == [4, 4, 5, 5, 5]  # sizes differ by at most one
+    assert (parts == E.seeded_parts(23, 5, seed=3)).all() and (parts != E.seeded_parts(23, 5, seed=4)).any()
+    assert sorted(set(E.seeded_parts(3, 5, seed=0).tolist())) == [0, 1, 2]  # 5 parts of 3 dialogues: 3 parts
+    assert E.seeded_parts(0, 5, seed=0).size == 0
+
+
 def test_auto_is_never_below_the_best_member_and_flags_the_collapsed_one():
     frames, refs, dialogues = collapsed_world()
     scorer = Scorer("whitespace")

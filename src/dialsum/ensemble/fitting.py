@@ -12,7 +12,7 @@ import numpy as np
 from ..metrics import CachedTokenizer
 from ..params import Ensemble, Params, ParamsError, section
 from .candidates import candidate_targets
-from .pools import Group, build_groups, pick, select
+from .pools import Group, build_groups, pick, seeded_parts, select
 from .strategies import REGISTRY, fit_strategy, has_source, is_fitted
 
 log = logging.getLogger(__package__)
@@ -44,8 +44,7 @@ def crossfit(
         raise ValueError(
             f"ensemble.strategy = {strategy} needs at least 2 scored dialogues to cross-fit on, got {len(groups)}"
         )
-    folds = min(folds, len(groups))
-    parts = np.random.default_rng(seed).permutation(len(groups)) % folds if fitted else np.zeros(len(groups), int)
+    parts = seeded_parts(len(groups), folds, seed) if fitted else np.zeros(len(groups), int)
     scores, values = {}, []
     for f in sorted(set(parts.tolist())):
         held = [i for i in range(len(groups)) if parts[i] == f]

@@ -24,6 +24,12 @@ def _overlap(a: dict, b: dict) -> int:
     return sum(min(c, get(k, 0)) for k, c in a.items())
 
 
+def seeded_parts(n: int, k: int, seed: int) -> np.ndarray:
+    """Which of ``min(k, n)`` parts each of ``n`` dialogues falls in: a seeded permutation, cut round-robin, so
+    the parts differ in size by at most one (cross-fitting's split, and the cross-encoder feature's)."""
+    return np.random.default_rng(seed).permutation(n) % max(1, min(k, n))
+
+
 def similarity_matrix(texts: Sequence[str], tokenizer: CachedTokenizer) -> np.ndarray:
     """Pairwise mean of ROUGE-1 and ROUGE-2 F1 (1 on the diagonal).
 

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..params import Ensemble
-from .pools import Group
+from .pools import Group, seeded_parts
 
 
 def _batches(lengths: list[int], budget: int) -> list[list[int]]:
@@ -134,7 +134,7 @@ def rerank_feature(
     ``parts`` seeded parts of the dialogues scored by a cross-encoder fitted on the others: an in-sample score
     would look better than it will on new pools, and the regressor would trust it too much), and for new
     pools the mean of those cross-encoders. Returns (a score array per group, score(new group))."""
-    split = np.random.default_rng(seed).permutation(len(groups)) % min(parts, len(groups))
+    split = seeded_parts(len(groups), parts, seed)
     rerankers, scores = [], [np.zeros(0)] * len(groups)
     for f in sorted(set(split.tolist())):
         fit_on = [i for i in range(len(groups)) if split[i] != f] or list(range(len(groups)))
