@@ -6,6 +6,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest runs two workers (pyproject's addopts): one torch thread each, inherited by every dvc stage a test
+    # starts, so two workers share 2 cores instead of four OpenMP threads spinning on them
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 DIALOGSUM = ROOT.parent / "shared" / "data" / "dialogsum"
@@ -63,3 +68,9 @@ def tiny_bart_params(**training):
     params["training"].update(training)
     params["metrics"]["tokenize"] = "whitespace"
     return params, entry
+
+
+def pytest_collection_modifyitems(items):
+    """The end-to-end module first: one worker takes it (the longest file, one shared project) while the other
+    works through the rest, so the suite takes about as long as that file."""
+    items.sort(key=lambda item: item.path.name != "test_pipeline.py")  # stable: each file keeps its order
