@@ -41,6 +41,13 @@ POOLS = {
 }
 
 
+def _larger_cache(cache: Path, name: str, split: str, rows: int) -> Path | None:
+    """The smallest cached pool of ``name`` on ``split`` with more than ``rows`` dialogues, if any."""
+    sizes = [int(p.stem.rsplit("-", 1)[1]) for p in cache.glob(f"{name}-{split}-*.csv")]
+    bigger = sorted(n for n in sizes if n > rows)
+    return cache / f"{name}-{split}-{bigger[0]}.csv" if bigger else None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workspace", required=True)
@@ -87,6 +94,11 @@ def main():
         pools[name] = {}
         for split, f in frames.items():
             path = cache / f"{name}-{split}-{len(f)}.csv"
+            if not path.exists() and (larger := _larger_cache(cache, name, split, len(f))):
+                # the first rows of a larger pool (a learning curve over dev rows need not regenerate)
+                df = pd.read_csv(larger, dtype={"summary": str}, keep_default_na=False)
+                df[df["fname"].isin(set(f["fname"]))].to_csv(path, index=False)
+                print(f"{name} {split}: the first {len(f)} dialogues of {larger.name}", flush=True)
             if not path.exists():
                 if loaded is None:
                     loaded = models.load_for_inference(ws / f"models/{a.model}/{a.fold}", entry)

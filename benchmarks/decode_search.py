@@ -9,8 +9,8 @@ out-of-fold rows, or with fold ``full`` on the first ``--rows`` dev rows; trial 
 wall time, and then that fold model on the evaluation rows (dev for CV folds; test, scored against all its
 references, for fold ``full``, whose search used dev) with params' settings and with the choice: rouge_sum of
 each and the paired bootstrap 95 % interval of the gain (2,000 resamples of the dialogues). With
-``--each-alone``, the length control alone and each post-edit alone on top of params' settings (a post-edit
-edits the params' summaries: no generation); with ``--both-metrics``, every row
+``--each-alone``, the length control alone, MBR alone (each ``mbr`` k of the space) and each post-edit alone
+on top of params' settings (a post-edit edits the params' summaries: no generation); with ``--both-metrics``, every row
 is also scored with the other ROUGE implementation (``metrics.rouge``: rouge-score | rouge). Prints a JSON
 line per model.
 """
@@ -75,6 +75,8 @@ def main() -> int:
         runs = {"params": decoding.Settings(), "chosen": chosen}
         if a.each_alone:
             runs["length_control"] = decoding.Settings(length_control="quantile")
+            for k in sorted({int(v) for v in params.decode.space.get("mbr", []) if int(v) > 1}):
+                runs[f"mbr_{k}"] = decoding.Settings({"mbr": k})
         texts, secs = {}, {}
         for k, s in runs.items():
             same = (s.generation_section(summ.gen), s.length_control, s.post_edits) == (summ.gen, "none", ())
@@ -82,7 +84,7 @@ def main() -> int:
                 texts[k], secs[k] = texts["params"], secs["params"]
                 continue
             t0 = time.perf_counter()
-            texts[k] = decoding.summarize(summ, ev["dialogue"], s, lengths)
+            texts[k] = decoding.summarize(summ, ev["dialogue"], s, lengths, tokens=scorer.tokenizer)
             secs[k] = round(time.perf_counter() - t0, 1)
         if a.each_alone:  # post-edits act on the decoded text: the params' summaries, edited
             for e in POST_EDITS:

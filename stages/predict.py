@@ -22,16 +22,18 @@ def main():
     gen = settings.generation_section(params.generation) if settings.generation else params.generation
     summarizer = generation.Summarizer.load(paths.model_dir(model_name, fold), entry, gen)
     d = data.load_processed()
+    scorer = Scorer.from_params(params)  # also the tokens MBR decoding (generation.mbr) compares candidates in
     splits = {
         "oof": d["train"][d["train"]["fold"] == fold] if fold != "full" else d["train"].iloc[:0],
         "dev": d["dev"],
         "test": d["test"],
     }
-    scorer = Scorer.from_params(params)
     digest = hashlib.sha256()
     oof = None
     for split, df in splits.items():
-        out = decoding.views(summarizer, df["fname"], df["dialogue"], augmenter, settings, lengths, desc=split)
+        out = decoding.views(
+            summarizer, df["fname"], df["dialogue"], augmenter, settings, lengths, split, scorer.tokenizer
+        )
         out_csv = paths.predictions(f"{model_name}/{fold}", split)
         io.write_csv(out_csv, out)
         digest.update(out_csv.read_bytes())

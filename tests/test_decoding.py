@@ -215,3 +215,70 @@ def test_model_averaging_and_the_cli_decode_under_the_choice(summarizer, sample,
     argv = ["summarize", "--model", str(tmp_path / paths.model_dir("m", 0)), "--input", str(inp)]
     assert dialsum([*argv, "--output", str(out), "--params", str(pfile)]) == 0
     assert list(pd.read_csv(out, keep_default_na=False)["summary"]) == want
+
+
+def test_consensus_pick_is_the_candidate_closest_to_the_others():
+    from dialsum.metrics import CachedTokenizer
+
+    tok = CachedTokenizer("whitespace")
+    # the top-ranked candidate is the outlier: MBR takes the one the others agree with
+    assert decoding.consensus_pick(["q r s", "a b c", "a b d", "a b c e"], [-1, -2, -3, -4], tok) == 1
+    # equal consensus: the higher log-prob, then the higher rank
+    assert decoding.consensus_pick(["a b", "b a"], [-2.0, -1.0], tok) == 1
+    assert decoding.consensus_pick(["a b", "b a"], [-1.0, -1.0], tok) == 0
+    assert decoding.consensus_pick(["only one"], [-1.0], tok) == 0
+
+
+def _mbr_by_hand(summarizer, dialogues, k, tok):
+    """The consensus of each dialogue's k-best, from the pool itself."""
+    base = summarizer.gen
+    try:
+        summarizer.gen = base.model_copy(update={"candidates": generation.Candidates(k=k, method="beam"), "mbr": 0})
+        pools = summarizer.pool(list(dialogues), progress=False)
+    finally:
+        summarizer.gen = base
+    return [c[decoding.consensus_pick([t for t, *_ in c], [lp for _, lp, _ in c], tok)][0] for c in pools]
+
+
+def test_mbr_reaches_predicts_views_and_the_search(summarizer, sample):
+    """generation.mbr set in params (no search) is applied by predict's views, and a search over `mbr` scores
+    and chooses what MBR decoding really gives."""
+    from dialsum import tta
+    from dialsum.metrics import CachedTokenizer
+
+    _, dev = sample
+    dev = dev.head(10).reset_index(drop=True)
+    tok = CachedTokenizer("whitespace")
+    base = summarizer.gen
+    aug = tta.Augmenter([], 0, seed=0)
+    try:
+        summarizer.gen = Generation(num_beams=1, mbr=4)
+        want = _mbr_by_hand(summarizer, dev["dialogue"], 4, tok)
+        got = decoding.views(summarizer, dev["fname"], dev["dialogue"], aug, decoding.Settings(), None, tokens=tok)
+        assert list(got["summary"]) == want
+        summarizer.gen = Generation(num_beams=1)
+        top = decoding.summarize(summarizer, dev["dialogue"], decoding.Settings(), None)
+        assert top != want  # on these rows the consensus is not always the top beam, so the test can tell them apart
+        # the references are the MBR summaries: the search must find mbr 4 and report its real score
+        params = override(_params(trials=6, seed=0, space={"mbr": [0, 4]}), {"generation.num_beams": 1})
+        rows = dev.assign(summary=want)
+        r = decoding.search(params, [summarizer], [rows], None)
+        assert r["trials"][0]["mbr"] == 0 and r["settings"]["generation"] == {"mbr": 4}
+        assert r["best_rouge_sum"] > r["default_rouge_sum"]
+        assert r["best_rouge_sum"] == pytest.approx(3.0)  # the whitespace-token ROUGE of a summary with itself
+        with pytest.raises(ValueError, match="metric's tokenizer"):
+            decoding.summarize(summarizer, dev["dialogue"], decoding.Settings({"mbr": 4}), None)
+        # a run that keeps pools for the ensemble (candidates.k > 1) searches without mbr
+        pooled = override(params, {"generation.candidates.k": 2})
+        assert all("mbr" not in t for t in decoding.search(pooled, [summarizer], [rows], None)["trials"])
+    finally:
+        summarizer.gen = base
+
+
+def test_mbr_and_a_pool_are_one_choice_too_many():
+    from dialsum.params import ParamsError
+
+    with pytest.raises(ParamsError, match="mbr and candidates.k > 1"):
+        override(_params(), {"generation.mbr": 4, "generation.candidates.k": 4})
+    with pytest.raises(ParamsError, match="decode.space.mbr choice -1 is not a valid generation.mbr"):
+        _params(space={"mbr": [0, -1]})

@@ -75,7 +75,8 @@ def cmd_summarize(a) -> int:
     from . import decoding, generation
     from .data import DataError, clean_text, read_csv
     from .io import write_csv
-    from .params import Generation, load
+    from .metrics import CachedTokenizer
+    from .params import Generation, Metrics, load
 
     try:
         df = read_csv(a.input, "test")
@@ -130,8 +131,9 @@ def cmd_summarize(a) -> int:
         if settings != decoding.Settings():
             print(f"decoding with {settings.as_dict()} (decode@{name}'s choice)", file=sys.stderr)
     summarizer = generation.Summarizer.load(Path(a.model), entry, gen, a.max_source_len, a.batch_size)
+    tokens = CachedTokenizer((params.metrics if params else Metrics()).tokenize)  # generation.mbr compares in them
     texts = decoding.summarize(
-        summarizer, [clean_text(d) for d in df["dialogue"]], settings, lengths, "summarize", True
+        summarizer, [clean_text(d) for d in df["dialogue"]], settings, lengths, "summarize", True, tokens
     )
     write_csv(a.output, pd.DataFrame({"fname": df["fname"], "summary": texts}))
     print(f"{len(texts)} summaries -> {a.output}")

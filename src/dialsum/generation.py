@@ -491,12 +491,13 @@ class Summarizer:
 
         return self(dialogues, desc, progress, processor=processor, members=1 + len(others))
 
-    def views(self, fnames, dialogues, augmenter, desc: str = "generate") -> pd.DataFrame:
+    def views(self, fnames, dialogues, augmenter, desc: str = "generate", call=None) -> pd.DataFrame:
         """Summaries of every dialogue and of its TTA views [fname, view, summary, logprob], view summaries
         mapped back to the original speakers; with ``generation.candidates.k`` > 1, k rows per view [fname,
         view, candidate, summary, logprob, tokens] (see :meth:`pool`). Views are seeded by the fname alone
         (not the split), so every model x fold, and ``dialsum summarize --ensemble`` given the same rows,
-        summarise the very same augmented inputs."""
+        summarise the very same augmented inputs. ``call(inputs, desc)`` -> (texts, log-probs) replaces the
+        plain call (``decoding.generate``: MBR)."""
         rows = []
         for fname, dialogue in zip(fnames, dialogues):
             rows.append((fname, "orig", dialogue, None))
@@ -509,7 +510,7 @@ class Summarizer:
                 for c, (t, lp, n) in enumerate(cands)
             ]
             return pd.DataFrame(out, columns=["fname", "view", "candidate", "summary", "logprob", "tokens"])
-        texts, lps = self(inputs, desc)
+        texts, lps = (call or self)(inputs, desc)
         return pd.DataFrame(
             {
                 "fname": [r[0] for r in rows],

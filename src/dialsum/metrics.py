@@ -231,3 +231,49 @@ def ngram_counts(tokens: Sequence[str], n: int):
 def ngram_f1(target_counts, prediction_counts) -> float:
     """F1 of two n-gram Counters, with rouge-score's own arithmetic."""
     return rouge_scorer._score_ngrams(target_counts, prediction_counts).fmeasure
+
+
+# ---- similarity between summaries: MBR's utility (the ensemble's majority_vote, MBR decoding)
+# Each distinct text is tokenized once and its n-gram counts built once; a pair then costs a Counter intersection.
+# ROUGE-L is left out on purpose: its LCS is quadratic in pure Python and ranks candidates almost as ROUGE-1/2 do.
+def _overlap(a: dict, b: dict) -> int:
+    if len(a) > len(b):
+        a, b = b, a
+    get = b.get
+    return sum(min(c, get(k, 0)) for k, c in a.items())
+
+
+def similarity_matrix(texts: Sequence[str], tokenizer: CachedTokenizer) -> np.ndarray:
+    """Pairwise mean of ROUGE-1 and ROUGE-2 F1 (1 on the diagonal).
+
+    F1 = 2 * overlap / (|a| + |b|) on clipped n-gram counts (rouge-score's definition); each distinct text
+    is counted once and duplicates share its row.
+    """
+    uniq = list(dict.fromkeys(texts))
+    index = [uniq.index(t) for t in texts] if len(uniq) < len(texts) else list(range(len(texts)))
+    toks = tokenizer.tokenize_many(uniq)
+    grams = []
+    for t in toks:
+        g1, g2 = ngram_counts(t, 1), ngram_counts(t, 2)
+        grams.append((g1, sum(g1.values()), g2, sum(g2.values())))
+    m = len(uniq)
+    u = np.eye(m)
+    for i in range(m):
+        a1, n1, a2, n2 = grams[i]
+        for j in range(i + 1, m):
+            b1, k1, b2, k2 = grams[j]
+            f1 = 2 * _overlap(a1, b1) / (n1 + k1) if n1 + k1 else 0.0
+            f2 = 2 * _overlap(a2, b2) / (n2 + k2) if n2 + k2 else 0.0
+            u[i, j] = u[j, i] = (f1 + f2) / 2
+    sim = u[np.ix_(index, index)]
+    np.fill_diagonal(sim, 1.0)
+    return sim
+
+
+def consensus_scores(candidates: Sequence[str], tokenizer: CachedTokenizer) -> np.ndarray:
+    """Mean ROUGE-1/2 F1 of each candidate against the *others* (1 candidate: 1.0)."""
+    n = len(candidates)
+    if n == 1:
+        return np.ones(1)
+    sim = similarity_matrix(candidates, tokenizer)
+    return (sim.sum(axis=1) - 1.0) / (n - 1)

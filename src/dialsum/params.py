@@ -242,6 +242,18 @@ class Generation(Section):
         32768  # and at most this many beams x padded tokens (null = off)
     )
     candidates: Candidates = Candidates()
+    # MBR decoding: k >= 2 = the summary is the consensus (highest mean ROUGE-1/2 F1 to the others, in the run's
+    # metric tokens) of a beam search's k best hypotheses (width max(num_beams, k)); 0 or 1 = the top beam
+    mbr: int = Field(0, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _one_selection(self):
+        if self.mbr > 1 and self.candidates.k > 1:
+            raise ValueError(
+                "mbr and candidates.k > 1 both choose among candidates: set mbr (one summary, chosen at decoding) "
+                "or candidates (a pool the ensemble chooses from), not both"
+            )
+        return self
 
 
 # New tokens for a model without a zoo entry (``dialsum summarize --model`` on a folder elsewhere)
@@ -325,6 +337,7 @@ DECODE_GENERATION_KEYS = (
     "repetition_penalty",
     "max_new_tokens",
     "min_new_tokens",
+    "mbr",
 )
 LENGTH_CONTROLS = ("none", "quantile")
 POST_EDITS = ("trim_unfinished", "drop_fillers", "drop_repeats")
@@ -333,6 +346,7 @@ DECODE_SPACE = {
     "length_penalty": [0.5, 1.0, 1.5, 2.0],
     "no_repeat_ngram_size": [0, 3],
     "repetition_penalty": [1.0, 1.2],
+    "mbr": [0, 8],
     "length_control": ["none", "quantile"],
     "trim_unfinished": [False, True],
     "drop_fillers": [False, True],
@@ -362,6 +376,13 @@ class Decode(Section):
                 raise ValueError(f"space.length_control: choices are {', '.join(LENGTH_CONTROLS)}")
             if key in POST_EDITS and not all(isinstance(c, bool) for c in choices):
                 raise ValueError(f"space.{key}: choices are true/false")
+            # each choice a valid generation value: checked now, not when a trial reaches it mid-study
+            if key in DECODE_GENERATION_KEYS:
+                for c in choices:
+                    try:
+                        Generation.model_validate({key: c})
+                    except ValidationError as e:
+                        raise ValueError(f"space.{key}: choice {c!r} is not a valid generation.{key}") from e
         return self
 
 

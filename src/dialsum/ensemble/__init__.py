@@ -42,15 +42,14 @@ from .candidates import (
 )
 from .fitting import FITTED, choose, combine, crossfit, fit_set, options
 from .rerank import Reranker, fit_reranker, rerank_scores
+from ..metrics import consensus_scores, similarity_matrix  # MBR's utility, shared with MBR decoding
 from .pools import (
     Group,
     build_groups,
-    consensus_scores,
     mbr_select,
     pick,
     seeded_parts,
     select,
-    similarity_matrix,
     vote_weights,
     weighted_consensus,
 )

@@ -137,6 +137,7 @@ def summarize_new(
         for f in params.cv.folds:
             _check_trained(root / paths.model_dir(m, f))
         choices[m] = decoding.choice_for(m, root, generation)
+    scorer = Scorer.from_params(params)
     pool = []
     for m in params.models:
         if strategy in AVERAGING:
@@ -146,7 +147,9 @@ def summarize_new(
         settings, lengths = choices[m]
         for f in params.cv.folds:  # one fold model in memory at a time
             member = _load_member(params, m, root / paths.model_dir(m, f))
-            out = decoding.views(member, df["fname"], df["dialogue"], augmenter, settings, lengths, desc=f"{m}/{f}")
+            out = decoding.views(
+                member, df["fname"], df["dialogue"], augmenter, settings, lengths, f"{m}/{f}", scorer.tokenizer
+            )
             pool.append(out.assign(source=f"{m}/{f}", model=m))
             del member
     pool = pd.concat(pool, ignore_index=True)
@@ -157,6 +160,5 @@ def summarize_new(
     pool = stored.pop("input")
     # learn exactly what the ensemble stage learnt: the stored out-of-fold pools, else the dev pools
     frames = data.load_processed(root / paths.PROCESSED) if strategy in FITTED else {}
-    scorer = Scorer.from_params(params)
     out, info, _ = choose(params, {"input": pool}, {"input": df}, stored, frames, oof_rouge(scored), scorer)
     return out["input"], {"strategy": strategy, "sources": sorted(set(pool["source"])), "collapsed": collapsed, **info}
