@@ -317,7 +317,7 @@ def run_study(
     several workers on one storage stop together when the total is reached.
     """
     from .training import Run, train
-    from . import generation
+    from . import decoding, generation
     from .data import references
     from .metrics import Scorer
 
@@ -390,7 +390,7 @@ def run_study(
             value = metrics["rouge_sum"]
             if tunes_generation:
                 summarizer = generation.Summarizer.load(out_dir, trial_params.zoo[model], trial_params.generation)
-                preds, _ = summarizer(val_df["dialogue"], desc="trial generate")
+                preds, _ = decoding.generate(summarizer, val_df["dialogue"], scorer.tokenizer, "trial generate")
                 value = scorer.score(preds, references(val_df))["rouge_sum"]
             log.info("trial %d: rouge_sum %.4f", trial.number, value)
             return value
