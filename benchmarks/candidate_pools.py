@@ -73,6 +73,13 @@ def main():
         help="fitted methods: only the test column (fit on all dev; no dev cross-fit)",
     )
     ap.add_argument("--ensemble", nargs="*", default=[], help="ensemble.* overrides, KEY=VALUE (YAML values)")
+    ap.add_argument(
+        "--fit-rows",
+        type=int,
+        default=0,
+        help="fitted methods learn on pools of the first N *train* dialogues instead of dev (the model's own "
+        "training rows: in-sample pools, as SimCLS trains its reranker); dev and test are then both scored",
+    )
     a = ap.parse_args()
     ws, cache = Path(a.workspace), Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -81,6 +88,9 @@ def main():
     scorer = Scorer.from_params(params)  # the workspace's metrics.* (tokenize, multi_ref, rouge, remove_tokens)
     proc = data.load_processed(ws / "data/processed")
     frames = {"dev": proc["dev"].head(a.dev_rows), "test": proc["test"].head(a.test_rows)}
+    if a.fit_rows:
+        frames["train"] = proc["train"].head(a.fit_rows)
+    shown = [s for s in frames if s != "train"]  # the splits results report (train pools are only fitted on)
     if not any(c.startswith("summary") for c in frames["test"].columns):  # a competition test split: dev only
         frames.pop("test")
     refs = {s: dict(zip(f["fname"], data.references(f))) for s, f in frames.items()}
@@ -131,7 +141,7 @@ def main():
             "pool": "beam-4",
             "k": 1,
             "method": "plain beam output (baseline)",
-            **{s: round(float(per_dialogue[s].mean()), 4) for s in frames},
+            **{s: round(float(per_dialogue[s].mean()), 4) for s in shown},
         }
     ]
     configs = [(name, k) for name in a.pools for k in POOLS[name][1]]
@@ -162,7 +172,7 @@ def main():
             if method == "oracle":
                 chosen = {
                     s: [g.cands["summary"].iloc[int(np.argmax(t))] for g, t in zip(groups[s], targets[s])]
-                    for s in frames
+                    for s in shown
                 }
                 info = {}
             else:
@@ -170,8 +180,11 @@ def main():
                 if method == "stacking+rerank":
                     strategy, cfg = "stacking", {**cfg, "stacking_features": ["rerank"]}
                 fitted = strategy in E.FITTED
-                fit = (groups["dev"], refs["dev"], "dev") if fitted else ([], {}, "none")
-                on = {"test": groups["test"]} if a.test_only and fitted and "test" in groups else groups
+                fit_split = "train" if a.fit_rows else "dev"
+                fit = (groups[fit_split], refs[fit_split], fit_split) if fitted else ([], {}, "none")
+                on = {s: groups[s] for s in shown}
+                if a.test_only and fitted and "test" in groups:
+                    on = {"test": groups["test"]}
                 sel, info = E.combine(strategy, cfg, [a.model], on, *fit, {}, scorer, 0)
                 chosen = {s: list(sel[s]["summary"]) for s in sel}
             seconds = time.perf_counter() - t0
@@ -182,6 +195,7 @@ def main():
                 "distinct_per_test_dialogue": round(distinct, 2),
                 "select_seconds": round(seconds + (group_seconds if method == "majority_vote" else 0), 2),
                 **({"ensemble": overrides} if overrides and method != "oracle" else {}),
+                **({"fitted_on": f"{a.fit_rows} train dialogues"} if a.fit_rows and method != "oracle" else {}),
             }
             for s in chosen:
                 fns = list(frames[s]["fname"])
@@ -218,7 +232,11 @@ def main():
     if a.json:  # rows of earlier runs of other configurations or methods are kept
         path = Path(a.json)
         if path.exists() and (a.configs or a.methods != ap.get_default("methods")):
-            key = lambda r: (r["pool"], r["k"], r["method"], json.dumps(r.get("ensemble", {}), sort_keys=True))  # noqa: E731
+
+            def key(r):
+                ensemble = json.dumps(r.get("ensemble", {}), sort_keys=True)
+                return (r["pool"], r["k"], r["method"], ensemble, r.get("fitted_on"))
+
             new = {key(r) for r in results}
             old = json.loads(path.read_text())
             out["results"] = [r for r in old["results"] if key(r) not in new] + results

@@ -66,13 +66,15 @@ def _params(**decode):
 
 @contextmanager
 def generate_calls(summarizer):
-    """The list of the summarizer's generate calls made inside the block (one entry per call)."""
-    calls, real = [], summarizer.__class__.__call__
-    summarizer.__class__.__call__ = lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1]
+    """The list of the summarizer's generate calls made inside the block (one entry per call or pool)."""
+    cls = summarizer.__class__
+    calls, real, pool = [], cls.__call__, cls.pool
+    cls.__call__ = lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1]
+    cls.pool = lambda self, *a, **k: (calls.append(1), pool(self, *a, **k))[1]
     try:
         yield calls
     finally:
-        summarizer.__class__.__call__ = real
+        cls.__call__, cls.pool = real, pool
 
 
 def test_search_starts_from_the_defaults_never_ends_below_them_and_repeats_itself(summarizer, sample):
@@ -234,7 +236,7 @@ def _mbr_by_hand(summarizer, dialogues, k, tok):
     base = summarizer.gen
     try:
         summarizer.gen = base.model_copy(update={"candidates": generation.Candidates(k=k, method="beam"), "mbr": 0})
-        pools = summarizer.pool(list(dialogues), progress=False)
+        pools = summarizer.pool(list(dialogues), progress=False, raw_logprobs=False)
     finally:
         summarizer.gen = base
     return [c[decoding.consensus_pick([t for t, *_ in c], [lp for _, lp, _ in c], tok)][0] for c in pools]
@@ -266,6 +268,12 @@ def test_mbr_reaches_predicts_views_and_the_search(summarizer, sample):
         assert r["trials"][0]["mbr"] == 0 and r["settings"]["generation"] == {"mbr": 4}
         assert r["best_rouge_sum"] > r["default_rouge_sum"]
         assert r["best_rouge_sum"] == pytest.approx(3.0)  # the whitespace-token ROUGE of a summary with itself
+        # under MBR the beam is max(num_beams, mbr) wide: narrower num_beams choices share one decode
+        wide = override(_params(trials=6, seed=0, space={"mbr": [4], "num_beams": [1, 2, 4]}), {"generation.mbr": 4})
+        with generate_calls(summarizer) as calls:
+            w = decoding.search(wide, [summarizer], [rows], None)
+        assert len({t["num_beams"] for t in w["trials"]}) > 1 and len(calls) == 1
+        assert w["best_rouge_sum"] == r["best_rouge_sum"]
         with pytest.raises(ValueError, match="metric's tokenizer"):
             decoding.summarize(summarizer, dev["dialogue"], decoding.Settings({"mbr": 4}), None)
         # a run that keeps pools for the ensemble (candidates.k > 1) searches without mbr

@@ -125,8 +125,8 @@ def consensus_pick(texts, logprobs, tokens: CachedTokenizer) -> int:
 
 def generate(summarizer, dialogues, tokens: CachedTokenizer | None, desc="generate", progress=True):
     """(texts, log-probs) in input order under the summarizer's generation section: its top beam, or with
-    ``generation.mbr`` k >= 2 the :func:`consensus_pick` of a k-best beam search (the chosen candidate's mean
-    token log-prob under the raw model)."""
+    ``generation.mbr`` k >= 2 the :func:`consensus_pick` of a k-best beam search (with the chosen hypothesis's
+    beam score, as the top beam's is stored)."""
     gen = summarizer.gen
     if gen.mbr < 2:
         return summarizer(dialogues, desc=desc, progress=progress)
@@ -134,7 +134,7 @@ def generate(summarizer, dialogues, tokens: CachedTokenizer | None, desc="genera
         raise ValueError("generation.mbr needs the metric's tokenizer (metrics.tokenize) to compare candidates")
     summarizer.gen = gen.model_copy(update={"candidates": Candidates(k=gen.mbr, method="beam"), "mbr": 0})
     try:
-        pools = summarizer.pool(dialogues, desc=desc, progress=progress)
+        pools = summarizer.pool(dialogues, desc=desc, progress=progress, raw_logprobs=False)
     finally:
         summarizer.gen = gen
     texts, lps = [], []
@@ -306,7 +306,7 @@ def search(params: Params, summarizers: list, rows: list[pd.DataFrame], lengths:
             space[k] = [v, *space[k]]
     cache: dict = {}
     # what changes the decoded summaries -> the summaries before post-edits: a post-edit (or a length penalty
-    # under greedy search) costs no decode
+    # under greedy search, or num_beams up to mbr under MBR) costs no decode
     decoded: dict = {}
 
     def score(choice: dict) -> float:
@@ -314,7 +314,9 @@ def search(params: Params, summarizers: list, rows: list[pd.DataFrame], lengths:
         if key not in cache:
             s = Settings.from_choice(choice)
             gen = {**params.generation.model_dump(include=set(DECODE_GENERATION_KEYS)), **s.generation}
-            if gen.get("num_beams") == 1 and gen.get("mbr", 0) < 2:
+            if gen.get("mbr", 0) > 1:  # MBR searches max(num_beams, mbr) beams: a narrower num_beams is the same decode
+                gen["num_beams"] = max(gen.get("num_beams", 1), gen["mbr"])
+            elif gen.get("num_beams") == 1:
                 gen.pop("length_penalty", None)  # greedy: the length penalty only ranks beams, it changes no summary
             how = (tuple(sorted((k, str(v)) for k, v in gen.items())), s.length_control)
             if how not in decoded:
