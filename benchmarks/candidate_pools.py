@@ -103,6 +103,8 @@ def main():
         cand, _ = POOLS[name]
         pools[name] = {}
         for split, f in frames.items():
+            if split == "train" and a.configs and not any(c.split(":")[0].split("+").count(name) for c in a.configs):
+                continue  # train pools are only fitted on: only those of the configurations asked for
             path = cache / f"{name}-{split}-{len(f)}.csv"
             if not path.exists() and (larger := _larger_cache(cache, name, split, len(f))):
                 # the first rows of a larger pool (a learning curve over dev rows need not regenerate)
@@ -129,12 +131,12 @@ def main():
             sec = cache / f"{path.stem}.seconds"
             gen_seconds[f"{name} {split}"] = float(sec.read_text()) if sec.exists() else None
 
-    base = {s: pools["beam-4"][s].query("candidate == 0").set_index("fname")["summary"] for s in frames}
+    base = {s: pools["beam-4"][s].query("candidate == 0").set_index("fname")["summary"] for s in shown}
     per_dialogue = {
         s: scorer.per_row([base[s][fn] for fn in frames[s]["fname"]], [refs[s][fn] for fn in frames[s]["fname"]]).sum(
             axis=1
         )
-        for s in frames
+        for s in shown
     }
     results = [
         {
@@ -166,7 +168,7 @@ def main():
         groups = {s: E.build_groups(cands[s], scorer.tokenizer, list(frames[s]["fname"]), dialogues[s]) for s in frames}
         group_seconds = time.perf_counter() - t0
         targets = {s: E.candidate_targets(groups[s], refs[s], scorer) for s in frames}
-        distinct = float(np.mean([g.cands["summary"].nunique() for g in groups[list(frames)[-1]]]))
+        distinct = float(np.mean([g.cands["summary"].nunique() for g in groups[shown[-1]]]))
         for method in a.methods:
             t0 = time.perf_counter()
             if method == "oracle":
