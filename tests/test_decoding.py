@@ -172,7 +172,7 @@ def test_search_finds_a_planted_winner_and_reports_its_real_score(summarizer, sa
     assert score == pytest.approx(r["best_rouge_sum"], abs=1e-6)
 
 
-def test_model_averaging_and_the_cli_decode_under_the_choice(summarizer, sample, tmp_path):
+def test_model_averaging_and_the_cli_decode_under_the_choice(summarizer, sample, tmp_path, capsys):
     """average@ and `dialsum summarize` generate with decode@'s choice as predict does (before session 19 they
     used params.generation whatever the search chose). Two folds of one model average to that model, so the
     averaged beam search under the choice must give exactly what the choice gives the model alone."""
@@ -217,6 +217,14 @@ def test_model_averaging_and_the_cli_decode_under_the_choice(summarizer, sample,
     argv = ["summarize", "--model", str(tmp_path / paths.model_dir("m", 0)), "--input", str(inp)]
     assert dialsum([*argv, "--output", str(out), "--params", str(pfile)]) == 0
     assert list(pd.read_csv(out, keep_default_na=False)["summary"]) == want
+    # a stored MBR choice that params.yaml has since made invalid (a pool for the ensemble): one line, exit 2
+    (tmp_path / paths.decoding("m")).write_text(yaml.safe_dump(decoding.Settings({"mbr": 4}).as_dict()))
+    p["generation"]["candidates"] = {"k": 2}
+    pfile.write_text(yaml.safe_dump(p))
+    capsys.readouterr()
+    assert dialsum([*argv, "--output", str(tmp_path / "stale.csv"), "--params", str(pfile)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "does not fit params' generation" in err[-1] and not (tmp_path / "stale.csv").exists()
 
 
 def test_consensus_pick_is_the_candidate_closest_to_the_others():
@@ -265,7 +273,8 @@ def test_mbr_reaches_predicts_views_and_the_search(summarizer, sample):
         params = override(_params(trials=6, seed=0, space={"mbr": [0, 4]}), {"generation.num_beams": 1})
         rows = dev.assign(summary=want)
         r = decoding.search(params, [summarizer], [rows], None)
-        assert r["trials"][0]["mbr"] == 0 and r["settings"]["generation"] == {"mbr": 4}
+        # the written choice names the width that was decoded (what model averaging then runs)
+        assert r["trials"][0]["mbr"] == 0 and r["settings"]["generation"] == {"mbr": 4, "num_beams": 4}
         assert r["best_rouge_sum"] > r["default_rouge_sum"]
         assert r["best_rouge_sum"] == pytest.approx(3.0)  # the whitespace-token ROUGE of a summary with itself
         # under MBR the beam is max(num_beams, mbr) wide: narrower num_beams choices share one decode
@@ -273,7 +282,7 @@ def test_mbr_reaches_predicts_views_and_the_search(summarizer, sample):
         with generate_calls(summarizer) as calls:
             w = decoding.search(wide, [summarizer], [rows], None)
         assert len({t["num_beams"] for t in w["trials"]}) > 1 and len(calls) == 1
-        assert w["best_rouge_sum"] == r["best_rouge_sum"]
+        assert w["best_rouge_sum"] == r["best_rouge_sum"] and w["settings"]["generation"]["num_beams"] == 4
         with pytest.raises(ValueError, match="metric's tokenizer"):
             decoding.summarize(summarizer, dev["dialogue"], decoding.Settings({"mbr": 4}), None)
         # a run that keeps pools for the ensemble (candidates.k > 1) searches without mbr
@@ -290,3 +299,11 @@ def test_mbr_and_a_pool_are_one_choice_too_many():
         override(_params(), {"generation.mbr": 4, "generation.candidates.k": 4})
     with pytest.raises(ParamsError, match="decode.space.mbr choice -1 is not a valid generation.mbr"):
         _params(space={"mbr": [0, -1]})
+    with pytest.raises(ParamsError, match="mbr chooses among a beam search's k best: it needs do_sample: false"):
+        override(_params(), {"generation.mbr": 4, "generation.do_sample": True})
+    # a stored choice that params.yaml has since made invalid is one line, not a pydantic dump
+    pooled = Generation(candidates=generation.Candidates(k=2))
+    with pytest.raises(
+        ValueError, match=r"^decoding choice \{'mbr': 4\} does not fit params' generation: .*candidates"
+    ):
+        decoding.Settings({"mbr": 4}).generation_section(pooled)

@@ -16,7 +16,8 @@ params.yaml already has, so the chosen settings never score below them on the se
   n-best gained +.034 rouge_sum on test over the top beam, BENCHMARKS.md "Candidate pools").
 
 Everything that writes summaries with a trained model (predict, model averaging, ``dialsum summarize``, the
-search) calls the functions here, so a setting means the same thing in all of them.
+search, tuning trials) calls the functions here, so a setting means the same thing in all of them, but for
+MBR under model averaging (its one beam search keeps the top beam of the chosen width).
 """
 
 from __future__ import annotations
@@ -68,7 +69,13 @@ class Settings:
         return cls(dict(d.get("generation") or {}), d.get("length_control", "none"), tuple(d.get("post_edits") or ()))
 
     def generation_section(self, base: Generation) -> Generation:
-        return Generation.model_validate({**base.model_dump(), **self.generation})
+        from pydantic import ValidationError
+
+        try:
+            return Generation.model_validate({**base.model_dump(), **self.generation})
+        except ValidationError as e:  # a stored choice that params.yaml has since made invalid: one line
+            why = e.errors(include_url=False)[0]["msg"]
+            raise ValueError(f"decoding choice {self.generation} does not fit params' generation: {why}") from None
 
 
 # ------------------------------------------------------------------------------------------------ post-edits
@@ -316,7 +323,9 @@ def search(params: Params, summarizers: list, rows: list[pd.DataFrame], lengths:
             gen = {**params.generation.model_dump(include=set(DECODE_GENERATION_KEYS)), **s.generation}
             if gen.get("mbr", 0) > 1:  # MBR searches max(num_beams, mbr) beams: a narrower num_beams is the same decode
                 gen["num_beams"] = max(gen.get("num_beams", 1), gen["mbr"])
-            elif gen.get("num_beams") == 1:
+            else:
+                gen["mbr"] = 0  # 0 and 1 both keep the top beam
+            if gen["num_beams"] == 1 and gen["mbr"] == 0:
                 gen.pop("length_penalty", None)  # greedy: the length penalty only ranks beams, it changes no summary
             how = (tuple(sorted((k, str(v)) for k, v in gen.items())), s.length_control)
             if how not in decoded:
@@ -339,8 +348,13 @@ def search(params: Params, summarizers: list, rows: list[pd.DataFrame], lengths:
     study.optimize(objective, n_trials=max(1, dec.trials), show_progress_bar=True)
     best = study.best_trial
     trials = [{"number": t.number, "rouge_sum": round(t.value, 6), **t.params} for t in study.trials]
+    chosen = Settings.from_choice(best.params)
+    mbr = chosen.generation.get("mbr", params.generation.mbr)
+    if mbr > 1:  # the width that was decoded (a narrower num_beams twin scored the same): what averaging runs
+        beams = max(chosen.generation.get("num_beams", params.generation.num_beams), mbr)
+        chosen = Settings({**chosen.generation, "num_beams": beams}, chosen.length_control, chosen.post_edits)
     return {
-        "settings": Settings.from_choice(best.params).as_dict(),
+        "settings": chosen.as_dict(),
         "default_rouge_sum": round(study.trials[0].value, 6),
         "best_rouge_sum": round(best.value, 6),
         "trials": trials,

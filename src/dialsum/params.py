@@ -253,6 +253,8 @@ class Generation(Section):
                 "mbr and candidates.k > 1 both choose among candidates: set mbr (one summary, chosen at decoding) "
                 "or candidates (a pool the ensemble chooses from), not both"
             )
+        if self.mbr > 1 and self.do_sample:
+            raise ValueError("mbr chooses among a beam search's k best: it needs do_sample: false")
         return self
 
 
