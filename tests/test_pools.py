@@ -141,9 +141,11 @@ def test_pool_features_see_the_dialogue():
     assert X.shape[0] == 2
     assert X[1].tolist() != X[0].tolist()
     # columns: model one-hot (0), model score, length, ratio, consensus, logprob, lp rank, rank, novelty 1/2,
-    # foreign tags, repeated bigrams, views
+    # foreign tags, repeated bigrams, dialogue length, length over it, views
     novelty1, tags, repeats = X[:, 8], X[:, 10], X[:, 11]
     assert novelty1[0] < novelty1[1] and tags.tolist() == [0.0, 1.0] and repeats[0] == 0 < repeats[1]
+    source = len(TOK.tokenize(dialogue))
+    assert X[:, 12].tolist() == [source, source] and X[:, 13].tolist() == pytest.approx(list(X[:, 2] / source))
 
 
 def collapsed_world(n=40, seed=0):

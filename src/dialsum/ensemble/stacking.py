@@ -22,7 +22,7 @@ def candidate_features(g: Group, models: Sequence[str], model_score: dict, token
     """Reference-free features per candidate (the same columns on OOF, dev and test): model, its OOF ROUGE,
     length and its ratio to the pool median, MBR consensus, length-normalised log-prob and its rank in the
     pool, rank in its own n-best, n-gram novelty against the dialogue, speaker tags the dialogue does not
-    have, repeated bigrams, view type."""
+    have, repeated bigrams, the dialogue's length and the candidate's length over it, view type."""
     c = g.cands
     toks = [tokenizer.tokenize(t) for t in c["summary"]]
     lengths = np.array([len(t) for t in toks], dtype=float)
@@ -32,8 +32,8 @@ def candidate_features(g: Group, models: Sequence[str], model_score: dict, token
     lp_rank = (-logprob).argsort(kind="stable").argsort() / max(len(c) - 1, 1)
     rank = c["candidate"].astype(float).to_numpy() if "candidate" in c else np.zeros(len(c))
     view_type = [str(v).split("-")[0] for v in c.get("view", pd.Series(["orig"] * len(c)))]
-    src1 = set(ngram_counts(tokenizer.tokenize(g.dialogue), 1)) if g.dialogue else set()
-    src2 = set(ngram_counts(tokenizer.tokenize(g.dialogue), 2)) if g.dialogue else set()
+    source = tokenizer.tokenize(g.dialogue) if g.dialogue else []
+    src1, src2 = set(ngram_counts(source, 1)), set(ngram_counts(source, 2))
     tags = set(TAG.findall(g.dialogue))
 
     def novelty(t, n, seen):
@@ -57,6 +57,9 @@ def candidate_features(g: Group, models: Sequence[str], model_score: dict, token
         np.array([novelty(t, 2, src2) for t in toks]),
         np.array([len(set(TAG.findall(t)) - tags) if g.dialogue else 0 for t in c["summary"]], dtype=float),
         np.array([repeated(t) for t in toks]),
+        # how long a reference is follows how long its dialogue is: F1 rewards the length the reference has
+        np.full(len(c), float(len(source))),
+        lengths / max(len(source), 1),
         *[np.array([v == t for v in view_type], dtype=float) for t in VIEW_TYPES],
     ]
     return np.stack(cols, axis=1)
