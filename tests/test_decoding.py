@@ -225,6 +225,12 @@ def test_model_averaging_and_the_cli_decode_under_the_choice(summarizer, sample,
     assert dialsum([*argv, "--output", str(tmp_path / "stale.csv"), "--params", str(pfile)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "does not fit params' generation" in err[-1] and not (tmp_path / "stale.csv").exists()
+    # a valid MBR choice says the width it decodes: a 4-best MBR over a 2-beam choice runs a 4-beam search
+    (tmp_path / paths.decoding("m")).write_text(yaml.safe_dump(decoding.Settings({"mbr": 4, "num_beams": 2}).as_dict()))
+    del p["generation"]["candidates"]
+    pfile.write_text(yaml.safe_dump(p))
+    assert dialsum([*argv, "--output", str(tmp_path / "mbr.csv"), "--params", str(pfile)]) == 0
+    assert "MBR over the 4-best (generation.mbr) of a 4-beam search" in capsys.readouterr().err
 
 
 def test_consensus_pick_is_the_candidate_closest_to_the_others():

@@ -130,13 +130,14 @@ def cmd_summarize(a) -> int:
         settings, lengths = decoding.choice_for(name, Path(a.params).resolve().parent, flags, required=False)
         if settings != decoding.Settings():
             print(f"decoding with {settings.as_dict()} (decode@{name}'s choice)", file=sys.stderr)
-    try:
-        mbr = settings.generation_section(gen).mbr
-    except ValueError as e:  # a stored choice params.yaml has since made invalid (e.g. mbr with a pool)
+    try:  # before the model loads: a stored choice params.yaml has since made invalid (e.g. mbr with a pool)
+        section = settings.generation_section(gen)
+    except ValueError as e:
         print(f"error: {e} (run `dvc repro decode`)", file=sys.stderr)
         return 2
-    if mbr > 1:
-        print(f"MBR over the {mbr}-best (generation.mbr): the beam is max(num_beams, {mbr}) wide", file=sys.stderr)
+    if section.mbr > 1:
+        beams = decoding.mbr_beams(section.num_beams, section.mbr)
+        print(f"MBR over the {section.mbr}-best (generation.mbr) of a {beams}-beam search", file=sys.stderr)
     summarizer = generation.Summarizer.load(Path(a.model), entry, gen, a.max_source_len, a.batch_size)
     tokens = CachedTokenizer((params.metrics if params else Metrics()).tokenize)  # generation.mbr compares in them
     texts = decoding.summarize(

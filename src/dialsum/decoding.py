@@ -130,6 +130,12 @@ def consensus_pick(texts, logprobs, tokens: CachedTokenizer) -> int:
     return int(top[0])
 
 
+def mbr_beams(num_beams: int, mbr: int) -> int:
+    """The beam width a decode runs: under ``generation.mbr`` k >= 2, :func:`generate`'s k-best beam search
+    (``Summarizer.pool``, method ``beam``) is max(num_beams, k) wide; otherwise num_beams."""
+    return max(num_beams, mbr) if mbr > 1 else num_beams
+
+
 def generate(summarizer, dialogues, tokens: CachedTokenizer | None, desc="generate", progress=True):
     """(texts, log-probs) in input order under the summarizer's generation section: its top beam, or with
     ``generation.mbr`` k >= 2 the :func:`consensus_pick` of a k-best beam search (with the chosen hypothesis's
@@ -321,8 +327,8 @@ def search(params: Params, summarizers: list, rows: list[pd.DataFrame], lengths:
         if key not in cache:
             s = Settings.from_choice(choice)
             gen = {**params.generation.model_dump(include=set(DECODE_GENERATION_KEYS)), **s.generation}
-            if gen.get("mbr", 0) > 1:  # MBR searches max(num_beams, mbr) beams: a narrower num_beams is the same decode
-                gen["num_beams"] = max(gen.get("num_beams", 1), gen["mbr"])
+            if gen.get("mbr", 0) > 1:  # a num_beams narrower than the MBR beam is the same decode
+                gen["num_beams"] = mbr_beams(gen.get("num_beams", 1), gen["mbr"])
             else:
                 gen["mbr"] = 0  # 0 and 1 both keep the top beam
             if gen["num_beams"] == 1 and gen["mbr"] == 0:
@@ -351,7 +357,7 @@ def search(params: Params, summarizers: list, rows: list[pd.DataFrame], lengths:
     chosen = Settings.from_choice(best.params)
     mbr = chosen.generation.get("mbr", params.generation.mbr)
     if mbr > 1:  # the width that was decoded (a narrower num_beams twin scored the same): what averaging runs
-        beams = max(chosen.generation.get("num_beams", params.generation.num_beams), mbr)
+        beams = mbr_beams(chosen.generation.get("num_beams", params.generation.num_beams), mbr)
         chosen = Settings({**chosen.generation, "num_beams": beams}, chosen.length_control, chosen.post_edits)
     return {
         "settings": chosen.as_dict(),
