@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from dialsum.params import ParamsError, load, validate
+from dialsum.params import ParamsError, load, override, validate
 
 
 @pytest.fixture
@@ -101,6 +101,70 @@ def test_resume_skips_a_checkpoint_killed_mid_save(tmp_path):
     (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
     assert find_resume(tmp_path, "sig", "auto") == str(tmp_path / "checkpoint-4")
     assert find_resume(tmp_path, "other", "auto") is None  # another run's checkpoints are never resumed
+
+
+def test_checkpoints_are_set_aside_never_deleted_and_come_back(tmp_path):
+    """Switching configurations (or resume: never, or a resume path elsewhere) moves the folder's checkpoints
+    aside; nothing is ever deleted or overwritten, and ``auto`` resumes a set of its own signature set aside
+    earlier (before session 27 a second switch deleted it)."""
+    from dialsum.training import prepare_checkpoints
+
+    ckpt = tmp_path / "ckpt" / "0"
+
+    def save(step):  # what the Trainer leaves: trainer_state.json written last
+        (ckpt / f"checkpoint-{step}").mkdir()
+        (ckpt / f"checkpoint-{step}" / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+
+    def sets():
+        return {d.name: sorted(c.name for c in d.glob("checkpoint-*")) for d in sorted(ckpt.parent.iterdir())}
+
+    assert prepare_checkpoints(ckpt, "A", "auto") is None
+    save(5000)  # A killed at step 5000
+    assert prepare_checkpoints(ckpt, "B", "auto") is None
+    save(10)  # B killed at step 10
+    assert sets() == {"0": ["checkpoint-10"], "0.stale-A": ["checkpoint-5000"]}
+    assert prepare_checkpoints(ckpt, "A", "auto") == str(ckpt / "checkpoint-5000")  # A back, resumed
+    assert sets() == {"0": ["checkpoint-5000"], "0.stale-B": ["checkpoint-10"]}
+    assert (ckpt / "signature").read_text() == "A"
+    assert prepare_checkpoints(ckpt, "A", "never") is None  # start afresh: A's 5000 steps kept aside
+    save(20)
+    assert prepare_checkpoints(ckpt, "A", "never") is None  # again: a second set of A, not over the first
+    assert sets() == {
+        "0": [],
+        "0.stale-A": ["checkpoint-5000"],
+        "0.stale-A-2": ["checkpoint-20"],
+        "0.stale-B": ["checkpoint-10"],
+    }
+    save(30)
+    with pytest.raises(FileNotFoundError, match="training.resume: checkpoint .*nowhere not found"):
+        prepare_checkpoints(ckpt, "A", str(tmp_path / "nowhere"))
+    assert sets()["0"] == ["checkpoint-30"]  # a wrong path moves nothing
+    elsewhere = str(ckpt.parent / "0.stale-B" / "checkpoint-10")
+    assert prepare_checkpoints(ckpt, "A", elsewhere) == elsewhere  # a path outside: the folder's own set aside
+    assert sets()["0"] == [] and sets()["0.stale-A-3"] == ["checkpoint-30"]
+    save(40)
+    inside = str(ckpt / "checkpoint-40")
+    assert prepare_checkpoints(ckpt, "A", inside) == inside and sets()["0"] == ["checkpoint-40"]  # its own lineage
+    assert prepare_checkpoints(ckpt, "A", "auto") == inside  # auto, same signature: resumed in place
+    assert prepare_checkpoints(ckpt, "B", "auto") == str(ckpt / "checkpoint-10")  # the newest set of B
+    assert sets()["0.stale-A-4"] == ["checkpoint-40"]
+
+
+def test_a_run_resumes_after_changes_that_do_not_change_what_it_learns(root):
+    """An evaluation OOM fixed by a smaller eval_batch_size, a full disk by save_total_limit, an explicit
+    resume path: the checkpoints stay resumable (before session 27 each made a new signature)."""
+    from dialsum.training import run_signature
+
+    p = load(root / "params.yaml")
+
+    def sig(changes):
+        return run_signature(override(p, changes), "tiny-bart", 0, [])
+
+    base = sig({})
+    assert sig({"training.eval_batch_size": 8, "training.save_total_limit": 5, "training.resume": "never"}) == base
+    assert sig({"zoo.tiny-bart.training": {"eval_batch_size": 4}}) == base
+    assert sig({"training.learning_rate": 1e-3}) != base
+    assert sig({"zoo.tiny-bart.training": {"epochs": 3}}) != base
 
 
 def test_schema_file_matches_the_typed_config(root, tmp_path):

@@ -101,6 +101,32 @@ def test_storage_specs(tmp_path):
     assert tuning.make_storage("postgresql://u@h/db") == "postgresql://u@h/db"
 
 
+def test_a_trial_trains_what_the_train_stage_would(small_data, tmp_path, monkeypatch):
+    """A model's own training keys win in the train stage. Searching training.X that the zoo entry sets would
+    tune nothing (refused); model.training.X reaches the trial (before session 27 it was dropped there, and
+    training.X was tuned in trials but ignored by the train stage)."""
+    from dialsum import training
+
+    train_df, val_df, init = small_data
+    space = {"type": "categorical", "choices": [0.15]}
+    p = base_params(search_space={"training.label_smoothing": space}, sampler="random", pruner="none", epochs=1)
+    p = override(p, {"zoo.tiny-bart.training": {"label_smoothing": 0.1}})
+    with pytest.raises(
+        ParamsError, match="zoo.tiny-bart.training sets label_smoothing.*model.training.label_smoothing"
+    ):
+        tuning.check_space(p)
+    seen = []
+
+    def fake_train(params, run, *a, **kw):
+        seen.append((params.training.label_smoothing, params.training.epochs, params.training.eval_every_epochs))
+        return {"rouge_sum": 0.5}
+
+    monkeypatch.setattr(training, "train", fake_train)
+    p = override(p, {"tune.search_space": {"model.training.label_smoothing": space}, "tune.epochs": 2})
+    tuning.run_study(p, train_df, val_df, init, tmp_path / "w", n_trials=1, storage=f"sqlite:///{tmp_path}/s.db")
+    assert seen == [(0.15, 2, 1)]
+
+
 def test_bad_trial_is_pruned_and_the_study_resumes(small_data, tmp_path):
     train_df, val_df, init = small_data
     storage = f"sqlite:///{tmp_path}/study.db"
@@ -152,6 +178,28 @@ def test_an_interrupted_trial_does_not_count_towards_n_trials(small_data, tmp_pa
     study = tuning.run_study(p, train_df, val_df, init, tmp_path / "w", n_trials=2, storage=storage, progress=False)
     states = [t.state.name for t in study.trials]
     assert states == ["FAIL", "COMPLETE", "COMPLETE"]
+
+
+def test_a_killed_trial_is_failed_by_its_heartbeat_and_a_rerun_samples_anew(small_data, tmp_path, monkeypatch):
+    """SIGKILL leaves its trial RUNNING, and running trials fill n_trials: before session 27 every re-run stood
+    down short. And a re-run that grows the study draws new values (a sampler seeded as the first run's replayed
+    its draws: trial 1 repeated trial 0)."""
+    import time
+
+    train_df, val_df, init = small_data
+    monkeypatch.setattr(tuning, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(tuning, "GRACE_S", 1)
+    storage = f"sqlite:///{tmp_path}/study.db"
+    space = {"training.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
+    p = base_params(search_space=space, sampler="random", pruner="none", epochs=1, train_rows=16, val_rows=8)
+    study = tuning.run_study(p, train_df, val_df, init, tmp_path / "w", n_trials=1, storage=storage, progress=False)
+    killed = study.ask()  # a worker that beat once, then died
+    study._storage.record_heartbeat(killed._trial_id)
+    time.sleep(2.5)
+    study = tuning.run_study(p, train_df, val_df, init, tmp_path / "w", n_trials=2, storage=storage, progress=False)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[2].params != trials[0].params
 
 
 def test_a_worker_that_asks_as_the_study_fills_stands_down(small_data, tmp_path, caplog):
@@ -251,7 +299,9 @@ def test_two_workers_share_one_study(tmp_path):
     assert [t.state.name for t in real] == ["COMPLETE"] * 4, [(t.number, t.state.name) for t in trials]
     assert [t.number for t in real] == [0, 1, 2, 3]
     assert all(t.state.name == "FAIL" and not t.params for t in trials if t.user_attrs.get("surplus"))
-    assert len({tuple(sorted(t.params.items())) for t in real}) == 4
+    assert len({tuple(sorted(t.params.items())) for t in real}) == 4, [
+        (t.number, t.params, t.datetime_start) for t in trials
+    ]
     logs = sorted((tmp_path / "logs").glob("tune@worker-*.log"))
     ran = [
         sum("finished with value" in line or "rouge_sum" in line for line in f.read_text().splitlines()) for f in logs

@@ -104,11 +104,25 @@ def run_signature(params: Params | dict, model_name: str, fold, data_files: list
     params = typed(params)
     h = hashlib.sha256()
     # the settings as written, so that a default added to dialsum.params keeps today's checkpoints resumable
-    rel = {"seed": params.seed, "training": written(params.training), "zoo": written(params.zoo[model_name])}
+    zoo = written(params.zoo[model_name])
+    if zoo.get("training") is not None:
+        zoo["training"] = _trained_by(zoo["training"]) or None
+        if zoo["training"] is None:
+            del zoo["training"]
+    rel = {"seed": params.seed, "training": _trained_by(written(params.training)), "zoo": zoo}
     h.update(json.dumps([rel, model_name, str(fold)], sort_keys=True, default=str).encode())
     for f in data_files:
         h.update(Path(f).read_bytes())
     return h.hexdigest()[:16]
+
+
+# training.* keys that change how a run is kept or evaluated, not what it learns: a run interrupted (an OOM in
+# evaluation, a full disk) must resume after the user changes them
+NOT_IN_SIGNATURE = ("resume", "eval_batch_size", "save_total_limit")
+
+
+def _trained_by(training: dict) -> dict:
+    return {k: v for k, v in training.items() if k not in NOT_IN_SIGNATURE}
 
 
 def find_resume(ckpt_dir: Path, signature: str, resume: str) -> str | None:
@@ -143,23 +157,69 @@ def _complete(ckpt) -> bool:
 
 def prepare_checkpoints(ckpt_dir: Path, signature: str, resume: str) -> str | None:
     """Ready ``ckpt_dir`` for a run with ``signature``; returns the checkpoint to resume from (or None).
-    Checkpoints of another configuration are moved aside, never deleted (a user's work)."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    Checkpoints the run will not continue from (another configuration's under ``auto``, any under ``never``, the
+    folder's own under a ``resume`` path outside it) are moved aside to ``<dir>.stale-<their signature>``, never
+    deleted or overwritten: a second set of one signature gets ``-2``, ``-3``, ... With ``auto``, a set moved aside
+    under this run's signature comes back and is resumed, so switching a configuration back and forth loses
+    nothing."""
+    if resume not in ("auto", "never") and not Path(resume).exists():  # before anything is moved
+        raise FileNotFoundError(f"training.resume: checkpoint {resume} not found")
+    if rank() == 0:  # only rank 0 touches the folder: another rank's mkdir could land inside a move
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        _set_aside(ckpt_dir, signature, resume)
+    _barrier()  # rank 0 arranged the folder before any rank looks in it
     resume_from = find_resume(ckpt_dir, signature, resume)
-    _barrier()  # every rank decided before rank 0 touches the folder
-    if rank() == 0 and resume_from is None and resume == "auto" and any(ckpt_dir.glob("checkpoint-*")):
-        old = ckpt_dir / "signature"
-        stale = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{old.read_text().strip() if old.exists() else 'unknown'}")
-        shutil.rmtree(stale, ignore_errors=True)
-        ckpt_dir.rename(stale)
-        ckpt_dir.mkdir(parents=True)
-        log.warning("checkpoints from a different configuration moved to %s", stale)
+    _barrier()  # every rank decided before rank 0 writes the signature
     if rank() == 0:
         (ckpt_dir / "signature").write_text(signature)
     _barrier()
     if resume_from:
         log.info("resuming from %s", resume_from)
     return resume_from
+
+
+def _move_aside(ckpt_dir: Path, label: str) -> Path:
+    """Renames ``ckpt_dir`` to the first free ``<dir>.stale-<label>[-n]`` and leaves an empty ``ckpt_dir``."""
+    stale, n = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{label}"), 2
+    while stale.exists():
+        stale, n = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{label}-{n}"), n + 1
+    ckpt_dir.rename(stale)
+    ckpt_dir.mkdir(parents=True)
+    return stale
+
+
+def _set_aside(ckpt_dir: Path, signature: str, resume: str) -> None:
+    sig_file = ckpt_dir / "signature"
+    current = sig_file.read_text().strip() if sig_file.exists() else "unknown"
+    if resume == "auto":
+        keep = current == signature
+    elif resume == "never":
+        keep = False
+    else:  # a path: the folder's checkpoints are its own lineage only when the path lies inside it
+        keep = Path(resume).resolve().is_relative_to(ckpt_dir.resolve())
+    if keep:
+        return
+    if any(ckpt_dir.glob("checkpoint-*")):
+        stale = _move_aside(ckpt_dir, current)
+        log.warning("checkpoints the run does not continue from (signature %s) moved to %s", current, stale)
+    if resume != "auto":
+        return
+    earlier = []  # (the newest complete step, when it was saved, the set) of this signature's sets
+    for d in ckpt_dir.parent.glob(f"{ckpt_dir.name}.stale-{signature}*"):
+        done = [c for c in d.glob("checkpoint-*") if _complete(c)]
+        if done:
+            newest = max(done, key=lambda c: int(c.name.split("-")[-1]))
+            earlier.append((int(newest.name.split("-")[-1]), (newest / "trainer_state.json").stat().st_mtime, d))
+    if earlier:
+        back = max(earlier, key=lambda e: e[:2])[2]
+        sig_file.unlink(missing_ok=True)
+        if any(ckpt_dir.iterdir()):  # no checkpoint (moved aside above), yet files: kept too
+            _move_aside(ckpt_dir, current)
+        else:
+            ckpt_dir.rmdir()
+        back.rename(ckpt_dir)
+        log.warning("checkpoints of this configuration set aside earlier (%s) moved back to resume from", back)
 
 
 @dataclass

@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 from transformers import TrainerCallback
@@ -86,6 +88,32 @@ def make_storage(spec: str | None):
     if spec.startswith("sqlite:///"):
         Path(spec.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return spec
+
+
+# A trial whose process died without a word (SIGKILL, the OOM killer, a lost session) stays RUNNING, and running
+# trials fill n_trials (COUNTED); with a heartbeat, optuna fails it once its beat is GRACE_S old.
+HEARTBEAT_S, GRACE_S = 10, 60
+
+
+class _Heartbeat(optuna.storages.RDBStorage):
+    """optuna's heartbeat thread ends at its first failed write (a busy SQLite file), and a live trial whose
+    beat then ages past GRACE_S is failed under it: a failed beat is logged and the next one tried."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except optuna.exceptions.StorageInternalError as e:
+            log.warning("trial heartbeat not recorded (%s); retrying in %d s", type(e).__name__, HEARTBEAT_S)
+
+
+def with_heartbeat(storage):
+    """An RDB URL as storage with a heartbeat (:data:`GRACE_S`); other storages as they are (optuna's journal
+    storage has no heartbeat: a hard-killed trial there stays RUNNING until `optuna` is told otherwise)."""
+    if isinstance(storage, str):
+        with warnings.catch_warnings():  # the heartbeat is "experimental" since optuna 2.9: a warning per study
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _Heartbeat(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    return storage
 
 
 def full_key(key: str, model: str) -> str:
@@ -178,6 +206,13 @@ def check_space(params: Params) -> None:
             raise ParamsError(f"params.yaml: tune.search_space.{key} needs a non-empty choices list")
         if kind not in ("float", "int", "categorical"):
             raise ParamsError(f"params.yaml: tune.search_space.{key}.type must be float, int or categorical")
+        over = params.zoo[t.model].training
+        field = name.removeprefix("training.")
+        if name.startswith("training.") and over is not None and field in written(over):
+            raise ParamsError(
+                f"params.yaml: tune.search_space.{key}: zoo.{t.model}.training sets {field}, which wins over "
+                f"training.* when {t.model} trains; search model.training.{field} instead"
+            )
         # The key must exist and accept the values: try both ends of the range.
         for v in [spec["low"], spec["high"]] if kind != "categorical" else spec["choices"]:
             try:
@@ -241,21 +276,26 @@ def create_study(
     seed = t.seed if sampler_seed is None else sampler_seed
     max_epochs = t.epochs or params.training.epochs
     for key, spec in t.search_space.items():
-        if full_key(key, t.model) == "training.epochs":
+        if full_key(key, t.model) in ("training.epochs", f"zoo.{t.model}.training.epochs"):
             max_epochs = spec.get("high", max(spec.get("choices", [max_epochs])))
     storage = storage if storage is not None else make_storage(t.storage)
     from sqlalchemy.exc import SQLAlchemyError
 
     for attempt in range(6):
         try:
-            return optuna.create_study(
+            study = optuna.create_study(
                 study_name=name or t.study_name or "dialsum",
-                storage=storage,
+                storage=with_heartbeat(storage),
                 sampler=make_sampler(t.sampler, seed),
                 pruner=make_pruner(t.pruner, max_epochs, t.n_startup_trials, t.n_warmup_steps),
                 direction="maximize",
                 load_if_exists=True,
             )
+            if study.trials:  # a study grown by a re-run: a sampler seeded as before would replay its first draws
+                # mixed, not added: workers' seeds are tune.seed + their (often consecutive) process ids
+                grown = int(np.random.SeedSequence([seed, len(study.trials)]).generate_state(1)[0])
+                study.sampler = make_sampler(t.sampler, grown)
+            return study
         except SQLAlchemyError as e:
             # Workers started together race to create the same new database schema; the loser retries.
             if attempt == 5:
@@ -270,7 +310,8 @@ def finished(study: optuna.Study) -> int:
 
 
 # What fills the study's n_trials: running trials count, so parallel workers do not overshoot; failed ones (an
-# interrupted run leaves its trial failed) do not, or a re-run would stop short of tune.n_trials.
+# interrupted run leaves its trial failed; a killed one is failed by the heartbeat) do not, or a re-run would
+# stop short of tune.n_trials.
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
 
 
@@ -367,13 +408,16 @@ def run_study(
             )
             raise Surplus(trial.number)
         values = suggest(trial, space, model)
-        base = params if not t.epochs else override(params, {"training.epochs": t.epochs})
+        # merged again as the train stage merges (zoo.<model>.training over training.*): a searched
+        # model.training.* key reaches the trial, as `dialsum tune apply` then gives it to the train stage
+        merged = for_model(override(params, values), model)
+        epochs_tuned = any(full_key(k, model) in ("training.epochs", f"zoo.{model}.training.epochs") for k in space)
         # Pruning needs a ROUGE after every epoch; a trial never resumes another's checkpoints; the study is
         # tracked by Optuna, not W&B.
         trial_params = override(
-            base,
+            merged,
             {
-                **values,
+                **({"training.epochs": t.epochs} if t.epochs and not epochs_tuned else {}),
                 "training.eval_every_epochs": 1,
                 "training.resume": "never",
                 "training.early_stopping_patience": 0,
