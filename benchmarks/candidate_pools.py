@@ -41,11 +41,15 @@ POOLS = {
 }
 
 
-def _larger_cache(cache: Path, name: str, split: str, rows: int) -> Path | None:
-    """The smallest cached pool of ``name`` on ``split`` with more than ``rows`` dialogues, if any."""
-    sizes = [int(p.stem.rsplit("-", 1)[1]) for p in cache.glob(f"{name}-{split}-*.csv")]
-    bigger = sorted(n for n in sizes if n > rows)
-    return cache / f"{name}-{split}-{bigger[0]}.csv" if bigger else None
+def cached_pool(cache: Path, name: str, split: str, fnames) -> pd.DataFrame | None:
+    """The pool of ``fnames`` from the smallest cached ``<name>-<split>-<rows>.csv`` that holds them all, if any
+    (a learning curve over dev rows, or a smaller fit, need not regenerate)."""
+    want = set(fnames)
+    for path in sorted(cache.glob(f"{name}-{split}-*.csv"), key=lambda p: int(p.stem.rsplit("-", 1)[1])):
+        df = pd.read_csv(path, dtype={"fname": str, "summary": str}, keep_default_na=False)
+        if want <= set(df["fname"]):
+            return df[df["fname"].isin(want)]
+    return None
 
 
 def main():
@@ -106,11 +110,9 @@ def main():
             if split == "train" and a.configs and not any(c.split(":")[0].split("+").count(name) for c in a.configs):
                 continue  # train pools are only fitted on: only those of the configurations asked for
             path = cache / f"{name}-{split}-{len(f)}.csv"
-            if not path.exists() and (larger := _larger_cache(cache, name, split, len(f))):
-                # the first rows of a larger pool (a learning curve over dev rows need not regenerate)
-                df = pd.read_csv(larger, dtype={"summary": str}, keep_default_na=False)
-                df[df["fname"].isin(set(f["fname"]))].to_csv(path, index=False)
-                print(f"{name} {split}: the first {len(f)} dialogues of {larger.name}", flush=True)
+            if not path.exists() and (df := cached_pool(cache, name, split, f["fname"])) is not None:
+                df.to_csv(path, index=False)
+                print(f"{name} {split}: {len(f)} dialogues of a larger cached pool", flush=True)
             if not path.exists():
                 if loaded is None:
                     loaded = models.load_for_inference(ws / f"models/{a.model}/{a.fold}", entry)

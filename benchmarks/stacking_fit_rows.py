@@ -21,19 +21,132 @@ import pandas as pd
 import yaml
 from sklearn.ensemble import GradientBoostingRegressor
 
+from candidate_pools import cached_pool  # benchmarks/ is the script's directory: its first sys.path entry
 from dialsum import data, ensemble as E
-from dialsum.metrics import Scorer
+from dialsum.metrics import Scorer, similarity_matrix
 from dialsum.report import paired_bootstrap
 
 
 def cached(cache: Path, pool: str, split: str, fnames) -> pd.DataFrame:
-    """The pool of ``fnames`` from the smallest cached CSV of ``split`` that holds them all."""
-    want = set(fnames)
-    for path in sorted(cache.glob(f"{pool}-{split}-*.csv"), key=lambda p: int(p.stem.rsplit("-", 1)[1])):
-        df = pd.read_csv(path, dtype={"fname": str, "summary": str}, keep_default_na=False)
-        if want <= set(df["fname"]):
-            return df[df["fname"].isin(want)]
-    raise SystemExit(f"{cache}: no cached {pool} pool of {split} with these {len(want)} dialogues")
+    df = cached_pool(cache, pool, split, fnames)
+    if df is None:
+        raise SystemExit(f"{cache}: no cached {pool} pool of {split} with these {len(set(fnames))} dialogues")
+    return df
+
+
+OBJECTIVES = (
+    "regression",
+    "lambdarank",
+    "lgbm-regression",
+    "pairwise-logistic",
+    "top1-classifier",
+    "pool-rank-regression",
+)
+
+
+def pool_ranks(t: np.ndarray) -> np.ndarray:
+    """How many of its pool's candidates each candidate beats (ties share): 0 .. len-1, the best highest."""
+    return np.array([(t < v).sum() for v in t])
+
+
+def objective_scorer(name: str, Xs: list, ys: list, seed: int = 0):
+    """Fits one objective on per-pool features ``Xs`` and targets ``ys``; returns ``pool features -> scores``."""
+    X, y = np.concatenate(Xs), np.concatenate(ys)
+    if name in ("lambdarank", "lgbm-regression"):
+        import lightgbm as lgb
+
+        kw = dict(
+            n_estimators=300,
+            learning_rate=0.05,
+            num_leaves=15,
+            min_child_samples=20,
+            random_state=seed,
+            deterministic=True,
+            n_jobs=1,
+            verbose=-1,
+        )
+        if name == "lambdarank":
+            rel = np.concatenate([pool_ranks(t) for t in ys])
+            m = lgb.LGBMRanker(**kw, label_gain=list(range(int(rel.max()) + 1)), lambdarank_truncation_level=4)
+            m.fit(X, rel, group=[len(t) for t in ys])
+        else:
+            m = lgb.LGBMRegressor(**kw).fit(X, y)
+        return m.predict
+    if name == "pairwise-logistic":  # RankNet with a linear scorer: which of two candidates of a pool is better
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        sc = StandardScaler().fit(X)
+        d, lab = [], []
+        for x, t in zip(Xs, ys):
+            z = sc.transform(x)
+            i, j = np.triu_indices(len(t), 1)
+            keep = np.abs(t[i] - t[j]) > 0.05
+            d.append(z[i[keep]] - z[j[keep]])
+            lab.append((t[i[keep]] > t[j[keep]]).astype(int))
+        d, lab = np.concatenate(d), np.concatenate(lab)
+        clf = LogisticRegression(C=1.0, max_iter=2000, fit_intercept=False).fit(np.vstack([d, -d]), np.r_[lab, 1 - lab])
+        return lambda x: sc.transform(x) @ clf.coef_[0]
+    if name == "top1-classifier":  # the probability of being the pool's best (ties count)
+        from sklearn.ensemble import GradientBoostingClassifier
+
+        lab = np.concatenate([(t >= t.max() - 1e-9).astype(int) for t in ys])
+        clf = GradientBoostingClassifier(n_estimators=150, max_depth=3, learning_rate=0.05, random_state=seed)
+        clf.fit(X, lab)
+        return lambda x: clf.predict_proba(x)[:, 1]
+    if name == "regression":  # stacking's own regressor, for the per-metric points
+        reg = GradientBoostingRegressor(n_estimators=150, max_depth=3, learning_rate=0.05, random_state=seed)
+        return reg.fit(X, y).predict
+    if name == "pool-rank-regression":  # the regressor on each candidate's rank in its pool, not its ROUGE
+        rel = np.concatenate([pool_ranks(t) / max(len(t) - 1, 1) for t in ys])
+        reg = GradientBoostingRegressor(n_estimators=150, max_depth=3, learning_rate=0.05, random_state=seed)
+        return reg.fit(X, rel).predict
+    raise ValueError(name)
+
+
+NAME = __import__("re").compile(r"\b[A-Z][a-z]+\b")
+
+
+def more_columns(g, x: np.ndarray, tokenizer) -> np.ndarray:
+    """Candidate columns ``candidate_features`` lacks (``--more-columns``): consensus weighted by the sequence
+    probability, consensus among the 4 likeliest, the nearest and the spread of the other candidates, coverage of
+    the dialogue's repeated words and of its capitalised names, capitalised words the dialogue lacks."""
+    n = len(g.cands)
+    lp, length = x[:, 5], x[:, 2]
+    seq = lp * length
+    w = np.exp(seq - seq.max())
+    off = g.sim - np.eye(n) * 2  # self-similarity out of the max
+    top = np.argsort(-lp, kind="stable")[:4]
+    local = g.sim[:, top].mean(axis=1)
+    src = tokenizer.tokenize(g.dialogue)
+    counts = pd.Series(src).value_counts()
+    salient = {t for t, c in counts.items() if c >= 2 and len(t) > 2 and t.isalpha()}
+    names = set(NAME.findall(g.dialogue)) - {"Person"}
+    cols = []
+    for text in g.cands["summary"]:
+        toks = set(tokenizer.tokenize(text))
+        caps = set(NAME.findall(text)) - {"Person"}
+        cols.append(
+            [
+                len(toks & salient) / max(len(salient), 1),
+                len(toks & salient),
+                len(caps & names) / max(len(names), 1),
+                len(caps - names),
+            ]
+        )
+    return np.column_stack(
+        [x, (g.sim @ w) / w.sum(), local, off.max(axis=1) if n > 1 else np.ones(n), g.sim.std(axis=1), np.array(cols)]
+    )
+
+
+def evidence_columns(g, x: np.ndarray, evidence: list, tokenizer) -> np.ndarray:
+    """MBR against another pool of the same dialogue (``--evidence``, e.g. samples as pseudo-references): each
+    candidate's mean and best similarity to the evidence, and its rank by the mean in its own pool."""
+    k = len(g.cands)
+    cross = similarity_matrix(list(g.cands["summary"]) + list(evidence), tokenizer)[:k, k:]
+    mean = cross.mean(axis=1)
+    rank = (-mean).argsort(kind="stable").argsort() / max(k - 1, 1)
+    return np.column_stack([x, mean, cross.max(axis=1), rank])
 
 
 def main():
@@ -46,6 +159,16 @@ def main():
     ap.add_argument("--test-rows", type=int, default=300)
     ap.add_argument("--fit-rows", type=int, nargs="+", default=[300, 1000, 2000])
     ap.add_argument("--variants", action="store_true", help="also centered targets, a larger regressor, gap columns")
+    ap.add_argument(
+        "--objectives",
+        nargs="*",
+        default=[],
+        choices=OBJECTIVES,
+        help="fit the largest --fit-rows with these objectives instead of the default regressor (lambdarank and "
+        "lgbm-regression need lightgbm, which dialsum does not install)",
+    )
+    ap.add_argument("--more-columns", action="store_true", help="refit with more_columns' columns added")
+    ap.add_argument("--evidence", help="a cached pool (e.g. sample-16) to add evidence_columns from, and refit")
     ap.add_argument("--json")
     a = ap.parse_args()
     ws, cache = Path(a.workspace), Path(a.cache)
@@ -64,10 +187,11 @@ def main():
         groups[s] = E.build_groups(df, scorer.tokenizer, list(f["fname"]), dict(zip(f["fname"], f["dialogue"])))
         targets[s] = E.candidate_targets(groups[s], dict(zip(f["fname"], refs[s])), scorer)
         X[s] = [E.candidate_features(g, ["m"], {}, scorer.tokenizer) for g in groups[s]]
-    base = {}
+    base, base_m = {}, {}
     for s in ("dev", "test"):
         plain = cached(cache, a.baseline, s, frames[s]["fname"]).query("candidate == 0").set_index("fname")["summary"]
-        base[s] = scorer.per_row([plain[f] for f in frames[s]["fname"]], refs[s]).sum(axis=1)
+        base_m[s] = scorer.per_row([plain[f] for f in frames[s]["fname"]], refs[s])
+        base[s] = base_m[s].sum(axis=1)
 
     ncol = X["train"][0].shape[1]
     length_cols = [ncol - len(E.VIEW_TYPES) - 2, ncol - len(E.VIEW_TYPES) - 1]  # just before the view one-hots
@@ -118,6 +242,37 @@ def main():
             row = {"fit_rows": n, "variant": name, **{s: gain(per[s] - base[s]) for s in ("dev", "test")}}
             rows.append(row)
             print(json.dumps(row), flush=True)
+
+    def run(tag: dict, Xs: dict, name: str) -> dict:
+        """``name`` fitted on the largest --fit-rows of ``Xs``, scored on dev and test."""
+        n = max(a.fit_rows)
+        t0 = time.perf_counter()
+        score = objective_scorer(name, Xs["train"][:n], targets["train"][:n])
+        row = {"fit_rows": n, **tag, "objective": name, "fit_seconds": round(time.perf_counter() - t0, 1)}
+        for s in ("dev", "test"):
+            chosen = [g.cands["summary"].iloc[int(np.argmax(score(x)))] for g, x in zip(groups[s], Xs[s])]
+            m = scorer.per_row(chosen, refs[s])
+            row[s] = gain(m.sum(axis=1) - base[s])
+            # in ROUGE points (F1 x 100), as papers quote rerankers' gains: rouge1, rouge2, rougeL
+            row[f"{s}_points"] = [round(100 * float(v), 2) for v in (m - base_m[s]).mean(axis=0)]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        return row
+
+    fitted = list(dict.fromkeys(("regression", *a.objectives)))
+    for name in a.objectives:
+        run({}, X, name)
+    if a.more_columns:
+        more = {s: [more_columns(g, x, scorer.tokenizer) for g, x in zip(groups[s], X[s])] for s in X}
+        for name in fitted:
+            run({"more_columns": True}, more, name)
+    if a.evidence:
+        ev = {}
+        for s, f in frames.items():
+            pool = cached(cache, a.evidence, s, f["fname"]).groupby("fname", sort=False)["summary"].apply(list)
+            ev[s] = [evidence_columns(g, x, pool[g.fname], scorer.tokenizer) for g, x in zip(groups[s], X[s])]
+        for name in fitted:
+            run({"evidence": a.evidence}, ev, name)
     if a.json:
         Path(a.json).write_text(json.dumps({"pool": a.pool, "rows": rows}, indent=1))
 
