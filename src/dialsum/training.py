@@ -106,8 +106,8 @@ def run_signature(params: Params | dict, model_name: str, fold, data_files: list
     # the settings as written, so that a default added to dialsum.params keeps today's checkpoints resumable
     zoo = written(params.zoo[model_name])
     if zoo.get("training") is not None:
-        zoo["training"] = _trained_by(zoo["training"]) or None
-        if zoo["training"] is None:
+        zoo["training"] = _trained_by(zoo["training"])
+        if not zoo["training"]:  # an entry that set only those keys hashes as one that set none
             del zoo["training"]
     rel = {"seed": params.seed, "training": _trained_by(written(params.training)), "zoo": zoo}
     h.update(json.dumps([rel, model_name, str(fold)], sort_keys=True, default=str).encode())
@@ -126,13 +126,11 @@ def _trained_by(training: dict) -> dict:
 
 
 def find_resume(ckpt_dir: Path, signature: str, resume: str) -> str | None:
-    """The checkpoint to resume from: ``training.resume`` (a path), or with ``auto`` the newest complete
-    checkpoint of a run with this ``signature``; None starts afresh."""
+    """The checkpoint to resume from: ``training.resume`` (a path, which :func:`prepare_checkpoints` checked),
+    or with ``auto`` the newest complete checkpoint of a run with this ``signature``; None starts afresh."""
     if resume == "never":
         return None
     if resume != "auto":
-        if not Path(resume).exists():
-            raise FileNotFoundError(f"training.resume: checkpoint {resume} not found")
         return resume
     sig_file = ckpt_dir / "signature"
     if not sig_file.exists() or sig_file.read_text().strip() != signature:
@@ -142,8 +140,13 @@ def find_resume(ckpt_dir: Path, signature: str, resume: str) -> str | None:
         return newest
     # a kill mid-save left the newest half-written: the Trainer would fail on it, so take the one before
     log.warning("%s is incomplete (killed while saving?): resuming from an earlier checkpoint", newest)
-    steps = sorted((int(c.name.split("-")[-1]), c) for c in ckpt_dir.glob("checkpoint-*") if _complete(c))
+    steps = _complete_steps(ckpt_dir)
     return str(steps[-1][1]) if steps else None
+
+
+def _complete_steps(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of the complete checkpoints in ``ckpt_dir``, oldest step first."""
+    return sorted((int(c.name.split("-")[-1]), c) for c in ckpt_dir.glob("checkpoint-*") if _complete(c))
 
 
 def _complete(ckpt) -> bool:
@@ -207,10 +210,9 @@ def _set_aside(ckpt_dir: Path, signature: str, resume: str) -> None:
         return
     earlier = []  # (the newest complete step, when it was saved, the set) of this signature's sets
     for d in ckpt_dir.parent.glob(f"{ckpt_dir.name}.stale-{signature}*"):
-        done = [c for c in d.glob("checkpoint-*") if _complete(c)]
-        if done:
-            newest = max(done, key=lambda c: int(c.name.split("-")[-1]))
-            earlier.append((int(newest.name.split("-")[-1]), (newest / "trainer_state.json").stat().st_mtime, d))
+        if steps := _complete_steps(d):
+            step, newest = steps[-1]
+            earlier.append((step, (newest / "trainer_state.json").stat().st_mtime, d))
     if earlier:
         back = max(earlier, key=lambda e: e[:2])[2]
         sig_file.unlink(missing_ok=True)

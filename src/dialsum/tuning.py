@@ -120,6 +120,13 @@ def full_key(key: str, model: str) -> str:
     return f"zoo.{model}.{key.removeprefix('model.')}" if key.startswith("model.") else key
 
 
+def epochs_spec(space: dict, model: str) -> dict | None:
+    """The search-space spec of the epochs a trial trains (``training.epochs`` or ``model.training.epochs``),
+    if searched."""
+    specs = [s for k, s in space.items() if full_key(k, model) in ("training.epochs", f"zoo.{model}.training.epochs")]
+    return specs[-1] if specs else None
+
+
 def apply_overrides(params: Params | dict, overrides: dict) -> Params:
     """A validated copy of params with dotted keys set (:func:`dialsum.params.override`)."""
     return override(params, overrides)
@@ -191,6 +198,8 @@ def check_space(params: Params) -> None:
         raise ParamsError(f"params.yaml: tune.fold = {t.fold} is out of range for cv.n_splits")
     if not t.search_space:
         raise ParamsError("params.yaml: tune.search_space is empty; nothing to tune")
+    over = params.zoo[t.model].training
+    set_by_model = set(written(over)) if over is not None else set()  # keys the train stage takes from the entry
     for key, spec in t.search_space.items():
         name = full_key(key, t.model)
         if not name.startswith(("training.", "generation.", "zoo.")):
@@ -206,9 +215,8 @@ def check_space(params: Params) -> None:
             raise ParamsError(f"params.yaml: tune.search_space.{key} needs a non-empty choices list")
         if kind not in ("float", "int", "categorical"):
             raise ParamsError(f"params.yaml: tune.search_space.{key}.type must be float, int or categorical")
-        over = params.zoo[t.model].training
         field = name.removeprefix("training.")
-        if name.startswith("training.") and over is not None and field in written(over):
+        if name.startswith("training.") and field in set_by_model:
             raise ParamsError(
                 f"params.yaml: tune.search_space.{key}: zoo.{t.model}.training sets {field}, which wins over "
                 f"training.* when {t.model} trains; search model.training.{field} instead"
@@ -275,9 +283,8 @@ def create_study(
     t = params.tune
     seed = t.seed if sampler_seed is None else sampler_seed
     max_epochs = t.epochs or params.training.epochs
-    for key, spec in t.search_space.items():
-        if full_key(key, t.model) in ("training.epochs", f"zoo.{t.model}.training.epochs"):
-            max_epochs = spec.get("high", max(spec.get("choices", [max_epochs])))
+    if spec := epochs_spec(t.search_space, t.model):
+        max_epochs = spec.get("high", max(spec.get("choices", [max_epochs])))
     storage = storage if storage is not None else make_storage(t.storage)
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -393,6 +400,7 @@ def run_study(
         t.pruner,
     )
     space = t.search_space
+    epochs_tuned = epochs_spec(space, model) is not None
     tunes_generation = any(full_key(k, model).startswith("generation.") for k in space)
     scorer = Scorer.from_params(params)
 
@@ -411,7 +419,6 @@ def run_study(
         # merged again as the train stage merges (zoo.<model>.training over training.*): a searched
         # model.training.* key reaches the trial, as `dialsum tune apply` then gives it to the train stage
         merged = for_model(override(params, values), model)
-        epochs_tuned = any(full_key(k, model) in ("training.epochs", f"zoo.{model}.training.epochs") for k in space)
         # Pruning needs a ROUGE after every epoch; a trial never resumes another's checkpoints; the study is
         # tracked by Optuna, not W&B.
         trial_params = override(
