@@ -44,6 +44,13 @@ OBJECTIVES = (
 )
 
 
+def regressor(big: bool = False, seed: int = 0) -> GradientBoostingRegressor:
+    """Stacking's regressor (150 trees of depth 3, as ``dialsum.ensemble.stacking``), or 400 of depth 4."""
+    return GradientBoostingRegressor(
+        n_estimators=400 if big else 150, max_depth=4 if big else 3, learning_rate=0.05, random_state=seed
+    )
+
+
 def pool_ranks(t: np.ndarray) -> np.ndarray:
     """How many of its pool's candidates each candidate beats (ties share): 0 .. len-1, the best highest."""
     return np.array([(t < v).sum() for v in t])
@@ -95,12 +102,10 @@ def objective_scorer(name: str, Xs: list, ys: list, seed: int = 0):
         clf.fit(X, lab)
         return lambda x: clf.predict_proba(x)[:, 1]
     if name == "regression":  # stacking's own regressor, for the per-metric points
-        reg = GradientBoostingRegressor(n_estimators=150, max_depth=3, learning_rate=0.05, random_state=seed)
-        return reg.fit(X, y).predict
+        return regressor(seed=seed).fit(X, y).predict
     if name == "pool-rank-regression":  # the regressor on each candidate's rank in its pool, not its ROUGE
         rel = np.concatenate([pool_ranks(t) / max(len(t) - 1, 1) for t in ys])
-        reg = GradientBoostingRegressor(n_estimators=150, max_depth=3, learning_rate=0.05, random_state=seed)
-        return reg.fit(X, rel).predict
+        return regressor(seed=seed).fit(X, rel).predict
     raise ValueError(name)
 
 
@@ -203,18 +208,20 @@ def main():
         rank = (-cons).argsort(kind="stable").argsort() / max(len(cons) - 1, 1)
         return np.column_stack([x, cons - cons.max(), rank, lp - lp.max(), length - np.median(length)])
 
+    def selected(score, Xs: dict, s: str) -> np.ndarray:
+        """Per-dialogue ROUGE-1/2/L on split ``s`` of each pool's best candidate by ``score(features)``."""
+        chosen = [g.cands["summary"].iloc[int(np.argmax(score(x)))] for g, x in zip(groups[s], Xs[s])]
+        return scorer.per_row(chosen, refs[s])
+
     def fit_and_score(n, cols=every, centered=False, big=False, transform=None):
         fx = transform or (lambda x: x[:, cols])
-        reg = GradientBoostingRegressor(
-            n_estimators=400 if big else 150, max_depth=4 if big else 3, learning_rate=0.05, random_state=0
-        )
+        reg = regressor(big)
         y = [t - (t.mean() if centered else 0.0) for t in targets["train"][:n]]
         t0 = time.perf_counter()
         reg.fit(np.concatenate([fx(x) for x in X["train"][:n]]), np.concatenate(y))
         per = {"fit_seconds": round(time.perf_counter() - t0, 1)}
         for s in ("dev", "test"):
-            chosen = [g.cands["summary"].iloc[int(np.argmax(reg.predict(fx(x))))] for g, x in zip(groups[s], X[s])]
-            per[s] = scorer.per_row(chosen, refs[s]).sum(axis=1)
+            per[s] = selected(lambda x: reg.predict(fx(x)), X, s).sum(axis=1)
         return per
 
     def gain(d):
@@ -250,8 +257,7 @@ def main():
         score = objective_scorer(name, Xs["train"][:n], targets["train"][:n])
         row = {"fit_rows": n, **tag, "objective": name, "fit_seconds": round(time.perf_counter() - t0, 1)}
         for s in ("dev", "test"):
-            chosen = [g.cands["summary"].iloc[int(np.argmax(score(x)))] for g, x in zip(groups[s], Xs[s])]
-            m = scorer.per_row(chosen, refs[s])
+            m = selected(score, Xs, s)
             row[s] = gain(m.sum(axis=1) - base[s])
             # in ROUGE points (F1 x 100), as papers quote rerankers' gains: rouge1, rouge2, rougeL
             row[f"{s}_points"] = [round(100 * float(v), 2) for v in (m - base_m[s]).mean(axis=0)]
