@@ -51,34 +51,16 @@ def regressor(big: bool = False, seed: int = 0) -> GradientBoostingRegressor:
     )
 
 
-def pool_ranks(t: np.ndarray) -> np.ndarray:
-    """How many of its pool's candidates each candidate beats (ties share): 0 .. len-1, the best highest."""
-    return np.array([(t < v).sum() for v in t])
-
-
 def objective_scorer(name: str, Xs: list, ys: list, seed: int = 0):
     """Fits one objective on per-pool features ``Xs`` and targets ``ys``; returns ``pool features -> scores``."""
     X, y = np.concatenate(Xs), np.concatenate(ys)
-    if name in ("lambdarank", "lgbm-regression"):
+    if name == "lambdarank":  # dialsum's own (ensemble.stacking_objective: lambdarank)
+        return E.fit_ranker(Xs, ys, seed).predict
+    if name == "lgbm-regression":  # lambdarank's trees fitted as a regressor: is the gain the objective's?
         import lightgbm as lgb
 
-        kw = dict(
-            n_estimators=300,
-            learning_rate=0.05,
-            num_leaves=15,
-            min_child_samples=20,
-            random_state=seed,
-            deterministic=True,
-            n_jobs=1,
-            verbose=-1,
-        )
-        if name == "lambdarank":
-            rel = np.concatenate([pool_ranks(t) for t in ys])
-            m = lgb.LGBMRanker(**kw, label_gain=list(range(int(rel.max()) + 1)), lambdarank_truncation_level=4)
-            m.fit(X, rel, group=[len(t) for t in ys])
-        else:
-            m = lgb.LGBMRegressor(**kw).fit(X, y)
-        return m.predict
+        kw = dict(num_leaves=15, min_child_samples=20, deterministic=True, force_row_wise=True, n_jobs=1, verbose=-1)
+        return lgb.LGBMRegressor(n_estimators=300, learning_rate=0.05, random_state=seed, **kw).fit(X, y).predict
     if name == "pairwise-logistic":  # RankNet with a linear scorer: which of two candidates of a pool is better
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
@@ -104,7 +86,7 @@ def objective_scorer(name: str, Xs: list, ys: list, seed: int = 0):
     if name == "regression":  # stacking's own regressor, for the per-metric points
         return regressor(seed=seed).fit(X, y).predict
     if name == "pool-rank-regression":  # the regressor on each candidate's rank in its pool, not its ROUGE
-        rel = np.concatenate([pool_ranks(t) / max(len(t) - 1, 1) for t in ys])
+        rel = np.concatenate([E.pool_ranks(t) / max(len(t) - 1, 1) for t in ys])
         return regressor(seed=seed).fit(X, rel).predict
     raise ValueError(name)
 
@@ -158,7 +140,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workspace", required=True)
     ap.add_argument("--cache", default="/tmp/dialsum-pools")
-    ap.add_argument("--pool", default="beam-16")
+    ap.add_argument("--pool", default="beam-16", help="a cached pool, or a union of them: beam-16+sample-16")
     ap.add_argument("--baseline", default="beam-4", help="its candidate 0 is the plain output")
     ap.add_argument("--dev-rows", type=int, default=300)
     ap.add_argument("--test-rows", type=int, default=300)
@@ -169,8 +151,8 @@ def main():
         nargs="*",
         default=[],
         choices=OBJECTIVES,
-        help="fit the largest --fit-rows with these objectives instead of the default regressor (lambdarank and "
-        "lgbm-regression need lightgbm, which dialsum does not install)",
+        help="fit the largest --fit-rows with these objectives instead of the default regressor (lambdarank is "
+        "ensemble.stacking_objective: lambdarank)",
     )
     ap.add_argument("--more-columns", action="store_true", help="refit with more_columns' columns added")
     ap.add_argument("--evidence", help="a cached pool (e.g. sample-16) to add evidence_columns from, and refit")
@@ -185,13 +167,20 @@ def main():
         "test": proc["test"].head(a.test_rows),
         "train": proc["train"].head(max(a.fit_rows)),
     }
+    parts = a.pool.split("+")
+    models = parts if len(parts) > 1 else ["m"]  # a union's parts are its "models": a column tells them apart
     groups, targets, X, refs = {}, {}, {}, {}
     for s, f in frames.items():
-        df = cached(cache, a.pool, s, f["fname"]).assign(source=f"m/{a.pool}", model="m", view="orig")
+        df = pd.concat(
+            [
+                cached(cache, p, s, f["fname"]).assign(source=f"{m}/{p}", model=m, view="orig")
+                for p, m in zip(parts, models)
+            ]
+        )
         refs[s] = list(data.references(f))
         groups[s] = E.build_groups(df, scorer.tokenizer, list(f["fname"]), dict(zip(f["fname"], f["dialogue"])))
         targets[s] = E.candidate_targets(groups[s], dict(zip(f["fname"], refs[s])), scorer)
-        X[s] = [E.candidate_features(g, ["m"], {}, scorer.tokenizer) for g in groups[s]]
+        X[s] = [E.candidate_features(g, models, {}, scorer.tokenizer) for g in groups[s]]
     base, base_m = {}, {}
     for s in ("dev", "test"):
         plain = cached(cache, a.baseline, s, frames[s]["fname"]).query("candidate == 0").set_index("fname")["summary"]

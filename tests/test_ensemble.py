@@ -96,9 +96,13 @@ def synthetic_oof(n=30, seed=0):
     return groups, targets
 
 
-def test_stacking_learns_which_candidates_score_from_oof_only():
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("objective", ["regression", "lambdarank"])
+def test_stacking_learns_which_candidates_score_from_oof_only(objective):
     groups, targets = synthetic_oof()
-    reg = E.fit_stacker(groups, targets, ["good", "bad"], {"good": 2.0, "bad": 0.5}, TOK, seed=0)
+    reg = E.fit_stacker(groups, targets, ["good", "bad"], {"good": 2.0, "bad": 0.5}, TOK, seed=0, objective=objective)
     # a dev dialogue whose majority is the bad model (three bad candidates vs one good)
     dev = frame(
         "x",
@@ -114,6 +118,46 @@ def test_stacking_learns_which_candidates_score_from_oof_only():
     assert out["source"][0] == "good/1"
     mv = E.select(g, lambda g: E.weighted_consensus(g.sim, np.ones(len(g.cands))))
     assert mv["source"][0].startswith("bad")  # what plain voting would have chosen
+
+
+def test_lambdarank_learns_the_order_within_pools_not_their_level():
+    """Pools whose ROUGE level varies with the dialogue (here: the model-free length of the dialogue) and whose
+    order is set by one column (the candidate's rank in its n-best, reversed: the last beam is best): the ranker
+    puts each pool's best first on pools it never saw, seeded and byte-identical across fits; relevance is how
+    many candidates of the pool each one beats, ties sharing a rank."""
+    assert E.pool_ranks(np.array([0.2, 0.5, 0.2, 0.1 + 0.4])).tolist() == [0, 2, 0, 2]  # 0.1 + 0.4 ties 0.5
+    rng = np.random.default_rng(1)
+    words = ["철수", "영희", "병원", "학교", "내일", "오늘", "간다", "온다", "예약", "전화"]
+
+    def pool(i, best_last=True):
+        texts = [" ".join(rng.choice(words, 4 + k)) for k in range(4)]
+        c = frame(f"p{i}", [("m", 0, "orig", t, -1.0) for t in texts]).assign(candidate=range(4))
+        g = E.build_groups(c, TOK, [f"p{i}"], {f"p{i}": " ".join(rng.choice(words, int(rng.integers(5, 60))))})[0]
+        level = rng.uniform(0, 2)  # how well any summary of this dialogue scores: the regressor must learn it too
+        return g, level + 0.05 * (np.arange(4) if best_last else -np.arange(4))
+
+    fit = [pool(i) for i in range(60)]
+    groups, targets = [g for g, _ in fit], [t for _, t in fit]
+    a = E.fit_stacker(groups, targets, ["m"], {}, TOK, seed=0, objective="lambdarank")
+    b = E.fit_stacker(groups, targets, ["m"], {}, TOK, seed=0, objective="lambdarank")
+    new = [pool(100 + i)[0] for i in range(20)]
+    for g in new:
+        x = E.candidate_features(g, ["m"], {}, TOK)
+        assert np.argmax(a.predict(x)) == 3
+        assert a.predict(x).tobytes() == b.predict(x).tobytes()
+
+
+def test_stacking_objective_reaches_the_fit_and_its_info():
+    """``ensemble.stacking_objective`` from params to the fitted trees, and into the metrics' info; the default
+    (regression) writes the info it always wrote."""
+    groups, targets = synthetic_oof()
+    score, info = E.fit_strategy(
+        "stacking", {"stacking_objective": "lambdarank"}, ["good", "bad"], groups, targets, {}, TOK, 0
+    )
+    assert info["stacking_objective"] == "lambdarank"
+    assert np.argmax(score(groups[0])) in (0, 1)  # a `good` candidate
+    _, info = E.fit_strategy("stacking", {}, ["good", "bad"], groups, targets, {}, TOK, 0)
+    assert "stacking_objective" not in info
 
 
 def test_blending_fits_weights_on_oof():

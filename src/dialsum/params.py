@@ -92,6 +92,7 @@ ENSEMBLE_STRATEGIES = (
 )  # dialsum.ensemble
 AUTO_ALSO = ("rerank",)  # fitted strategies `auto` weighs only when ensemble.auto_also names them (cost)
 STACKING_FEATURES = ("rerank",)  # ensemble.stacking_features: model-based extra columns of stacking
+STACKING_OBJECTIVES = ("regression", "lambdarank")  # ensemble.stacking_objective: what stacking's trees learn
 AVERAGING = ("averaging", "weighted_avg")  # the strategies whose members are each model's fold average
 SAMPLERS = ("tpe", "gp", "random", "cmaes")  # dialsum.tuning
 PRUNERS = ("median", "percentile", "hyperband", "none")
@@ -309,6 +310,9 @@ class Ensemble(Section):
     # extra features of stacking's regressor: [rerank] adds the cross-encoder's score (and its gap to the
     # pool's best), out-of-sample on the rows it fits on: two cross-encoders, each fitted on half the dialogues
     stacking_features: list[Literal[STACKING_FEATURES]] = []
+    # what stacking's trees learn: regression (each candidate's ROUGE, scikit-learn) | lambdarank (the order of
+    # each pool's candidates, LambdaMART in lightgbm: better where it is fitted on 1,000 pools or more)
+    stacking_objective: Literal[STACKING_OBJECTIVES] = "regression"
 
 
 class Tune(Section):

@@ -53,7 +53,7 @@ from .pools import (
     vote_weights,
     weighted_consensus,
 )
-from .stacking import TAG, VIEW_TYPES, candidate_features, fit_stacker
+from .stacking import TAG, VIEW_TYPES, candidate_features, fit_ranker, fit_stacker, pool_ranks
 from .stage import KEYS, run, summarize_new
 from .strategies import REGISTRY, STRATEGIES, Fit, Strategy, fit_strategy, is_fitted
 
@@ -82,6 +82,7 @@ __all__ = [
     "drop_collapsed",
     "fit_blend",
     "fit_set",
+    "fit_ranker",
     "fit_stacker",
     "fit_strategy",
     "fold_members",
@@ -92,6 +93,7 @@ __all__ = [
     "oof_rouge",
     "options",
     "pick",
+    "pool_ranks",
     "read_candidates",
     "run",
     "seeded_parts",

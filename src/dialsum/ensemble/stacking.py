@@ -1,5 +1,6 @@
-"""``stacking``'s reranker: reference-free features per candidate and a gradient-boosted regressor from them
-to the candidate's ROUGE, trained on out-of-fold candidates."""
+"""``stacking``'s reranker: reference-free features per candidate and gradient-boosted trees from them to a
+score, trained on out-of-fold candidates: a regressor to each candidate's ROUGE, or a LambdaMART ranker of each
+pool's candidates (``ensemble.stacking_objective``)."""
 
 from __future__ import annotations
 
@@ -73,17 +74,57 @@ def fit_stacker(
     tokenizer: CachedTokenizer,
     seed: int,
     extra: list[np.ndarray] | None = None,
+    objective: str = "regression",
 ):
-    """A regressor from OOF candidates' features to their ROUGE against the OOF reference; ``extra``: more
-    columns per group (:func:`with_scores`), appended to :func:`candidate_features`'."""
+    """Trees from OOF candidates' features to a score whose argmax is chosen; ``extra``: more columns per group
+    (:func:`with_scores`), appended to :func:`candidate_features`'. ``objective`` (``ensemble.stacking_objective``):
+    ``regression`` predicts each candidate's ROUGE against the OOF reference; ``lambdarank`` learns only the order
+    within each pool (:func:`fit_ranker`). Either has a ``predict(features) -> scores``."""
+    X = [candidate_features(g, models, model_score, tokenizer) for g in groups]
+    if extra is not None:
+        X = [np.hstack([x, e]) for x, e in zip(X, extra)]
+    if objective == "lambdarank":
+        return fit_ranker(X, targets, seed)
     from sklearn.ensemble import GradientBoostingRegressor
 
-    X = [candidate_features(g, models, model_score, tokenizer) for g in groups]
-    X = np.concatenate([np.hstack([x, e]) for x, e in zip(X, extra)] if extra is not None else X)
-    y = np.concatenate(targets)
     reg = GradientBoostingRegressor(n_estimators=150, max_depth=3, learning_rate=0.05, subsample=1.0, random_state=seed)
-    reg.fit(X, y)
+    reg.fit(np.concatenate(X), np.concatenate(targets))
     return reg
+
+
+def pool_ranks(t: np.ndarray) -> np.ndarray:
+    """How many of its pool's candidates each candidate beats (ties share a rank): 0 .. len-1, the best highest."""
+    t = np.round(np.asarray(t, dtype=float), 9)  # float noise must not split a tie
+    return (t[None, :] < t[:, None]).sum(axis=1)
+
+
+def fit_ranker(X: list[np.ndarray], targets: list[np.ndarray], seed: int):
+    """LambdaMART (lightgbm's ``LGBMRanker``) on one query per pool, each candidate's relevance the number of
+    pool candidates it beats, NDCG truncated at 4: the gradient goes to the top of each pool, where the argmax
+    is decided. Single-threaded and ``deterministic``, so a CPU fit is byte-identical run to run."""
+    try:
+        import lightgbm as lgb
+    except ImportError:  # a dependency since session 28; an environment built before lacks it
+        raise ImportError(
+            "ensemble.stacking_objective = lambdarank needs lightgbm: pip install -r requirements.txt"
+        ) from None
+    rel = [pool_ranks(t) for t in targets]
+    top = max(int(r.max()) for r in rel) if rel else 0
+    ranker = lgb.LGBMRanker(
+        n_estimators=300,
+        learning_rate=0.05,
+        num_leaves=15,
+        min_child_samples=20,
+        label_gain=list(range(top + 1)),  # linear gains: a pool of n candidates has relevances 0 .. n-1
+        lambdarank_truncation_level=4,
+        random_state=seed,
+        deterministic=True,
+        force_row_wise=True,  # lightgbm otherwise picks row- or column-wise by timing: not reproducible
+        n_jobs=1,
+        verbose=-1,
+    )
+    ranker.fit(np.concatenate(X), np.concatenate(rel), group=[len(t) for t in targets])
+    return ranker
 
 
 def with_scores(score: np.ndarray) -> np.ndarray:

@@ -64,13 +64,15 @@ def _weighted(fit: Fit) -> tuple:
 
 
 def _stacking(fit: Fit) -> tuple:
-    models, model_oof, tok = fit.models, fit.model_oof, fit.tok
+    models, model_oof, tok, objective = fit.models, fit.model_oof, fit.tok, fit.cfg.stacking_objective
+    info = {"stacking_objective": objective} if objective != "regression" else {}  # the default's info as before
     if "rerank" not in fit.cfg.stacking_features:
-        reg = fit_stacker(fit.groups, fit.targets, models, model_oof, tok, fit.seed)
-        return (lambda g: reg.predict(candidate_features(g, models, model_oof, tok))), {}
+        reg = fit_stacker(fit.groups, fit.targets, models, model_oof, tok, fit.seed, objective=objective)
+        return (lambda g: reg.predict(candidate_features(g, models, model_oof, tok))), info
     held_out, rerank = rerank_feature(fit.groups, fit.targets, fit.cfg, fit.seed)
-    reg = fit_stacker(fit.groups, fit.targets, models, model_oof, tok, fit.seed, [with_scores(s) for s in held_out])
-    info = {"stacking_features": ["rerank"], "rerank_backbone": fit.cfg.rerank_backbone}
+    extra = [with_scores(s) for s in held_out]
+    reg = fit_stacker(fit.groups, fit.targets, models, model_oof, tok, fit.seed, extra, objective)
+    info.update({"stacking_features": ["rerank"], "rerank_backbone": fit.cfg.rerank_backbone})
     return (
         lambda g: reg.predict(np.hstack([candidate_features(g, models, model_oof, tok), with_scores(rerank(g))]))
     ), info
