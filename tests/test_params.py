@@ -150,6 +150,25 @@ def test_checkpoints_are_set_aside_never_deleted_and_come_back(tmp_path):
     assert sets()["0.stale-A-4"] == ["checkpoint-40"]
 
 
+def test_a_symlinked_checkpoint_folder_stays_a_link_to_where_the_sets_go(tmp_path):
+    """``checkpoints/<model>/<fold>`` as a link to a bigger disk: a set moved aside goes beside the link's target
+    (before, the link itself was renamed and the run wrote to a new plain folder on the small disk)."""
+    from dialsum.training import prepare_checkpoints
+
+    big = tmp_path / "big" / "m0"
+    link = tmp_path / "checkpoints" / "m" / "0"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(big, target_is_directory=True)  # dangling until the first run makes the target
+    assert prepare_checkpoints(link, "A", "auto") is None and big.is_dir()
+    (link / "checkpoint-7").mkdir()
+    (link / "checkpoint-7" / "trainer_state.json").write_text('{"global_step": 7}')
+    assert prepare_checkpoints(link, "B", "auto") is None
+    assert link.is_symlink() and link.resolve() == big.resolve() and (big / "signature").read_text() == "B"
+    assert sorted(p.name for p in big.parent.iterdir()) == ["m0", "m0.stale-A"]
+    assert prepare_checkpoints(link, "A", "auto") == str(link / "checkpoint-7")  # A comes back through the link
+    assert link.is_symlink() and (big / "checkpoint-7").is_dir()
+
+
 def test_a_run_resumes_after_changes_that_do_not_change_what_it_learns(root):
     """An evaluation OOM fixed by a smaller eval_batch_size, a full disk by save_total_limit, an explicit
     resume path: the checkpoints stay resumable (before session 27 each made a new signature)."""

@@ -6,6 +6,7 @@ import copy
 import functools
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -154,6 +155,44 @@ def test_a_resumed_run_evaluates_on_its_own_steps_not_the_checkpoints(tmp_path):
     again.train(resume_from_checkpoint=str(checkpoint))
     evaluated = [h["step"] for h in again.state.log_history if "eval_loss" in h]
     assert evaluated == [4, 8, 16]  # the checkpoint's own evaluation, then once per epoch of 8 steps
+
+
+def test_a_resumed_runs_dvclive_curves_are_those_of_a_run_never_interrupted(tmp_path):
+    """DVC deletes dvclive/ before a stage runs, so a run killed and resumed used to log only what came after
+    the checkpoint, from step 0; the checkpoint's log is played again first (every curve, every step)."""
+    from dvclive import Live
+    from transformers import TrainerCallback
+
+    from dialsum.training import _dvclive_callback
+
+    class StopAt4(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            control.should_training_stop = state.global_step >= 4
+
+    def curves(d):
+        return {f.relative_to(d).as_posix(): f.read_text() for f in sorted(d.rglob("*.tsv"))}
+
+    def trainer(where, live_dir, stop=False):
+        t = _trainer(where, rows=16, batch_size=4, epochs=2, eval_every_epochs=1, warmup_ratio=0.0)
+        t.add_callback(_dvclive_callback()(live=Live(str(live_dir), report=None, save_dvc_exp=False, dvcyaml=None)))
+        if stop:
+            t.add_callback(StopAt4())
+        return t
+
+    trainer(tmp_path / "whole", tmp_path / "live-whole").train()
+    trainer(tmp_path / "cut", tmp_path / "live-cut", stop=True).train()
+    checkpoint = tmp_path / "cut" / "ckpt" / "checkpoint-4"
+    trainer(tmp_path / "resumed", tmp_path / "live-resumed").train(resume_from_checkpoint=str(checkpoint))
+    whole, resumed = curves(tmp_path / "live-whole"), curves(tmp_path / "live-resumed")
+    assert "plots/metrics/eval/loss.tsv" in whole and "plots/metrics/train/loss.tsv" in whole
+    assert resumed.keys() == whole.keys()
+    for name, text in whole.items():  # the same steps; values as the uninterrupted run's (CPU, same seed)
+        got = [r.split("\t") for r in resumed[name].splitlines()]
+        want = [r.split("\t") for r in text.splitlines()]
+        assert [r[0] for r in got] == [r[0] for r in want], name
+        if name == "plots/metrics/train/loss.tsv":  # the Trainer's mean loss of this train() call: after a
+            continue  # resume, of the resumed steps only (transformers' own choice)
+        assert np.allclose([float(r[1]) for r in got[1:]], [float(r[1]) for r in want[1:]], rtol=1e-4), name
 
 
 def test_a_model_that_ignores_its_dialogue_gets_no_source_dependence_and_a_warning(tmp_path, caplog):

@@ -169,8 +169,11 @@ def prepare_checkpoints(ckpt_dir: Path, signature: str, resume: str) -> str | No
     if resume not in ("auto", "never") and not Path(resume).exists():  # before anything is moved
         raise FileNotFoundError(f"training.resume: checkpoint {resume} not found")
     if rank() == 0:  # only rank 0 touches the folder: another rank's mkdir could land inside a move
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        _set_aside(ckpt_dir, signature, resume)
+        # a symlinked folder (checkpoints on a bigger disk) is arranged where it points: sets go aside beside
+        # its target and the link keeps leading to the folder the run writes, not to a new one on this disk
+        real = ckpt_dir.resolve()
+        real.mkdir(parents=True, exist_ok=True)
+        _set_aside(real, signature, resume)
     _barrier()  # rank 0 arranged the folder before any rank looks in it
     resume_from = find_resume(ckpt_dir, signature, resume)
     _barrier()  # every rank decided before rank 0 writes the signature
@@ -721,10 +724,20 @@ TIMING_KEYS = ("_runtime", "_per_second")
 def _dvclive_callback():
     """HF's DVCLiveCallback without the timing figures (runtime, samples/s): they differ on every run, so
     logging them would change dvclive's files, hence dvc.lock, and re-run downstream stages (plots) when
-    nothing but the clock changed."""
+    nothing but the clock changed; a resumed run's curves start with what the checkpoint had logged."""
     from transformers.integrations import DVCLiveCallback
 
     class DeterministicDVCLiveCallback(DVCLiveCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            super().on_train_begin(args, state, control, model=model, **kwargs)
+            if state.global_step > 0 and state.is_world_process_zero:
+                # resumed: DVC deleted the curves before the stage ran, so the checkpoint's log (what the
+                # Trainer logged up to it, each entry a former on_log plus its step) is played again; the
+                # curves are whole, and their steps those of a run never interrupted
+                for entry in state.log_history:
+                    logs = {k: v for k, v in entry.items() if k != "step"}
+                    self.on_log(args, state, control, model=model, logs=logs, **kwargs)
+
         def on_log(self, args, state, control, model=None, logs=None, **kwargs):
             logs = {k: v for k, v in (logs or {}).items() if not k.endswith(TIMING_KEYS)}
             return super().on_log(args, state, control, model=model, logs=logs, **kwargs)
