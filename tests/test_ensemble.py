@@ -120,12 +120,11 @@ def test_stacking_learns_which_candidates_score_from_oof_only(objective):
     assert mv["source"][0].startswith("bad")  # what plain voting would have chosen
 
 
-def test_lambdarank_learns_the_order_within_pools_not_their_level():
-    """Pools whose ROUGE level varies with the dialogue (here: the model-free length of the dialogue) and whose
-    order is set by one column (the candidate's rank in its n-best, reversed: the last beam is best): the ranker
-    puts each pool's best first on pools it never saw, seeded and byte-identical across fits; relevance is how
-    many candidates of the pool each one beats, ties sharing a rank."""
-    assert E.pool_ranks(np.array([0.2, 0.5, 0.2, 0.1 + 0.4])).tolist() == [0, 2, 0, 2]  # 0.1 + 0.4 ties 0.5
+def test_lambdarank_ranks_pools_it_never_saw_and_is_seeded():
+    """Pools whose ROUGE level varies from dialogue to dialogue and whose order follows the candidates' n-best
+    rank (reversed: the last is best): the ranker puts each new pool's best first, and two seeded fits predict
+    byte-identical scores; relevance is how many candidates of the pool each one beats, ties sharing a rank."""
+    assert E.pool_ranks(np.array([0.2, 0.3, 0.2, 0.1 + 0.2])).tolist() == [0, 2, 0, 2]  # 0.1 + 0.2 != 0.3 unrounded
     rng = np.random.default_rng(1)
     words = ["철수", "영희", "병원", "학교", "내일", "오늘", "간다", "온다", "예약", "전화"]
 
@@ -145,6 +144,17 @@ def test_lambdarank_learns_the_order_within_pools_not_their_level():
         x = E.candidate_features(g, ["m"], {}, TOK)
         assert np.argmax(a.predict(x)) == 3
         assert a.predict(x).tobytes() == b.predict(x).tobytes()
+
+
+def test_lambdarank_without_lightgbm_is_a_one_line_error_before_any_fit(monkeypatch):
+    import sys
+
+    groups, targets = synthetic_oof()
+    monkeypatch.setitem(sys.modules, "lightgbm", None)  # what an environment built before session 28 has
+    with pytest.raises(
+        ValueError, match=r"stacking_objective = lambdarank needs lightgbm .*pip install -r requirements"
+    ):
+        E.fit_strategy("stacking", {"stacking_objective": "lambdarank"}, ["good", "bad"], groups, targets, {}, TOK, 0)
 
 
 def test_stacking_objective_reaches_the_fit_and_its_info():

@@ -153,7 +153,7 @@ def test_checkpoints_are_set_aside_never_deleted_and_come_back(tmp_path):
 def test_a_symlinked_checkpoint_folder_stays_a_link_to_where_the_sets_go(tmp_path):
     """``checkpoints/<model>/<fold>`` as a link to a bigger disk: a set moved aside goes beside the link's target
     (before, the link itself was renamed and the run wrote to a new plain folder on the small disk)."""
-    from dialsum.training import prepare_checkpoints
+    from dialsum.training import prepare_checkpoints, remove_checkpoints
 
     big = tmp_path / "big" / "m0"
     link = tmp_path / "checkpoints" / "m" / "0"
@@ -167,6 +167,9 @@ def test_a_symlinked_checkpoint_folder_stays_a_link_to_where_the_sets_go(tmp_pat
     assert sorted(p.name for p in big.parent.iterdir()) == ["m0", "m0.stale-A"]
     assert prepare_checkpoints(link, "A", "auto") == str(link / "checkpoint-7")  # A comes back through the link
     assert link.is_symlink() and (big / "checkpoint-7").is_dir()
+    remove_checkpoints(link)  # the run finished: its checkpoints go (before, rmtree refused the link, silently)
+    assert link.is_symlink() and not list(big.parent.iterdir())  # B had no checkpoint to set aside
+    assert prepare_checkpoints(link, "A", "auto") is None and big.is_dir()  # the next run starts afresh
 
 
 def test_a_run_resumes_after_changes_that_do_not_change_what_it_learns(root):

@@ -182,8 +182,13 @@ def test_a_resumed_runs_dvclive_curves_are_those_of_a_run_never_interrupted(tmp_
     trainer(tmp_path / "whole", tmp_path / "live-whole").train()
     trainer(tmp_path / "cut", tmp_path / "live-cut", stop=True).train()
     checkpoint = tmp_path / "cut" / "ckpt" / "checkpoint-4"
-    trainer(tmp_path / "resumed", tmp_path / "live-resumed").train(resume_from_checkpoint=str(checkpoint))
+    again = trainer(tmp_path / "resumed", tmp_path / "live-resumed")
+    again.train(resume_from_checkpoint=str(checkpoint))
     whole, resumed = curves(tmp_path / "live-whole"), curves(tmp_path / "live-resumed")
+    # batch_size: auto retries an out-of-memory error by training again from the checkpoint: no second replay
+    (live,) = [c for c in again.callback_handler.callbacks if type(c).__name__ == "DeterministicDVCLiveCallback"]
+    live.on_train_begin(again.args, again.state, again.control, model=again.model)
+    assert curves(tmp_path / "live-resumed") == resumed
     assert "plots/metrics/eval/loss.tsv" in whole and "plots/metrics/train/loss.tsv" in whole
     assert resumed.keys() == whole.keys()
     for name, text in whole.items():  # the same steps; values as the uninterrupted run's (CPU, same seed)

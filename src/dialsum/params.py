@@ -307,11 +307,11 @@ class Ensemble(Section):
     # rerank: what it regresses: raw (each candidate's ROUGE) | centered (minus its dialogue's mean: only the
     # order within a pool decides, so it need not learn how hard a dialogue is)
     rerank_target: Literal["raw", "centered"] = "raw"
-    # extra features of stacking's regressor: [rerank] adds the cross-encoder's score (and its gap to the
+    # extra features of stacking's trees: [rerank] adds the cross-encoder's score (and its gap to the
     # pool's best), out-of-sample on the rows it fits on: two cross-encoders, each fitted on half the dialogues
     stacking_features: list[Literal[STACKING_FEATURES]] = []
     # what stacking's trees learn: regression (each candidate's ROUGE, scikit-learn) | lambdarank (the order of
-    # each pool's candidates, LambdaMART in lightgbm: better where it is fitted on 1,000 pools or more)
+    # each pool's candidates, LambdaMART in lightgbm); docs/ensemble-auto.md "Stacking's objective" says when
     stacking_objective: Literal[STACKING_OBJECTIVES] = "regression"
 
 

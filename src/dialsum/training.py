@@ -162,7 +162,8 @@ def prepare_checkpoints(ckpt_dir: Path, signature: str, resume: str) -> str | No
     """Ready ``ckpt_dir`` for a run with ``signature``; returns the checkpoint to resume from (or None).
 
     Checkpoints the run will not continue from (another configuration's under ``auto``, any under ``never``, the
-    folder's own under a ``resume`` path outside it) are moved aside to ``<dir>.stale-<their signature>``, never
+    folder's own under a ``resume`` path outside it) are moved aside to ``<dir>.stale-<their signature>`` (beside
+    the target of a symlinked ``<dir>``), never
     deleted or overwritten: a second set of one signature gets ``-2``, ``-3``, ... With ``auto``, a set moved aside
     under this run's signature comes back and is resumed, so switching a configuration back and forth loses
     nothing."""
@@ -183,6 +184,12 @@ def prepare_checkpoints(ckpt_dir: Path, signature: str, resume: str) -> str | No
     if resume_from:
         log.info("resuming from %s", resume_from)
     return resume_from
+
+
+def remove_checkpoints(ckpt_dir: Path) -> None:
+    """Deletes the folder's checkpoints; a symlinked folder is removed where it points (rmtree refuses a link,
+    and ignore_errors hid that), leaving a dangling link that :func:`prepare_checkpoints` makes good again."""
+    shutil.rmtree(ckpt_dir.resolve(), ignore_errors=True)
 
 
 def _move_aside(ckpt_dir: Path, label: str) -> Path:
@@ -582,7 +589,7 @@ def train(params: Params | dict, run: Run, train_df: pd.DataFrame, val_df: pd.Da
             save_trained(
                 trainer.model, trainer.processing_class, tmp, params.zoo[run.model], state, lambda: _release(trainer)
             )
-        shutil.rmtree(run.ckpt_dir, ignore_errors=True)  # the best model is saved: checkpoints served their purpose
+        remove_checkpoints(run.ckpt_dir)  # the best model is saved: checkpoints served their purpose
     _end_distributed()
     return result
 
@@ -728,9 +735,12 @@ def _dvclive_callback():
     from transformers.integrations import DVCLiveCallback
 
     class DeterministicDVCLiveCallback(DVCLiveCallback):
+        replayed = False  # batch_size: auto retries an OOM by training again: the log is played once
+
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             super().on_train_begin(args, state, control, model=model, **kwargs)
-            if state.global_step > 0 and state.is_world_process_zero:
+            if state.global_step > 0 and state.is_world_process_zero and not self.replayed:
+                self.replayed = True
                 # resumed: DVC deleted the curves before the stage ran, so the checkpoint's log (what the
                 # Trainer logged up to it, each entry a former on_log plus its step) is played again; the
                 # curves are whole, and their steps those of a run never interrupted

@@ -98,18 +98,32 @@ def pool_ranks(t: np.ndarray) -> np.ndarray:
     return (t[None, :] < t[:, None]).sum(axis=1)
 
 
-def fit_ranker(X: list[np.ndarray], targets: list[np.ndarray], seed: int):
-    """LambdaMART (lightgbm's ``LGBMRanker``) on one query per pool, each candidate's relevance the number of
-    pool candidates it beats, NDCG truncated at 4: the gradient goes to the top of each pool, where the argmax
-    is decided. Single-threaded and ``deterministic``, so a CPU fit is byte-identical run to run."""
+MAX_QUERY = 10_000  # lightgbm's limit on the rows of one query (here: a pool's candidates)
+
+
+def lightgbm():
+    """The lightgbm module, or a one-line error; called before the expensive part of a fit that needs it."""
     try:
         import lightgbm as lgb
-    except ImportError:  # a dependency since session 28; an environment built before lacks it
-        raise ImportError(
-            "ensemble.stacking_objective = lambdarank needs lightgbm: pip install -r requirements.txt"
+    except (ImportError, OSError) as e:  # OSError: the wheel's libgomp is missing
+        raise ValueError(  # the ensemble stage's one-line error, naming the key
+            f"ensemble.stacking_objective = lambdarank needs lightgbm ({e}): pip install -r requirements.txt"
         ) from None
+    return lgb
+
+
+def fit_ranker(X: list[np.ndarray], targets: list[np.ndarray], seed: int):
+    """LambdaMART (lightgbm's ``LGBMRanker``) on one query per pool, each candidate's relevance the number of
+    pool candidates it beats, truncation level 4 (only pairs with one of a pool's 4 top-scored candidates get a
+    gradient): the fit goes to the top of each pool, where the argmax is decided. Single-threaded and ``deterministic``, so a CPU fit is byte-identical run to run."""
+    lgb = lightgbm()
+    if big := [len(t) for t in targets if len(t) > MAX_QUERY]:
+        raise ValueError(
+            f"ensemble.stacking_objective = lambdarank: a pool of {big[0]} candidates is over lightgbm's "
+            f"{MAX_QUERY} per query; use regression"
+        )
     rel = [pool_ranks(t) for t in targets]
-    top = max(int(r.max()) for r in rel) if rel else 0
+    top = max((int(r.max()) for r in rel if len(r)), default=0)
     ranker = lgb.LGBMRanker(
         n_estimators=300,
         learning_rate=0.05,

@@ -17,7 +17,7 @@ from ..params import ENSEMBLE_STRATEGIES, Ensemble, section
 from .blending import fit_blend
 from .pools import Group, vote_weights, weighted_consensus
 from .rerank import fit_reranker, rerank_feature, rerank_scores
-from .stacking import candidate_features, fit_stacker, with_scores
+from .stacking import candidate_features, fit_stacker, lightgbm, with_scores
 
 log = logging.getLogger(__package__)
 STRATEGIES = ENSEMBLE_STRATEGIES
@@ -66,6 +66,8 @@ def _weighted(fit: Fit) -> tuple:
 def _stacking(fit: Fit) -> tuple:
     models, model_oof, tok, objective = fit.models, fit.model_oof, fit.tok, fit.cfg.stacking_objective
     info = {"stacking_objective": objective} if objective != "regression" else {}  # the default's info as before
+    if objective == "lambdarank":
+        lightgbm()  # missing: said before any cross-encoder trains
     if "rerank" not in fit.cfg.stacking_features:
         reg = fit_stacker(fit.groups, fit.targets, models, model_oof, tok, fit.seed, objective=objective)
         return (lambda g: reg.predict(candidate_features(g, models, model_oof, tok))), info
