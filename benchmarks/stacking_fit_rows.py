@@ -41,6 +41,8 @@ OBJECTIVES = (
     "pairwise-logistic",
     "top1-classifier",
     "pool-rank-regression",
+    "lambdarank-squared-gains",
+    "regression+lambdarank",
 )
 
 
@@ -56,6 +58,29 @@ def objective_scorer(name: str, Xs: list, ys: list, seed: int = 0):
     X, y = np.concatenate(Xs), np.concatenate(ys)
     if name == "lambdarank":  # dialsum's own (ensemble.stacking_objective: lambdarank)
         return E.fit_ranker(Xs, ys, seed).predict
+    if name == "lambdarank-squared-gains":  # the top of a pool weighs more: gain rel**2 instead of rel
+        from dialsum.ensemble.stacking import lightgbm
+
+        lgb = lightgbm()
+        rel = [E.pool_ranks(t) for t in ys]
+        top = max(int(r.max()) for r in rel)
+        kw = dict(num_leaves=15, min_child_samples=20, deterministic=True, force_row_wise=True, n_jobs=1, verbose=-1)
+        m = lgb.LGBMRanker(
+            n_estimators=300,
+            learning_rate=0.05,
+            random_state=seed,
+            label_gain=[float(g * g) for g in range(top + 1)],
+            lambdarank_truncation_level=4,
+            **kw,
+        )
+        return m.fit(X, np.concatenate(rel), group=[len(t) for t in ys]).predict
+    if name == "regression+lambdarank":  # the mean of the two scores' ranks within the pool
+        a, b = objective_scorer("regression", Xs, ys, seed), objective_scorer("lambdarank", Xs, ys, seed)
+
+        def both(x):
+            return sum(s.argsort(kind="stable").argsort() + 1e-3 * s for s in (a(x), b(x)))
+
+        return both
     if name == "lgbm-regression":  # lambdarank's trees fitted as a regressor: is the gain the objective's?
         import lightgbm as lgb
 
