@@ -17,6 +17,10 @@ def main():
     for split, df in frames.items():
         df = data.clean_frame(df, d.clean)
         if n:
+            if split == "test" and len(df) > n:  # the submission is then short of rows: say so where it is made
+                log.warning(
+                    "debug.subsample: test cut to %d of %d rows; submission.csv will not be complete", n, len(df)
+                )
             df = df.head(n).reset_index(drop=True)
         frames[split] = df
         log.info("%s: %d rows from %s", split, len(df), getattr(d, split))

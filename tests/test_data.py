@@ -180,3 +180,17 @@ def test_outputs_get_ordinary_file_modes(tmp_path):
     # mkstemp/mkdtemp alone leave 0600 and 0700: a served report or a shared checkout could not be read
     assert f.stat().st_mode & 0o777 == 0o666 & ~io._UMASK
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~io._UMASK
+
+
+def test_a_carriage_return_in_a_text_survives_the_processed_csv(tmp_path):
+    """``remove_noise: false`` keeps a lone ``\\r``; written bare, it read back as a line break and split the row
+    (a made-up row whose fname was the rest of the dialogue). Ordinary outputs stay byte-identical."""
+    from dialsum import io
+
+    df = pd.DataFrame({"fname": ["t1", "t2"], "dialogue": ["#Person1#: 안녕\r#Person2#: 네", "#Person1#: 좋아"]})
+    io.write_csv(tmp_path / "test.csv", df)
+    back = pd.read_csv(tmp_path / "test.csv", dtype=str, keep_default_na=False)
+    assert back.equals(df)
+    plain = df.assign(dialogue=["a, b", 'say "x"\nnext'])
+    io.write_csv(tmp_path / "plain.csv", plain)
+    assert (tmp_path / "plain.csv").read_bytes() == plain.to_csv(index=False, lineterminator="\n").encode()

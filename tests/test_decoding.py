@@ -19,11 +19,24 @@ def test_trim_unfinished_keeps_whole_sentences():
     assert decoding.trim_unfinished("He booked a room.") == "He booked a room."
     assert decoding.trim_unfinished("no sentence end at all") == "no sentence end at all"  # nothing to fall back to
     assert decoding.trim_unfinished("방을 예약했다 그리고") == "방을 예약했다"  # a Korean declarative ends a sentence
+    # words that end in 다/요/음 end no sentence (before session 28 each did), closing quotes and brackets
+    # after a finished sentence finish the text, and a nominalised ending (확인함) finishes one
+    for done in (
+        '#Person1#은 떠난다. #Person2#는 "좋아요."',
+        "#Person1#은 떠났다. 일정을 확인함(오후 3시)",
+        "#Person1#은 떠났다. #Person2#는 일정을 확인함",
+        "#Person1#은 다음 주에 #Person2#와 여행을",  # no earlier sentence to fall back to (was cut to 다음)
+    ):
+        assert decoding.trim_unfinished(done) == done
+    cut = "#Person1#은 떠났다. #Person2#는 다 같이 가자고 제안하고 #Person1#은 필요한"
+    assert decoding.trim_unfinished(cut) == "#Person1#은 떠났다."
 
 
 def test_fillers_and_repeats_are_dropped():
     assert decoding.drop_fillers("음 #Person1#은 어 방을 예약했다.") == "#Person1#은 방을 예약했다."
     assert decoding.drop_fillers("그는 um 간다") == "그는 간다"
+    kept = "#Person1#은 그 책을 빌려주고 저 건물로 가서 뭐 먹을지 정한다."  # 그, 저, 뭐: words, not fillers
+    assert decoding.drop_fillers(kept) == kept
     assert decoding.drop_repeats("방을 예약했다. 방을 예약했다. 내일 간다.") == "방을 예약했다. 내일 간다."
     assert decoding.drop_repeats("he came, he came, and left.") == "he came, and left."
     assert decoding.drop_repeats("one. two.") == "one. two."
@@ -129,6 +142,9 @@ def test_views_under_a_choice_keep_the_plain_row_order(summarizer, sample):
         summarizer, dev["fname"], dev["dialogue"], aug, decoding.Settings({}, "quantile", ("trim_unfinished",)), lm
     )
     assert list(capped["fname"]) == list(plain["fname"]) and list(capped["view"]) == list(plain["view"])
+    # fold `full` predicts an empty out-of-fold split: no length bin, no crash (it raised "No objects to concatenate")
+    none = decoding.views(summarizer, [], [], aug, decoding.Settings({}, "quantile", ("trim_unfinished",)), lm)
+    assert none.empty and list(none.columns) == list(plain.columns)
     settings, _ = (
         decoding.Settings.from_dict(decoding.Settings({"num_beams": 2}, "quantile", ("drop_fillers",)).as_dict()),
         lm,

@@ -44,6 +44,12 @@ def test_rouge_score_default_tokenizer_really_drops_korean():
 def test_tags_are_whole_tokens():
     tok = Scorer("morpheme").tokenizer
     assert tok.tokenize("#Person1#은 #PhoneNumber#로 전화했다")[:3] == ["#Person1#", "은", "#PhoneNumber#"]
+    # the particle after a tag is read as one (cut off from its tag, 는 was the verb 늘다: 늘 ᆫ), in the batch
+    # form and one text at a time alike
+    want = ["#Person1#", "는", "회의", "에", "가", "었", "다", ".", "#Person2#", "를", "만나", "었", "다"]
+    text = "#Person1#는 회의에 갔다. #Person2#를 만났다"
+    assert tok.tokenize(text) == want
+    assert Scorer("morpheme").tokenizer.tokenize_many(["철수", text]) == [("철수",), tuple(want)]
     assert "#Person2#" in Scorer("whitespace").tokenizer.tokenize("#Person2# 가 왔다")
 
 

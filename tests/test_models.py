@@ -376,3 +376,46 @@ def test_the_bart_stand_ins_dropout_is_the_entrys_and_bart_s_0_1_without_one():
     arch = micro_entry()["arch"]
     assert models.scratch_config(micro_entry(), tok).dropout == 0.1
     assert models.scratch_config(micro_entry(arch={**arch, "dropout": 0.0}), tok).dropout == 0.0
+
+
+def test_a_causal_models_repetition_settings_see_its_summary_not_its_dialogue(tmp_path, monkeypatch):
+    """transformers' n-gram ban and repetition penalty read the whole sequence, and a causal model's starts with
+    its prompt: ``no_repeat_ngram_size: 3`` banned every trigram of the dialogue (no name or time could be
+    copied). dialsum hands both to generate as processors of the generated tokens only."""
+    import torch
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    prompt = torch.tensor([[10, 11, 12, 10, 11]])
+    flat = torch.ones(1, 20)
+    assert NoRepeatNGramLogitsProcessor(3)(prompt, flat.clone())[0, 12] == -float("inf")  # transformers' own
+    kw = {"num_beams": 1, "repetition_penalty": 1.2, "no_repeat_ngram_size": 3}
+    procs = generation.generated_only(kw, width=5)
+    assert kw["repetition_penalty"] == 1.0 and kw["no_repeat_ngram_size"] == 0  # neutral: not the checkpoint's
+
+    def apply(ids):
+        out = flat.clone()
+        for p in procs:
+            out = p(ids, out)
+        return out
+
+    assert torch.equal(apply(prompt), flat)  # nothing generated yet: the prompt neither penalised nor banned
+    after = apply(torch.cat([prompt, torch.tensor([[3, 4, 5, 3, 4]])], dim=1))
+    assert after[0, 5] == -float("inf") and after[0, 12] == 1.0  # its own trigram 3 4 5 banned, the prompt's not
+    assert torch.allclose(after[0, [3, 4]], torch.tensor([1 / 1.2, 1 / 1.2])) and after[0, 10] == 1.0
+
+    # wired in: a causal Summarizer passes them, and generate sees neutral settings
+    models.build_init(micro_entry("llama"), TEXTS, tmp_path, seed=0)
+    model, tok, family = models.load_for_inference(tmp_path)
+    seen, real = [], model.generate
+
+    def spy(**kw):
+        seen.append(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(model, "generate", spy)
+    gen = {"num_beams": 2, "max_new_tokens": 6, "no_repeat_ngram_size": 3, "repetition_penalty": 1.2}
+    generation.Summarizer(model, tok, family, gen, 64)(TEXTS[:2], progress=False)
+    (call,) = seen
+    assert call["no_repeat_ngram_size"] == 0 and call["repetition_penalty"] == 1.0
+    only = [p for p in call["logits_processor"] if isinstance(p, generation.GeneratedOnly)]
+    assert len(only) == 2 and {p.width for p in only} == {call["input_ids"].shape[1]}

@@ -32,14 +32,18 @@ import numpy as np
 import pandas as pd
 
 from . import paths
-from .metrics import CachedTokenizer, Scorer, consensus_scores
+from .metrics import CachedTokenizer, Scorer, consensus_scores, kiwi, tag_spans
 from .params import DECODE_GENERATION_KEYS, POST_EDITS, Candidates, Decode, Generation, Params
 
 log = logging.getLogger(__name__)
 
-# sentence ends: Latin punctuation, the ideographic full stop, and Korean declaratives written without a stop
-_END = re.compile(r"(?:[.!?。]|(?<=[다요죠함음임됨]))(?=\s|$)")
-_FILLERS = {"음", "어", "그", "저", "아", "뭐", "음.", "어.", "um", "uh", "er", "hmm", "um,", "uh,", "음,", "어,"}
+# a sentence's stop (Latin, ideographic), with the quotes and brackets that may close after it
+_END = re.compile(r"[.!?。][\"'”’)\]」』]*(?=\s|$)")
+# kiwipiepy's tags that finish a text: a final ending (했다, 해요, 확인함), a stop, a closing quote or bracket,
+# a nominalising ending (확인함 as 하 + ㅁ)
+_DONE = ("EF", "SF", "SSC", "ETN")
+# interjections only: 그 (that), 저 (I, that) and 뭐 (what) are words too, and were deleted with them
+_FILLERS = {"음", "어", "아", "음.", "어.", "음,", "어,", "아,", "um", "uh", "er", "hmm", "um,", "uh,"}
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,19 @@ class Settings:
 
 # ------------------------------------------------------------------------------------------------ post-edits
 def trim_unfinished(text: str) -> str:
-    """Drop an unfinished last sentence when an earlier one ended (a summary stopped by the length limit)."""
+    """Drop an unfinished last sentence when an earlier one ended (a summary stopped by the length limit).
+
+    Sentences end at a stop (``.``, ``!``, ``?``, ``。``, closing quotes after it) or where kiwipiepy's Korean
+    analysis ends one without a stop (``예약했다 그리고``). A text is finished when it ends at a stop or its last
+    morpheme finishes a sentence. A word that merely ends in 다/요/음 (다음, 필요, 모임, 다 같이) ends nothing:
+    before session 28 each one did, and ``다음 주에 여행을`` was cut to ``다음``."""
     text = text.rstrip()
-    ends = list(_END.finditer(text))
-    if not ends or ends[-1].end() == len(text):
+    sents = kiwi().tokenize(text, split_sents=True, pretokenized=tag_spans(text)) if text else []
+    stops = [m.end() for m in _END.finditer(text)]
+    if not sents or sents[-1][-1].tag in _DONE or (stops and stops[-1] == len(text)):
         return text
-    return text[: ends[-1].end()].rstrip()
+    cuts = [c for c in stops + [s[-1].start + s[-1].len for s in sents[:-1]] if c < len(text)]
+    return text[: max(cuts)].rstrip() if cuts else text
 
 
 def drop_fillers(text: str) -> str:
@@ -266,7 +277,7 @@ def views(
     def call(inputs, desc):
         return generate(summarizer, inputs, tokens, desc)
 
-    if settings == Settings():
+    if settings == Settings() or not dialogues:  # none: fold `full`'s empty out-of-fold split (no bins to concat)
         return summarizer.views(fnames, dialogues, augmenter, desc=desc, call=call)
     index = {f: i for i, f in enumerate(fnames)}  # fnames are unique within a split (data checks them)
     parts = []

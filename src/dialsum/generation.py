@@ -35,6 +35,35 @@ def generation_kwargs(gen: dict | Generation, max_target_len: int | None = None)
     return kw
 
 
+class GeneratedOnly:
+    """A logits processor shown only the tokens generated so far, not the ``width`` prompt tokens before them."""
+
+    def __init__(self, processor, width: int):
+        self.processor, self.width = processor, width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.processor(input_ids[:, self.width :], scores)
+
+
+def generated_only(kw: dict, width: int) -> list:
+    """A causal model's ``repetition_penalty`` and ``no_repeat_ngram_size`` taken out of ``kw`` (set neutral in
+    place) and
+    returned as processors of the generated tokens only. transformers applies both to the whole sequence, and a
+    causal model's sequence starts with its prompt: with ``no_repeat_ngram_size: 3`` it could never copy a name,
+    a time or a three-token phrase from the dialogue, and every dialogue token was penalised. An encoder-decoder's
+    sequence is its summary alone, so it keeps transformers' own."""
+    from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    out, penalty, n = [], kw.get("repetition_penalty"), kw.get("no_repeat_ngram_size")
+    if penalty not in (None, 1.0):
+        out.append(GeneratedOnly(RepetitionPenaltyLogitsProcessor(penalty), width))
+    if n:
+        out.append(GeneratedOnly(NoRepeatNGramLogitsProcessor(n), width))
+    # neutral, not left out: generate would fall back to the checkpoint's generation_config for a missing key
+    kw.update(repetition_penalty=1.0, no_repeat_ngram_size=0)
+    return out
+
+
 def token_batches(
     lengths: list[int], max_count: int, max_tokens: int | None, num_beams: int = 1, max_new_tokens: int = 0
 ) -> list[list[int]]:
@@ -126,21 +155,19 @@ def _generate_batch(model, tokenizer, conv, seqs: list[list[int]], kw: dict, pro
     side = "left" if conv.family == "causal" else "right"
     batch = tokenizer.pad({"input_ids": seqs}, padding_side=side, return_tensors="pt")
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
-    extra = {}
-    if processor is not None:
+    extra, kw = {}, dict(kw)
+    proc = processor(inputs, kw["num_beams"], width, keys) if processor is not None else None
+    procs = [proc] if proc is not None else []
+    if conv.family == "causal":
+        procs += generated_only(kw, width)  # after model averaging's: they penalise the averaged scores
+    if procs:
         from transformers import LogitsProcessorList
 
-        proc = processor(inputs, kw["num_beams"], width, keys)
-        extra["logits_processor"] = LogitsProcessorList([proc])
+        extra["logits_processor"] = LogitsProcessorList(procs)
     extra.update(beam_cache(model, kw["num_beams"]))
     # sampled and diversity-penalised candidates are scored by the model's own distribution (before
     # temperature, top-p or penalties), from the raw logits along each returned sequence's beam path
-    kw = dict(kw)
-    raw = (
-        kw.pop("raw_logprobs", False)
-        or kw.get("do_sample", False)
-        or getattr(extra.get("logits_processor", [None])[0], "penalizes", False)
-    )
+    raw = kw.pop("raw_logprobs", False) or kw.get("do_sample", False) or getattr(proc, "penalizes", False)
     res = model.generate(
         **inputs,
         **kw,

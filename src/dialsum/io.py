@@ -3,6 +3,7 @@ interrupted stage never leaves a half-written file that DVC would cache as good.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -43,7 +44,13 @@ def write_json(path: str | Path, obj) -> Path:
 
 
 def write_csv(path: str | Path, df: pd.DataFrame) -> Path:
-    return write_text(path, df.to_csv(index=False, lineterminator="\n"))
+    # the csv module quotes a field for the line terminator's characters only: a lone carriage return in a text
+    # (kept by data.remove_noise: false) went out bare and read back as a line break, splitting the row in two
+    text = df.select_dtypes(include=["object", "string"])
+    cr = any(text[c].astype(str).str.contains("\r", regex=False).any() for c in text)
+    return write_text(
+        path, df.to_csv(index=False, lineterminator="\n", quoting=csv.QUOTE_ALL if cr else csv.QUOTE_MINIMAL)
+    )
 
 
 @contextmanager
