@@ -65,7 +65,7 @@ def test_overrides_follow_params_key_paths():
     assert tuning.full_key("model.lora.r", "tiny-bart") == "zoo.tiny-bart.lora.r"
 
 
-def test_study_identity(small_data):
+def test_study_identity(small_data, monkeypatch):
     train_df, val_df, _ = small_data
     p = base_params()
     name = tuning.study_name(p, train_df, val_df)
@@ -92,6 +92,12 @@ def test_study_identity(small_data):
     assert tuning.study_name(gen_beams, train_df, val_df) != tuning.study_name(gen, train_df, val_df)  # ...unless tuned
     named = override(p, {"tune.study_name": "mine"})
     assert tuning.study_name(named, train_df, val_df) == "mine"
+    # trials scored by tokens dialsum has since changed (session 28: morpheme) go to a study of their own
+    morpheme = override(p, {"metrics.tokenize": "morpheme"})  # p scores whitespace tokens
+    before = tuning.study_name(morpheme, train_df, val_df)
+    monkeypatch.setitem(tuning.TOKENIZER_REVISION, "morpheme", 99)
+    assert tuning.study_name(morpheme, train_df, val_df) != before
+    assert tuning.study_name(p, train_df, val_df) == name  # whitespace: its tokens did not change
 
 
 def test_storage_specs(tmp_path):

@@ -21,6 +21,7 @@ import optuna
 import pandas as pd
 from transformers import TrainerCallback
 
+from .metrics import TOKENIZER_REVISION
 from .params import PRUNERS, SAMPLERS, Params, ParamsError, for_model, override, typed, written
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,8 @@ def study_name(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame) -> 
         metrics=written(params.metrics),
         zoo=written(params.zoo[t.model]),
     )
+    if revision := TOKENIZER_REVISION.get(params.metrics.tokenize):  # only then: other studies keep their names
+        ident["tokenizer_revision"] = revision
     if any(full_key(k, t.model).startswith("generation.") for k in t.search_space):
         # only then do trials generate with `generation` (else in-training eval settings score them), and
         # only then is it part of the objective; otherwise a beam change would orphan the study
