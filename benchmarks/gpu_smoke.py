@@ -10,7 +10,9 @@ What it runs, each through the library functions the stages call (``training.tra
 2. 4-bit QLoRA + gradient checkpointing on SOLAR and Polyglot-ko replicas at full width, fewer layers;
 3. the same QLoRA recipe in 2 DDP processes (``training.launcher: accelerate``) when 2 GPUs are visible;
 4. the generation's out-of-memory halving, under a memory cap, with the same summaries as uncapped;
-5. the memory check (``dialsum.device.check_memory``) for every 10B zoo entry on this GPU's free memory.
+5. a causal model's ``no_repeat_ngram_size`` and ``repetition_penalty`` on the GPU, on its generated tokens only
+   (``generation.generated_only``): no trigram repeats within a summary, and the summaries may copy the prompt's;
+6. the memory check (``dialsum.device.check_memory``) for every 10B zoo entry on this GPU's free memory.
 On a machine without a CUDA GPU it prints one line and exits 0.
 
 MFU = 6 x parameters x trained tokens / (seconds x the GPU's dense peak for the precision): the convention of
@@ -183,6 +185,41 @@ def oom_case(model_dir: str, entry: dict) -> dict:
     return {"case": "generation OOM halving", "halved": generation._halved, "same_text": texts[:8] == reference}
 
 
+def causal_processors_case(model_dir: str, entry: dict) -> dict:
+    """A causal model's repetition controls on the GPU: they must run on the model's device, keep every summary
+    free of a repeated trigram, and never see the prompt (so copying a phrase of the dialogue stays possible)."""
+    from dialsum import generation
+    from dialsum.params import Generation
+
+    _, dev = sample()
+    s = generation.Summarizer.load(
+        Path(model_dir), entry, Generation(num_beams=2, no_repeat_ngram_size=3, repetition_penalty=1.2)
+    )
+    outputs, generate = [], s.model.generate
+
+    def spy(*args, **kw):  # the generated ids, as generate returns them (the prompt cut off below)
+        res = generate(*args, **kw)
+        outputs.append((kw["input_ids"].shape[1], res.sequences.cpu()))
+        return res
+
+    s.model.generate = spy
+    texts, _ = s(list(dev["dialogue"].head(8)), progress=False)
+    eos, repeated, copied = s.tokenizer.eos_token_id, 0, 0
+    for width, seqs in outputs:
+        for prompt, row in zip(seqs[:, :width].tolist(), seqs[:, width:].tolist()):
+            row = row[: row.index(eos)] if eos in row else row
+            grams = [tuple(row[i : i + 3]) for i in range(len(row) - 2)]
+            repeated += len(grams) - len(set(grams))
+            copied += len(set(grams) & {tuple(prompt[i : i + 3]) for i in range(len(prompt) - 2)})
+    return {
+        "case": "causal no_repeat 3 + repetition penalty 1.2",
+        "device": str(next(s.model.parameters()).device),
+        "summaries": len(texts),
+        "repeated_trigrams": repeated,  # must be 0
+        "trigrams_copied_from_prompt": copied,  # allowed (before session 28 always 0)
+    }
+
+
 def memory_case() -> list[dict]:
     from dialsum import device, memory
     from dialsum.params import ParamsError, for_model, load
@@ -328,6 +365,7 @@ def main() -> int:
     }
     auto = "auto"
     rows.append(train_case("qlora-solar-4-layers", "solar-replica", solar, work, 64, auto, batch_size=4))
+    rows.append(causal_processors_case(rows[-1]["model_dir"], solar))
     rows.append(train_case("qlora-polyglot-2-layers", "polyglot-replica", polyglot, work, 64, auto, batch_size=4))
     if dev.n_gpu >= 2 or a.dry_run:  # a dry run: gloo on the CPU
         rows.append(ddp_case(work, solar))
