@@ -45,6 +45,7 @@ PEAKS = {
     "A100": (312, 156),
     "A10": (125, 62),
     "L40S": (362, 183),
+    "L40": (181, 90),
     "L4": (121, 60),
     "RTX 4090": (165, 83),
     "RTX 3090": (71, 36),
@@ -63,7 +64,13 @@ def _peak_gib() -> float | None:
 
 
 def peak_flops(name: str, precision: str) -> float | None:
-    for key, (half, tf32) in PEAKS.items():
+    """The dense peak for ``precision`` (``auto``: what the run resolved it to, as ``device.precision`` does); the
+    longest matching key first, so an L40 is not read as an L4."""
+    if precision == "auto":
+        from dialsum import device
+
+        precision = next(iter(device.precision("auto", device.Device.probe())), "no")
+    for key, (half, tf32) in sorted(PEAKS.items(), key=lambda kv: -len(kv[0])):
         if key in name:
             return 1e12 * (half if precision in ("bf16", "fp16") else tf32)
     return None
@@ -171,6 +178,7 @@ def oom_case(model_dir: str, entry: dict) -> dict:
 
     _, dev = sample()
     dialogues = list(dev["dialogue"]) * 4
+    generation._halved = False  # set by this case only, not by an earlier one
     gen = Generation(num_beams=8, batch_size=len(dialogues), batch_tokens=None)
     s = generation.Summarizer.load(Path(model_dir), entry, gen)
     free, total = torch.cuda.mem_get_info()
@@ -221,8 +229,14 @@ def causal_processors_case(model_dir: str, entry: dict) -> dict:
 
 
 def memory_case() -> list[dict]:
+    import gc
+
     from dialsum import device, memory
     from dialsum.params import ParamsError, for_model, load
+
+    gc.collect()  # the earlier cases' models: their cached blocks would read as used memory
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
     params = load(ROOT / "params.yaml")
     dev = device.Device.probe()

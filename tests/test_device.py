@@ -148,7 +148,7 @@ def _meta(entry: ZooEntry):
     return model
 
 
-BIG = ("solar-10.7b", "polyglot-ko-12.8b", "kullm-v2", "koalpaca", "ldcc-solar")
+BIG = ("solar-10_7b", "polyglot-ko-12_8b", "kullm-v2", "koalpaca", "ldcc-solar")
 
 
 def _card_24gb(entry: ZooEntry) -> Device:
@@ -165,7 +165,7 @@ def test_memory_check_stops_with_settings_that_fit():
     """Finding 8: the 10B entries inherited batch 16 / eval batch 64; the fp32 logits of one evaluation batch
     alone (~19 GB for SOLAR) overflow a 24 GB card at the first evaluation."""
     params = load(ROOT / "params.yaml")
-    entry = params.zoo["solar-10.7b"]
+    entry = params.zoo["solar-10_7b"]
     card = _card_24gb(entry)
     old = params.training  # the run-wide defaults the entries used to inherit
     assert (old.batch_size, old.eval_batch_size) == (16, 64)
@@ -185,6 +185,57 @@ def test_memory_check_stops_with_settings_that_fit():
     )
     device.check_memory(_meta(entry), entry, suggested, card)  # what it suggests fits
     device.check_memory(_meta(entry), entry, old, CPU)  # no GPU: nothing to check
+
+
+def test_memory_check_counts_weights_the_trainer_has_yet_to_move():
+    """An unquantized model loads on the CPU and the Trainer moves it to the GPU after the check: SOLAR in 16 bits
+    (20 GiB) with LoRA passed on an empty 24 GB card, as if its weights took no room."""
+    params = load(ROOT / "params.yaml")
+    entry = params.zoo["solar-10_7b"].model_copy(update={"quantization": "none"})
+    tcfg = for_model(params, "solar-10_7b").training
+    card = Device(n_gpu=1, name="RTX 4090", capability=(8, 9), total_bytes=24 * GiB, free_bytes=23 * GiB)
+    meta = _meta(entry)
+    device.check_memory(meta, entry, tcfg, card)  # on the meta device: placed nowhere yet, nothing pending
+    on_cpu = meta.to_empty(device="cpu").half()  # storage not written: only the sizes matter
+    with pytest.raises(ParamsError, match=r"23\.0 GiB free before 20\.0 GiB of weights move there: .*quantization"):
+        device.check_memory(on_cpu, entry, tcfg, card)
+    roomy = Device(n_gpu=1, name="H100", capability=(9, 0), total_bytes=80 * GiB, free_bytes=79 * GiB)
+    device.check_memory(on_cpu, entry, tcfg, roomy)
+
+
+def test_a_launched_worker_never_launches_again(monkeypatch):
+    """accelerate's one-process launcher sets no LOCAL_RANK: a num_processes: 1 worker relaunched itself forever."""
+    from dialsum import training
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv(training.LAUNCHED, raising=False)
+    one = Training(launcher="accelerate", num_processes=1)
+    assert training.launch_command(one, ["stages/train.py"]) is not None  # the parent launches
+    calls = []
+    monkeypatch.setattr(device, "check_launch", lambda *a: None)
+    monkeypatch.setattr(subprocess, "run", lambda cmd, env: calls.append(env) or SimpleNamespace(returncode=0))
+    params = SimpleNamespace(training=one, zoo={"m": None})
+    assert training.relaunch(params, "m", ["stages/train.py"]) is True
+    assert calls[0][training.LAUNCHED] == "1"
+    monkeypatch.setenv(training.LAUNCHED, "1")  # the worker, as accelerate starts it: no LOCAL_RANK
+    assert training.launch_command(one, ["stages/train.py"]) is None
+
+
+def test_the_launching_parent_asks_the_gpu_nothing_that_holds_memory(monkeypatch):
+    """mem_get_info creates a CUDA context (a few hundred MB on GPU 0) in a parent that only waits."""
+    from dialsum import training
+
+    asked = []
+    props = SimpleNamespace(name="A100", major=8, minor=0, total_memory=80 * GiB)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: asked.append(i) or (70 * GiB, 80 * GiB))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv(training.LAUNCHED, raising=False)
+    cmd = training.launch_command(Training(launcher="accelerate", num_processes=2), ["stages/train.py"])
+    assert cmd[cmd.index("--mixed_precision") + 1] == "bf16" and asked == []
+    assert Device.probe().free_bytes == 70 * GiB and asked == [0]  # a training process still measures
 
 
 @pytest.mark.parametrize("name", BIG)
@@ -213,10 +264,11 @@ def test_qlora_merge_frees_the_training_model_before_loading_the_base(monkeypatc
     trained = Trained()
     alive = weakref.ref(trained)
 
-    def load(adapter, entry):
+    def load(adapter, entry, gpu=True):
         gc.collect()
         events.append("base loaded, training model " + ("alive" if alive() else "gone"))
         assert entry.quantization == "none"
+        assert gpu is False  # the 16-bit base of a 13B model is more than a 24 GB card: the merge runs on the CPU
         return Merged(), None, "causal"
 
     monkeypatch.setattr(models, "load_for_inference", load)
@@ -286,10 +338,10 @@ def test_train_frees_the_qlora_model_before_the_merge_loads_the_base(monkeypatch
         seen["model"] = weakref.ref(trainer.model)
         real_release(trainer)
 
-    def load_base(adapter, e):
+    def load_base(adapter, e, **kw):
         gc.collect()
         seen["alive at base load"] = seen["model"]() is not None
-        return real_load(adapter, e)
+        return real_load(adapter, e, **kw)
 
     monkeypatch.setattr(training, "_release", release)
     monkeypatch.setattr(models, "load_for_inference", load_base)

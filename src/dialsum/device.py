@@ -58,14 +58,16 @@ class Device:
         return self.local_rank if self.world_size > 1 else 0
 
     @classmethod
-    def probe(cls) -> "Device":
+    def probe(cls, memory: bool = True) -> "Device":
+        """This process's facts. ``memory`` False: no free-memory query (``free_bytes`` 0), which would create a
+        CUDA context on the GPU, a few hundred MB a process that does not compute there holds for nothing."""
         local_rank, world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         if not torch.cuda.is_available():
             return cls(local_rank=local_rank, world_size=world)
         n = torch.cuda.device_count()
         idx = local_rank if world > 1 else 0
         props = torch.cuda.get_device_properties(idx)
-        free, total = torch.cuda.mem_get_info(idx)
+        free, total = torch.cuda.mem_get_info(idx) if memory else (0, props.total_memory)
         return cls(n, props.name, (props.major, props.minor), total, free, local_rank, world)
 
     def describe(self) -> str:
@@ -198,24 +200,32 @@ def activation_need(config, entry: ZooEntry, tcfg: Training) -> dict:
 
 
 def check_memory(model, entry: ZooEntry, tcfg: Training, dev: Device) -> None:
-    """Stop before training when a step or an evaluation would not fit the GPU's free memory (measured after the
-    weights loaded), naming the batch sizes that would: an out-of-memory error would otherwise come at the
-    first step, or at the first evaluation hours in. AdamW's state, created later, is counted too."""
+    """Stop before training when a step or an evaluation would not fit the GPU's free memory, naming the batch
+    sizes that would: an out-of-memory error would otherwise come at the first step, or at the first evaluation
+    hours in. AdamW's state, created later, is counted too, and so are weights still on the CPU (an unquantized
+    model, which the Trainer moves to the GPU after this check; a k-bit model is placed there as it loads)."""
     if not dev.cuda:
         return
     need = activation_need(model.config, entry, tcfg)
     optimizer = ADAM_BYTES * sum(p.numel() for p in model.parameters() if p.requires_grad)
-    room = 0.9 * dev.free_bytes - optimizer  # 10 %: the allocator's fragmentation and CUDA's own workspaces
+    # an unquantized model loads on the CPU and the Trainer moves it later: its weights are not yet in free_bytes
+    pending = sum(
+        t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()] if t.device.type == "cpu"
+    )
+    room = 0.9 * dev.free_bytes - optimizer - pending  # 10 %: the allocator's fragmentation, CUDA's workspaces
     if max(need.values()) <= room:
         return
     fits = suggest(model.config, entry, tcfg, room)
     raise ParamsError(
         f"params.yaml: training would need ~{need['train'] / GiB:.1f} GiB per step and ~{need['eval'] / GiB:.1f} GiB "
-        f"per evaluation batch beyond the weights, and {dev.describe()} has {dev.free_bytes / GiB:.1f} GiB free: "
+        f"per evaluation batch beyond the weights, and {dev.describe()} has {dev.free_bytes / GiB:.1f} GiB free"
+        + (f" before {pending / GiB:.1f} GiB of weights move there" if pending >= GiB / 10 else "")
+        + ": "
         + (
             f"set {fits} (the same effective batch)"
             if fits
             else "even batch size 1 does not fit; shorten max_source_len"
+            + (" or load the weights in 4 bits (zoo.<model>.quantization: 4bit)" if pending >= GiB else "")
         )
     )
 

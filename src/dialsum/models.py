@@ -465,14 +465,17 @@ def save_trained(model, tokenizer, out_dir: Path, entry: ZooEntry | dict, state_
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                model, _, _ = load_for_inference(adapter, entry.model_copy(update={"quantization": "none"}))
+                # on the CPU: the 16-bit base of a 10-13B model is 20-26 GB, more than the 24 GB card QLoRA
+                # trained on has, and an out-of-memory error here would come after the whole training
+                model, _, _ = load_for_inference(adapter, entry.model_copy(update={"quantization": "none"}), gpu=False)
         model = model.merge_and_unload()
     model.save_pretrained(out_dir, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
     save_tokenizer(tokenizer, out_dir)
 
 
-def load_for_inference(model_dir: Path, entry: ZooEntry | dict | None = None):
-    """(model, tokenizer, family) from a trained folder: full weights or a LoRA adapter."""
+def load_for_inference(model_dir: Path, entry: ZooEntry | dict | None = None, gpu: bool = True):
+    """(model, tokenizer, family) from a trained folder: full weights or a LoRA adapter; on this process's GPU
+    when there is one, unless ``gpu`` is False (the QLoRA merge)."""
     from transformers import AutoConfig, AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -493,7 +496,7 @@ def load_for_inference(model_dir: Path, entry: ZooEntry | dict | None = None):
                 "seq2seq" if AutoConfig.from_pretrained(base, trust_remote_code=trust).is_encoder_decoder else "causal"
             )
         )
-        kwargs = dict(trust_remote_code=trust, **_on_gpu())
+        kwargs = dict(trust_remote_code=trust, **(_on_gpu() if gpu else {}))
         qconf = quantization_config(entry) if entry else None
         if qconf is not None:
             kwargs.update(quantization_config=qconf, dtype=compute_dtype())
@@ -505,7 +508,7 @@ def load_for_inference(model_dir: Path, entry: ZooEntry | dict | None = None):
     else:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust)
         family = "seq2seq" if config.is_encoder_decoder else "causal"
-        model = auto_classes(family).from_pretrained(model_dir, trust_remote_code=trust, **_on_gpu())
+        model = auto_classes(family).from_pretrained(model_dir, trust_remote_code=trust, **(_on_gpu() if gpu else {}))
     sync_generation_ids(model, tokenizer)
     model.eval()
     return model, tokenizer, family

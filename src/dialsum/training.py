@@ -37,12 +37,17 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+LAUNCHED = "DIALSUM_LAUNCHED"  # set in the workers' environment by relaunch
+
+
 def launch_command(tcfg: dict | Training, script_args: list[str]) -> list[str] | None:
     """The ``accelerate launch`` command line that re-runs the train stage in ``training.num_processes``
     processes (DDP: NCCL on GPUs, gloo on CPU; FSDP/DeepSpeed through ``training.accelerate_config``), or
     None when this process trains itself (``launcher: python``, or already a launched worker)."""
     tcfg = section(Training, tcfg, "training")
-    if tcfg.launcher != "accelerate" or "LOCAL_RANK" in os.environ:
+    # LOCAL_RANK alone cannot tell a worker: accelerate's one-process launcher sets none, so a worker of
+    # num_processes: 1 relaunched itself without end
+    if tcfg.launcher != "accelerate" or "LOCAL_RANK" in os.environ or os.environ.get(LAUNCHED) == "1":
         return None
     import socket
     import sys
@@ -51,7 +56,8 @@ def launch_command(tcfg: dict | Training, script_args: list[str]) -> list[str] |
     with socket.socket() as sock:  # a free rendezvous port, so parallel stages never collide
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    precision = next(iter(device.precision(tcfg.mixed_precision, device.Device.probe())), "no")
+    # no memory query: it would hold a CUDA context on GPU 0 in this parent, which only waits for the workers
+    precision = next(iter(device.precision(tcfg.mixed_precision, device.Device.probe(memory=False))), "no")
     cmd = [
         sys.executable,
         "-m",
@@ -86,7 +92,7 @@ def relaunch(params: Params, model: str, script_args: list[str]) -> bool:
     if cmd is None:
         return False
     log.info("launching %d processes: %s", tcfg.num_processes, " ".join(cmd))
-    rc = subprocess.run(cmd).returncode
+    rc = subprocess.run(cmd, env={**os.environ, LAUNCHED: "1"}).returncode
     if rc:
         raise SystemExit(f"error: accelerate launch exited with {rc} (see logs/ of each rank)")
     return True
