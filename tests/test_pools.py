@@ -290,6 +290,68 @@ def test_fold_full_only_learns_on_dev_cross_fitted_and_says_so():
     assert info["auto"]["chosen_on"].startswith("dev (no out-of-fold rows")
 
 
+def test_auto_compares_a_fold_model_with_a_combined_option_on_the_fold_models_own_rows():
+    """Out of fold, fold 1's rows are easy and fold 0's hard. Every fold model loses to the vote of three models on
+    its own rows, yet `a/1`'s score on the easy rows alone (2.25) is above the vote's on all rows: ranked that
+    way, auto took `single:a/1` (the default run: `tiny-bart/1` over `stacking`, -.019 on dev)."""
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi".split()
+    ref = {f"d{i}": " ".join(words[i : i + 10]) for i in range(8)}
+    junk = "nothing to see here today"
+
+    def text(model: str, f: str) -> str:
+        i = int(f[1:])
+        wrong = "cabcccba"[i]  # on each row two of three agree, and the third writes junk
+        if i < 4:  # fold 0: hard, no model gets more than the first three words
+            return junk if model == wrong else " ".join(ref[f].split()[:3])
+        return junk if model == wrong else ref[f]  # fold 1: easy
+
+    def rows(fnames, folds):
+        return pd.DataFrame(
+            [
+                {
+                    "fname": f,
+                    "model": m,
+                    "source": f"{m}/{fold}",
+                    "view": "orig",
+                    "candidate": 0,
+                    "summary": text(m, f),
+                    "logprob": -1.0,
+                }
+                for f in fnames
+                for m in "abc"
+                for fold in folds
+            ]
+        )
+
+    oof = pd.concat([rows(["d0", "d1", "d2", "d3"], [0]), rows(["d4", "d5", "d6", "d7"], [1])])
+    dev = rows(["d4", "d5", "d6", "d7"], [0, 1])
+    refs = {f: [t] for f, t in ref.items()}
+    scorer = Scorer("whitespace")
+    oof_groups = E.build_groups(oof, TOK, list(dict.fromkeys(oof["fname"])))
+    dev_groups = E.build_groups(dev, TOK, list(dict.fromkeys(dev["fname"])))
+    out, info = E.combine(
+        "auto",
+        {"crossfit_folds": 2},
+        ["a", "b", "c"],
+        {"dev": dev_groups},
+        oof_groups,
+        refs,
+        "oof",
+        {},
+        scorer,
+        0,
+        dev_refs=refs,
+    )
+    auto = info["auto"]
+    table, paired = auto["rouge_sum_by_option"], auto["paired_rouge_sum_by_option"]
+    assert table["single:a/1"] == pytest.approx(2.25) and table["single:a/1"] > table["majority_vote"]  # the trap
+    assert auto["paired_against"] == "majority_vote" and auto["chosen"] == "majority_vote"
+    assert paired["single:a/1"] == pytest.approx(table["majority_vote"] - 0.75)  # a/1 is .75 behind on its rows
+    assert all(paired[o] < paired["majority_vote"] for o in paired if o.startswith("single:"))
+    dev_sum = scorer.score(list(out["dev"]["summary"]), [refs[f] for f in out["dev"]["fname"]])["rouge_sum"]
+    assert dev_sum == pytest.approx(3.0) and dev_sum > auto["dev_rouge_sum_by_option"]["single:a/1"]
+
+
 def test_auto_chooses_among_fold_models_by_their_own_out_of_fold_rows():
     """Issue 34: out of fold a dialogue has one candidate per model, on dev one per model x fold. With one good
     fold model and one poor one (whose candidates have the higher log-prob, so a vote between the two picks
