@@ -207,7 +207,7 @@ def test_fast_similarity_equals_rouge_score_arithmetic():
             ti, tj = tok.tokenize(texts[i]), tok.tokenize(texts[j])
             want = (
                 1.0
-                if texts[i] == texts[j]
+                if i == j or (texts[i] == texts[j] and ti)
                 else (
                     ngram_f1(ngram_counts(ti, 1), ngram_counts(tj, 1))
                     + ngram_f1(ngram_counts(ti, 2), ngram_counts(tj, 2))
@@ -217,7 +217,16 @@ def test_fast_similarity_equals_rouge_score_arithmetic():
             assert abs(sim[i, j] - want) < 1e-12
 
 
+def test_a_vote_never_prefers_two_empty_summaries_to_two_that_agree():
+    pool = ["", "", "철수 가 내일 병원 에 간다", "철수 가 오늘 병원 에 간다"]
+    sim = E.similarity_matrix(pool, CachedTokenizer("whitespace"))
+    assert sim[0, 1] == 0.0 and sim[0, 0] == 1.0
+    assert int(np.argmax(E.weighted_consensus(sim, np.ones(4)))) in (2, 3)
+
+
 def test_load_candidates_reads_every_source_and_keeps_empty_summaries(tmp_path):
+    from dialsum.data import DataError
+
     # what the predict stage leaves behind for 2 models x 2 folds; one file predates the view column
     params = stand_in_params(["a", "b"], folds=[0, 1])
     for m in ("a", "b"):
@@ -238,6 +247,14 @@ def test_load_candidates_reads_every_source_and_keeps_empty_summaries(tmp_path):
     assert set(cands["oof"]["view"]) == {"orig"} and set(cands["oof"]["summary"]) == {"NA"}
     assert list(cands["oof"]["model"]) == ["a", "a", "b", "b"]
     assert E.oof_rouge(scored) == {"a/0": 0.1, "a/1": 0.2}  # sources without OOF rows get no OOF weight
+    E.load_candidates(params, ("dev",), tmp_path, {"dev": ["x"]})
+    # a file that lost a dialogue, or repeats one, is refused by name (it was voted on as it was)
+    with pytest.raises(DataError, match=r"predictions/a/0/dev.csv: no summary for fname y \(1 of 2 dialogues"):
+        E.load_candidates(params, ("dev",), tmp_path, {"dev": ["x", "y"]})
+    twice = tmp_path / "predictions/b/1/dev.csv"
+    pd.read_csv(twice).pipe(lambda df: pd.concat([df, df.head(1)])).to_csv(twice, index=False)
+    with pytest.raises(DataError, match=r"predictions/b/1/dev.csv: fname x has 2 original summaries"):
+        E.load_candidates(params, ("dev",), tmp_path, {"dev": ["x"]})
 
 
 def test_numeric_looking_fnames_stay_text(tmp_path):
@@ -267,3 +284,23 @@ def test_the_registry_is_the_strategy_choices():
         "blending",
     ]
     assert E.options(["a", "b"], groups[:1], False) == ["single:a/0", "single:b/0", "majority_vote"]
+
+
+def test_weighted_avg_weighs_fold_full_like_the_fold_models_not_at_one(tmp_path):
+    """Fold `full` has no out-of-fold score: its weight was 1 against ~2.8 for each fold model's rouge_sum."""
+    for fold, oof in ((0, {"rouge_sum": 2.6}), (1, {"rouge_sum": 3.0}), ("full", None)):
+        path = tmp_path / f"metrics/predict/m-{fold}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"oof": oof}))
+    params = stand_in_params(
+        ["m"], folds=(0, 1, "full"), cv={"folds": [0, 1, "full"], "n_splits": 2}, ensemble={"strategy": "weighted_avg"}
+    )
+    assert E.fold_weights(params, "m", [0, 1, "full"], tmp_path) == pytest.approx([2.6, 3.0, 2.8])
+    given = stand_in_params(
+        ["m"],
+        cv={"folds": [0, 1, "full"], "n_splits": 2},
+        ensemble={"strategy": "weighted_avg", "weights": {"m/full": 5.0}},
+    )
+    assert E.fold_weights(given, "m", [0, 1, "full"], tmp_path) == pytest.approx([2.6, 3.0, 5.0])
+    alone = stand_in_params(["m"], cv={"folds": ["full"]}, ensemble={"strategy": "weighted_avg"})
+    assert E.fold_weights(alone, "m", ["full"], tmp_path) == [1.0]

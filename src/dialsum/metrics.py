@@ -235,7 +235,7 @@ def _overlap(a: dict, b: dict) -> int:
 
 
 def similarity_matrix(texts: Sequence[str], tokenizer: CachedTokenizer) -> np.ndarray:
-    """Pairwise mean of ROUGE-1 and ROUGE-2 F1 (1 on the diagonal).
+    """Pairwise mean of ROUGE-1 and ROUGE-2 F1 (1 on the diagonal; 0 between two texts without a token).
 
     F1 = 2 * overlap / (|a| + |b|) on clipped n-gram counts (rouge-score's definition); each distinct text
     is counted once and duplicates share its row.
@@ -257,6 +257,11 @@ def similarity_matrix(texts: Sequence[str], tokenizer: CachedTokenizer) -> np.nd
             f2 = 2 * _overlap(a2, b2) / (n2 + k2) if n2 + k2 else 0.0
             u[i, j] = u[j, i] = (f1 + f2) / 2
     sim = u[np.ix_(index, index)]
+    # two texts without a token share nothing (ROUGE gives them 0): as duplicates they agreed fully, and a vote
+    # among a pool with two empty summaries chose an empty one
+    empty = [i for i, k in enumerate(index) if grams[k][1] == 0]
+    sim[empty, :] = 0.0
+    sim[:, empty] = 0.0
     np.fill_diagonal(sim, 1.0)
     return sim
 

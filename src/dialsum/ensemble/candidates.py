@@ -27,10 +27,29 @@ def read_candidates(path) -> pd.DataFrame:
     return df if "candidate" in df else df.assign(candidate=0)
 
 
-def load_candidates(params: Params | dict, splits: Sequence[str], root: Path = Path(".")) -> tuple[dict, dict]:
+def check_rows(df: pd.DataFrame, path, want: Sequence[str] | None) -> None:
+    """One original-view summary (candidate 0) per dialogue, and, with ``want``, one for each of those fnames: a
+    file that lost or repeated rows would otherwise be read as it is (a missing dialogue silently voted on, a
+    repeated one voted twice)."""
+    from ..data import DataError
+
+    orig = df[(df["view"] == "orig") & (df["candidate"] == 0)]["fname"]
+    if orig.duplicated().any():
+        fname = orig[orig.duplicated()].iloc[0]
+        raise DataError(f"{path}: fname {fname} has {int((orig == fname).sum())} original summaries; re-run predict")
+    if want is not None and (missing := [f for f in want if f not in set(orig)]):
+        raise DataError(
+            f"{path}: no summary for fname {missing[0]} ({len(missing)} of {len(want)} dialogues missing); re-run predict"
+        )
+
+
+def load_candidates(
+    params: Params | dict, splits: Sequence[str], root: Path = Path("."), expected: dict | None = None
+) -> tuple[dict, dict]:
     """What the predict stage wrote for every model x fold of ``params``: ``{split: candidates}`` (every view,
     with ``source`` = "model/fold" and ``model`` columns) for each of ``splits`` (oof, dev, test), and
-    ``{source: predict metrics}`` (dev scores and, for CV folds, ``oof``)."""
+    ``{source: predict metrics}`` (dev scores and, for CV folds, ``oof``). Each file has one original summary per
+    dialogue, and one for every fname of ``expected[split]`` (:func:`check_rows`), or a one-line DataError."""
     params = typed(params)
     cands: dict = {s: [] for s in splits}
     scored = {}
@@ -38,7 +57,10 @@ def load_candidates(params: Params | dict, splits: Sequence[str], root: Path = P
         for f in params.cv.folds:
             src = f"{m}/{f}"
             for s in splits:
-                cands[s].append(read_candidates(root / paths.predictions(src, s)).assign(source=src, model=m))
+                path = root / paths.predictions(src, s)
+                df = read_candidates(path)
+                check_rows(df, path, (expected or {}).get(s))
+                cands[s].append(df.assign(source=src, model=m))
             scored[src] = json.loads((root / paths.predict_metrics(m, f)).read_text())
     return {s: pd.concat(v, ignore_index=True) for s, v in cands.items()}, scored
 

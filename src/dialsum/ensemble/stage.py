@@ -40,7 +40,8 @@ def run(params: Params | dict, root: Path = Path(".")) -> tuple[dict[str, pd.Dat
     d = load_processed(root / paths.PROCESSED)
     scorer = Scorer.from_params(params)
     refs = references(d["dev"])
-    cands, scored = load_candidates(params, ("oof", "dev", "test"), root)
+    expected = {s: list(d[s]["fname"]) for s in ("dev", "test")}
+    cands, scored = load_candidates(params, ("oof", "dev", "test"), root, expected)
     # predict@ scored the original view on dev and on its OOF rows with these same metrics settings
     sources = {src: _scores(m) for src, m in scored.items()}
     oof_scores = oof_rouge(scored)
