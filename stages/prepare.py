@@ -15,7 +15,7 @@ def main():
     frames = {s: data.read_csv(getattr(d, s), s, d.on_invalid) for s in ("train", "dev", "test")}
     n = params.debug.subsample
     for split, df in frames.items():
-        df = data.clean_frame(df, d.clean)
+        df = data.check_cleaned(data.clean_frame(df, d.clean), getattr(d, split), split, d.on_invalid)
         if n:
             if split == "test" and len(df) > n:  # the submission is then short of rows: say so where it is made
                 log.warning(

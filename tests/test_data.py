@@ -38,6 +38,7 @@ def test_reads_good_file(tmp_path):
         ("", "train", "file is empty"),
         ("fname,dialogue,summary\na,hi, you,x\nb,e, f,y\n", "train", "row 1: 4 fields but the header has 3"),
         ("fname,dialogue\na,d\n", "dev", "missing column summary"),
+        ("fname,dialogue,summary_ko\na,d,x\n", "dev", "missing column summary"),  # not summary1..K
     ],
 )
 def test_bad_input_one_line_error(tmp_path, text, split, needle):
@@ -45,6 +46,21 @@ def test_bad_input_one_line_error(tmp_path, text, split, needle):
         read_csv(write(tmp_path, text), split)
     msg = str(e.value)
     assert needle in msg and "train.csv" in msg and "\n" not in msg
+
+
+def test_a_cell_that_cleaning_empties_is_refused_by_row_or_dropped(tmp_path):
+    from dialsum.data import check_cleaned, clean_frame
+
+    path = write(tmp_path, "fname,dialogue,summary\na,#Person1#: hi,<br>\nb,#Person1#: yo,fine\n")
+    cleaned = clean_frame(read_csv(path, "dev"), {})  # passes as raw text: "<br>" is not blank
+    assert cleaned.at[0, "summary"] == ""
+    with pytest.raises(DataError, match=r"train.csv: row 1, column summary: empty after cleaning$"):
+        check_cleaned(cleaned, path, "dev", "error")
+    assert list(check_cleaned(cleaned, path, "dev", "drop")["fname"]) == ["b"]
+    multi = pd.DataFrame({"fname": ["a"], "dialogue": ["d"], "summary1": [""], "summary2": ["x"]})
+    assert len(check_cleaned(multi, path, "dev", "error")) == 1  # one reference of several is enough
+    test = pd.DataFrame({"fname": ["a"], "dialogue": [""]})
+    assert len(check_cleaned(test, path, "test", "error")) == 1  # a test row is never dropped
 
 
 def test_binary_garbage(tmp_path):

@@ -145,6 +145,22 @@ def test_cli_score_refuses_missing_fnames(tmp_path, capsys):
     assert "2 fname(s) missing in predictions" in err and "'b'" in err
 
 
+@pytest.mark.parametrize(
+    "refs, needle",
+    [
+        ({"fname": ["a", "b"], "summary": ["x", " "]}, "r.csv: fname 'b' has no reference summary"),
+        ({"fname": ["a", "b", "b"], "summary": ["x", "y", "z"]}, "r.csv: duplicate fname 'b'"),
+    ],
+)
+def test_cli_score_names_the_reference_row_it_cannot_score(tmp_path, capsys, refs, needle):
+    """Both were tracebacks (a ValueError from the scorer, a count mismatch) rather than one line."""
+    pd.DataFrame({"fname": ["a", "b"], "summary": ["x", "y"]}).to_csv(tmp_path / "p.csv", index=False)
+    pd.DataFrame(refs).to_csv(tmp_path / "r.csv", index=False)
+    assert main(["score", str(tmp_path / "p.csv"), str(tmp_path / "r.csv")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+
+
 # --- metrics.rouge: rouge, the DialogSum-ko leaderboard's package ------------------------------------------
 
 

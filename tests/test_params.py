@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -33,6 +34,20 @@ def test_repo_params_are_valid(root):
         (lambda p: p["zoo"]["tiny-llama"].update(freeze_encoder=True), "zoo.tiny-llama.freeze_encoder"),
         (lambda p: p["zoo"]["tiny-bart"].update(training={"epoch": 3}), "zoo.tiny-bart.training.epoch"),
         (lambda p: p["zoo"]["tiny-bart"].update(training={"epochs": "many"}), "zoo.tiny-bart.training.epochs"),
+        # DVC cannot find zoo.solar-10.7b (it splits at the dot) and -S cannot parse it: renamed solar-10_7b
+        (lambda p: p["zoo"].update({"solar-10.7b": p["zoo"].pop("solar-10_7b")}), "now solar-10_7b"),
+        (lambda p: p["zoo"].update({"7b": p["zoo"]["tiny-bart"]}), "zoo.7b is not a zoo name"),
+        (lambda p: p["ensemble"].update(weights={"tiny-brat": 5.0}), "ensemble.weights.tiny-brat"),  # a typo
+        (lambda p: p["ensemble"].update(weights={"tiny-bart/0": -1.0}), "ensemble.weights.tiny-bart/0"),
+        (lambda p: p["ensemble"].update(weights={"tiny-bart": float("inf")}), "ensemble.weights.tiny-bart"),
+        (lambda p: p["ensemble"].update(weights={"tiny-bart": 0.0, "tiny-llama": 0}), "ensemble.weights are all 0"),
+        (lambda p: p["generation"].update(do_sample=True, temperature=0.0), "generation.temperature"),
+        (lambda p: p["generation"].update(repetition_penalty=0.0), "generation.repetition_penalty"),
+        (lambda p: p["cv"].update(seed=2**33), "cv.seed"),  # numpy refused it in prepare, as a traceback
+        (lambda p: p["tune"].update(n_jobs=0), "tune.n_jobs"),
+        (lambda p: p.update(models=["tiny-bart", "tiny-bart"]), "models[1] = 'tiny-bart' is listed twice"),
+        (lambda p: p["cv"].update(folds=[0, 1, 0]), "cv.folds[2] = 0 is listed twice"),
+        (lambda p: p["data"]["augmentation"].update(strategies=["reorder"], factor=0), "data.augmentation.factor"),
     ],
 )
 def test_bad_params_name_the_key(params, edit, needle):
@@ -42,6 +57,11 @@ def test_bad_params_name_the_key(params, edit, needle):
         validate(bad)
     assert needle in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_weights_by_model_fold_and_average_are_accepted(params):
+    params["ensemble"]["weights"] = {"tiny-bart": 2.0, "tiny-llama/1": 0.0, "tiny-bart/avg": 1}
+    validate(params)
 
 
 def test_zoo_training_overrides_only_its_model(params):
@@ -249,7 +269,7 @@ def test_defaults_live_in_the_typed_config():
     # by default each model writes up to what it was trained to: its max_target_len + 1, not a global cap
     assert generation.generation_kwargs({}, 128)["max_new_tokens"] == new_tokens({}, 128) == 129
     assert generation.generation_kwargs({"max_new_tokens": 40}, 128)["max_new_tokens"] == 40
-    assert report._limit(p, "m/0") == 17
+    assert report._limits(p, Path("/nonexistent"), "m", ["d1", "d2"]) == [17, 17]  # no decoding choice there
     s = Scorer.from_params(minimal)
     assert (s.tokenizer.mode, s.multi_ref, s.remove_tokens) == (
         Metrics().tokenize,

@@ -57,9 +57,9 @@ def test_overrides_follow_params_key_paths():
     p = base_params()
     # a zoo name with a dot, and a null lora block that becomes a mapping
     out = tuning.apply_overrides(
-        p, {"zoo.solar-10.7b.lora.r": 64, "zoo.tiny-bart.lora.r": 8, "training.learning_rate": 0.01}
+        p, {"zoo.solar-10_7b.lora.r": 64, "zoo.tiny-bart.lora.r": 8, "training.learning_rate": 0.01}
     )
-    assert out.zoo["solar-10.7b"].lora.r == 64 and out.zoo["solar-10.7b"].lora.alpha == 32
+    assert out.zoo["solar-10_7b"].lora.r == 64 and out.zoo["solar-10_7b"].lora.alpha == 32
     assert out.zoo["tiny-bart"].lora.model_dump(exclude_unset=True) == {"r": 8}
     assert out.training.learning_rate == 0.01 and p.training.learning_rate is None
     assert tuning.full_key("model.lora.r", "tiny-bart") == "zoo.tiny-bart.lora.r"

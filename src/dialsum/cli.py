@@ -34,10 +34,13 @@ def cmd_score(a) -> int:
             raise DataError(
                 f"{side}: {len(names)} fname(s) missing {where}, e.g. {names[0]!r}; refusing to score a partial set"
             )
-        if pred["fname"].duplicated().any():
-            raise DataError(f"{a.pred}: duplicate fname {pred['fname'][pred['fname'].duplicated()].iloc[0]!r}")
+        for path, df in ((a.pred, pred), (a.ref, ref)):
+            if df["fname"].duplicated().any():
+                raise DataError(f"{path}: duplicate fname {df['fname'][df['fname'].duplicated()].iloc[0]!r}")
         ref = ref.set_index("fname").loc[list(pred["fname"])].reset_index()
         refs = references(ref)
+        if blank := [f for f, r in zip(ref["fname"], refs) if not any(t.strip() for t in r)]:
+            raise DataError(f"{a.ref}: fname {blank[0]!r} has no reference summary ({len(blank)} such rows)")
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -76,7 +79,7 @@ def cmd_summarize(a) -> int:
     from .data import DataError, clean_text, read_csv
     from .io import write_csv
     from .metrics import CachedTokenizer
-    from .params import Generation, Metrics, load
+    from .params import Generation, Metrics, ParamsError, load
 
     try:
         df = read_csv(a.input, "test")
@@ -111,7 +114,11 @@ def cmd_summarize(a) -> int:
     if not Path(a.model).exists():
         print(f"error: {a.model}: no such model folder", file=sys.stderr)
         return 2
-    params = load(a.params) if Path(a.params).exists() else None
+    try:
+        params = load(a.params) if Path(a.params).exists() else None
+    except ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     gen = params.generation if params else Generation()
     if a.num_beams:
         gen = gen.model_copy(update={"num_beams": a.num_beams})

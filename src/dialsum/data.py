@@ -80,7 +80,8 @@ def read_csv(path: str | Path, split: str, on_invalid: str = "error") -> pd.Data
             if sep in header[0]:
                 raise DataError(f"{path}: columns are separated by {name}, expected commas (fname,dialogue,...)")
     required = list(REQUIRED[split])
-    if split == "dev" and "summary" not in header and not any(c.startswith("summary") for c in header):
+    # summary1..K are references; a column such as summary_ko is not one (a bare pandas error used to follow)
+    if split == "dev" and "summary" not in header and not any(re.fullmatch(r"summary\d+", c) for c in header):
         required.append("summary")
     missing = [c for c in required if c not in header]
     if missing:
@@ -122,6 +123,39 @@ def read_csv(path: str | Path, split: str, on_invalid: str = "error") -> pd.Data
         df = df.drop(index=bad).reset_index(drop=True)
         if len(df) == 0:
             raise DataError(f"{path}: no valid rows left after dropping {len(bad)} invalid rows")
+    return df
+
+
+def check_cleaned(df: pd.DataFrame, path, split: str, on_invalid: str) -> pd.DataFrame:
+    """The blank checks of :func:`read_csv` again after :func:`clean_frame`: a cell that cleaning empties (a summary
+    of only ``<br>``) passed them as raw text, and failed as "no reference summary" after training. Train and dev:
+    an error naming file, row and column, or dropped rows with ``data.on_invalid: drop``; test: kept, with a
+    warning (the submission needs every row)."""
+    refs = [c for c in df.columns if c == "summary" or re.fullmatch(r"summary\d+", c)]
+    dialogue = df["dialogue"].str.strip() == ""
+    if split == "test":
+        for i in df.index[dialogue]:
+            log.warning("%s: row %d, column dialogue: empty after cleaning; kept", path, i + 1)
+        return df
+    problems = [(i, f"row {i + 1}, column dialogue: empty after cleaning") for i in df.index[dialogue]]
+    if refs:
+        empty = pd.concat([df[c].str.strip() == "" for c in refs], axis=1)
+        # summary must be there; of summary1..K one is enough
+        bad = empty["summary"] if "summary" in refs else empty.all(axis=1)
+        problems += [(i, f"row {i + 1}, column {', '.join(refs)}: empty after cleaning") for i in df.index[bad]]
+    if not problems:
+        return df
+    problems.sort()
+    if on_invalid == "error":
+        more = f" (and {len(problems) - 1} more; data.on_invalid: drop skips them)" if len(problems) > 1 else ""
+        raise DataError(f"{path}: {problems[0][1]}{more}")
+    rows = sorted({i for i, _ in problems})
+    log.warning(
+        "%s: dropped %d rows empty after cleaning (data.on_invalid=drop), first: %s", path, len(rows), problems[0][1]
+    )
+    df = df.drop(index=rows).reset_index(drop=True)
+    if len(df) == 0:
+        raise DataError(f"{path}: no rows left after dropping {len(rows)} that cleaning emptied")
     return df
 
 

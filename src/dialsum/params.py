@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, TypeVar, Union
@@ -111,11 +112,20 @@ class Clean(Section):
     remove_noise: bool = True  # literal "\n", <br>, repeated spaces/punctuation, control characters
 
 
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeding refuse larger ones, hours into a run
+
+
 class Augmentation(Section):
     strategies: list[Strategy] = []
     factor: int = Field(0, ge=0)
     synonym_path: Optional[Text] = None
     paraphrase_model: Optional[Text] = None
+
+    @model_validator(mode="after")
+    def _copies(self):
+        if self.strategies and self.factor == 0:
+            raise ValueError(f"factor: = 0 makes no copies with strategies {self.strategies}: set factor >= 1")
+        return self
 
 
 class Data(Section):
@@ -130,7 +140,7 @@ class Data(Section):
 class CV(Section):
     n_splits: int = Field(5, ge=2)
     folds: list[Fold] = [0, 1]
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=SEED_MAX)
 
 
 class Lora(Section):
@@ -224,7 +234,7 @@ class Candidates(Section):
     temperature: Num = Field(1.0, ge=0.01)
     top_p: Num = Field(0.95, ge=0.01, le=1)
     epsilon: Num = Field(0.0, ge=0, le=0.5)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
 class Generation(Section):
@@ -235,7 +245,7 @@ class Generation(Section):
     do_sample: bool = False
     temperature: Num = Field(1.0, ge=0)
     top_p: Num = Field(1.0, ge=0, le=1)
-    repetition_penalty: Num = Field(1.0, ge=0)
+    repetition_penalty: Num = Field(1.0, gt=0)  # transformers divides by it
     no_repeat_ngram_size: int = Field(0, ge=0)
     length_penalty: Num = 1.0
     batch_size: int = Field(64, ge=1)  # at most this many dialogues per generate call
@@ -256,6 +266,10 @@ class Generation(Section):
             )
         if self.mbr > 1 and self.do_sample:
             raise ValueError("mbr chooses among a beam search's k best: it needs do_sample: false")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(
+                f"temperature: = {self.temperature} must be > 0 with do_sample: true (greedy: do_sample: false)"
+            )
         return self
 
 
@@ -325,7 +339,7 @@ class Tune(Section):
     n_startup_trials: int = Field(2, ge=0)
     n_warmup_steps: int = Field(1, ge=0)
     n_jobs: int = Field(1, ge=-1)
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=SEED_MAX)
     storage: Optional[Text] = None
     study_name: Optional[Text] = None
     train_rows: int = Field(0, ge=0)
@@ -333,6 +347,12 @@ class Tune(Section):
     epochs: Optional[Annotated[float, Field(ge=0), WrapValidator(_keep_int)]] = None
     enqueue: list[Any] = []
     search_space: dict[str, dict[str, Any]] = {}  # key path -> {type, low, high, log, step | choices}
+
+    @model_validator(mode="after")
+    def _jobs(self):
+        if self.n_jobs == 0:
+            raise ValueError("n_jobs: = 0 runs no trial: 1 (one at a time), N parallel, or -1 (one per CPU)")
+        return self
 
 
 # the generation keys a decoding search may set, and dialsum's own switches (dialsum.decoding)
@@ -366,7 +386,7 @@ class Decode(Section):
     trials: int = Field(0, ge=0)  # 0 = no search: predict decodes with generation.* as written
     rows: int = Field(200, ge=1)  # out-of-fold rows the search scores (dev rows when the fold is `full`)
     folds: int = Field(1, ge=1)  # fold models the search loads (the first of cv.folds), rows spread over them
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     quantile: Num = Field(0.9, gt=0.5, lt=1)  # length_control: quantile: caps at this quantile per length bin
     space: dict[str, list[Any]] = Field(default_factory=lambda: {k: list(v) for k, v in DECODE_SPACE.items()})
 
@@ -418,12 +438,18 @@ class Report(Section):
     bootstrap: int = Field(2000, ge=100)
 
 
+# DVC splits a params key at every '.', and Hydra's -S grammar wants a letter first: `zoo.solar-10.7b.lora.r` is
+# neither a key DVC finds nor an override it parses
+ZOO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+RENAMED_ZOO = {"solar-10.7b": "solar-10_7b", "polyglot-ko-12.8b": "polyglot-ko-12_8b"}  # session 29
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
     model_config = ConfigDict(extra="forbid", strict=True, title="dialsum params.yaml")
 
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=SEED_MAX)
     data: Data = Data()
     cv: CV = CV()
     models: list[Text] = Field(min_length=1)
@@ -441,9 +467,33 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _cross(self):
+        for name in self.zoo:
+            if not ZOO_NAME.match(name):
+                renamed = f"; dialsum's own entry is now {RENAMED_ZOO[name]}" if name in RENAMED_ZOO else ""
+                raise ValueError(
+                    f"zoo.{name}: is not a zoo name (letters, digits, '_' and '-', starting with a letter): DVC reads a "
+                    f"'.' in zoo.{name} as nesting and dvc exp run -S cannot set it{renamed}"
+                )
         for i, name in enumerate(self.models):
             if name not in self.zoo:
                 raise ValueError(f"models[{i}]: = {name!r} is not in zoo (known: {', '.join(self.zoo)})")
+            if name in self.models[:i]:  # its predictions would be read, and voted, twice
+                raise ValueError(f"models[{i}]: = {name!r} is listed twice")
+        for i, f in enumerate(self.cv.folds):
+            if f in self.cv.folds[:i]:
+                raise ValueError(f"cv.folds[{i}]: = {f!r} is listed twice")
+        weights = self.ensemble.weights or {}
+        sources = {*self.models, *(f"{m}/{f}" for m in self.models for f in [*self.cv.folds, "avg"])}
+        for key, w in weights.items():
+            if key not in sources:
+                raise ValueError(
+                    f"ensemble.weights.{key}: is neither a model of models nor a <model>/<fold> of cv.folds, so it "
+                    f"would weigh nothing (known: {', '.join(sorted(sources))})"
+                )
+            if not math.isfinite(w) or w < 0:
+                raise ValueError(f"ensemble.weights.{key}: = {w} must be a finite number >= 0")
+        if weights and not any(weights.values()):
+            raise ValueError("ensemble.weights: are all 0, so nothing would be chosen or averaged")
         if not self.cv.folds:
             raise ValueError("cv.folds: must list at least one fold")
         for i, f in enumerate(self.cv.folds):
@@ -623,8 +673,8 @@ def zoo_entry(params: Params | dict, model: str) -> ZooEntry:
 
 
 def _walk(tree: dict, key: str, create: bool) -> tuple[dict, str]:
-    """(parent mapping, last key) for a dotted path. Zoo names may contain dots (``solar-10.7b``), so each
-    step takes the longest prefix that is a key; ``create`` makes missing or null blocks (``lora: null``)."""
+    """(parent mapping, last key) for a dotted path. Each step takes the longest prefix that is a key (a name with
+    a dot, which validation then refuses, still gets its one-line error); ``create`` makes missing or null blocks (``lora: null``)."""
     node, rest = tree, key
     while True:
         if rest in node:
