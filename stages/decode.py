@@ -23,9 +23,7 @@ def main():
         df = d["dev"] if fold == "full" else d["train"][d["train"]["fold"] == fold]
         rows.append(df.head(max(1, dec.rows // len(folds))).reset_index(drop=True))
         summarizers.append(generation.Summarizer.load(paths.model_dir(model_name, fold), entry, params.generation))
-    lengths = decoding.LengthModel.fit(
-        summarizers[0].tokenizer, d["train"]["dialogue"], d["train"]["summary"], dec.quantile
-    )
+    lengths = decoding.LengthModel.fit_unseen(summarizers[0].tokenizer, d["train"], rows, dec.quantile)
     result = decoding.search(params, summarizers, rows, lengths)
     choice = result["settings"]
     kept = {**choice, "lengths": lengths.as_dict()} if choice["length_control"] != "none" else choice

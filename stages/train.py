@@ -22,7 +22,7 @@ def main():
         return  # training.launcher: accelerate ran this script in num_processes workers
     d = data.load_processed()
     train_df, val_df = data.split_fold(d["train"], d["dev"], fold, d["augmented"])
-    sig = training.run_signature(params, model, fold, sorted(paths.PROCESSED.glob("*.csv")))
+    sig = training.run_signature(params, model, fold, [paths.PROCESSED / f for f in paths.TRAINING_DATA])
     metrics = training.train(params, training.Run.of(model, fold, sig), train_df, val_df)
     if training.rank() == 0:
         io.write_json(paths.train_metrics(model, fold), metrics)

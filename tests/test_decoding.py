@@ -70,6 +70,22 @@ def test_length_caps_grow_with_the_dialogue(summarizer, sample):
     assert decoding.LengthModel.from_dict(lm.as_dict()) == lm
 
 
+def test_length_caps_never_learn_from_the_rows_searched(summarizer, sample):
+    train, _ = sample
+    searched = train.head(40).assign(summary="x " * 200)  # outlandish lengths: a cap fitted on them would show it
+    rest = train.iloc[40:]
+    with_searched = pd.concat([searched, rest])
+    unseen = decoding.LengthModel.fit_unseen(
+        summarizer.tokenizer, with_searched, [searched.head(25), searched.iloc[25:]], 0.9
+    )
+    assert unseen == decoding.LengthModel.fit(summarizer.tokenizer, rest["dialogue"], rest["summary"], 0.9)
+    leaky = decoding.LengthModel.fit(summarizer.tokenizer, with_searched["dialogue"], with_searched["summary"], 0.9)
+    assert max(hi for _, hi in leaky.limits) > max(hi for _, hi in unseen.limits)
+    # every train row searched (a tiny train split): the caps still come from train, not from nothing
+    everything = decoding.LengthModel.fit_unseen(summarizer.tokenizer, rest, [rest], 0.9)
+    assert everything == decoding.LengthModel.fit(summarizer.tokenizer, rest["dialogue"], rest["summary"], 0.9)
+
+
 def _params(**decode):
     p = load(ROOT / "params.yaml").model_dump(exclude_unset=True)
     p["metrics"]["tokenize"] = "whitespace"

@@ -300,3 +300,17 @@ def test_dvc_outs_are_the_paths_module():
             for o in spec.get(key) or []
         }
         assert declared == want[name], name
+
+
+def test_training_stages_never_depend_on_the_test_split():
+    """A new test.csv (`-S data.test=...`) re-ran every train stage and reset their checkpoints' signature."""
+    from dialsum import paths
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    want = {f"{paths.PROCESSED}/{f}" for f in paths.TRAINING_DATA}
+    assert "test.csv" not in paths.TRAINING_DATA
+    for name in ("train", "decode", "tune"):
+        data = {d for d in stages[name]["deps"] if str(d).startswith("data/")}
+        assert data == want, name
+    assert "data/processed" in stages["predict"]["deps"]  # predict reads test.csv
+    assert "paths.TRAINING_DATA" in (ROOT / "stages/train.py").read_text()  # the run signature hashes the same files

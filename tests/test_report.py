@@ -259,3 +259,20 @@ def test_each_model_folds_source_dependence_is_shown_and_an_ignoring_one_is_name
     assert {h["name"]: h.get("source_dependence") for h in index["header"][1:]} == {"a/0": 0.004, "b/0": 0.61}
     html = report.write_index(params, tmp_path / "reports/index.html", tmp_path).read_text(encoding="utf-8")
     assert "0.0040" in html and "0.6100" in html and html.count("ignores its input") == 1
+
+
+def test_length_limit_is_the_one_the_decode_stages_choice_set(tmp_path):
+    """predict decodes under decoding/<model>.yaml; the report checked cut-off summaries against generation.*."""
+    import yaml
+
+    from dialsum import decoding
+
+    params = _workspace(tmp_path)
+    (tmp_path / "decoding").mkdir()
+    choice = decoding.Settings({"max_new_tokens": 13}).as_dict()
+    (tmp_path / "decoding/a.yaml").write_text(yaml.safe_dump(choice, sort_keys=False))
+    page = Page()
+    page.feed(report.write_index(params, tmp_path / "reports/index.html", tmp_path).read_text(encoding="utf-8"))
+    flags = {r["fname"]: r["flags"] for r in page.rows}
+    assert page.counts[("length_limit", "a/0")] == 2  # d2's 12 tokens reach the choice's 13, d3's 64 too
+    assert "length_limit" in flags["d2"] and "length_limit" in flags["d3"]

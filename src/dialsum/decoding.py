@@ -190,6 +190,15 @@ class LengthModel:
             limits.append((int(math.floor(lo * 0.8)), int(math.ceil(hi * 1.1)) + 2))
         return cls(edges, tuple(limits))
 
+    @classmethod
+    def fit_unseen(cls, tokenizer, train: pd.DataFrame, searched: list[pd.DataFrame], quantile: float) -> "LengthModel":
+        """Caps from the train rows the search does not score: an out-of-fold row's own summary length must not
+        set the cap it is then scored under (on the 400-row sample, a 200-row search is half of train)."""
+        seen = set().union(*(set(df["fname"]) for df in searched)) if searched else set()
+        kept = train[~train["fname"].isin(seen)]
+        kept = kept if len(kept) else train  # every train row searched: nothing else to learn lengths from
+        return cls.fit(tokenizer, kept["dialogue"], kept["summary"], quantile)
+
     def as_dict(self) -> dict:
         return {"edges": list(self.edges), "limits": [list(x) for x in self.limits]}
 

@@ -51,6 +51,11 @@ def predictions(source: str, split: str) -> Path:
     return prediction_dir(source) / f"{split}.csv"
 
 
+# what training reads of data/processed (the train, decode and tune stages' deps and a run's signature): test.csv
+# is not among them, so a new test set re-runs predict and not training
+TRAINING_DATA = ("train.csv", "augmented.csv", "dev.csv")
+
+
 def predict_metrics(model: str, fold) -> Path:
     return Path(f"metrics/predict/{model}-{fold}.json")
 

@@ -212,8 +212,23 @@ def _token_counts(
     return [len(ids) for ids in tok(summaries, add_special_tokens=False)["input_ids"]]
 
 
-def _limit(params: Params, source: str) -> int:
-    return new_tokens(params.generation, params.zoo[source.split("/")[0]].max_target_len)
+def _limits(params: Params, root: Path, model: str, dialogues: list[str]) -> list[int]:
+    """The new-token limit each dev dialogue of ``model`` was decoded under: ``generation.*`` with the decode stage's
+    choice (``decoding/<model>.yaml``: its keys, and with ``length_control: quantile`` a cap per dialogue by its
+    length), as predict decoded; a summary that reaches it was cut off."""
+    from .decoding import choice_for
+
+    settings, lengths = choice_for(model, root, required=False)
+    top = new_tokens(settings.generation_section(params.generation), params.zoo[model].max_target_len)
+    if settings.length_control == "none" or lengths is None:
+        return [top] * len(dialogues)
+    folder = root / paths.init_dir(model)
+    if not (folder / "tokenizer_config.json").exists():
+        log.warning("%s: no tokenizer in %s; length_limit checked against %d tokens", model, folder, top)
+        return [top] * len(dialogues)
+    from transformers import AutoTokenizer
+
+    return [lengths.limits[b][1] for b in lengths.bins(AutoTokenizer.from_pretrained(folder), dialogues)]
 
 
 def _flatten(obj, prefix: str = "") -> dict[str, str]:
@@ -358,7 +373,8 @@ def build_index(params: Params | dict, root: Path = Path("."), settings: Setting
     by_source = {s: dict(zip(fnames, tokens[s])) for s in sources if tokens[s] is not None}
     chosen_src = [ens.at[f, "source"] if "source" in ens else "" for f in fnames]
     ens_tokens = [by_source.get(s, {}).get(f, -1) for s, f in zip(chosen_src, fnames)]
-    ens_limits = [_limit(params, s) if s.split("/")[0] in params.zoo else 10**9 for s in chosen_src]
+    limits = {m: _limits(params, root, m, dialogues) for m in params.models}
+    ens_limits = [limits[s.split("/")[0]][i] if s.split("/")[0] in limits else 10**9 for i, s in enumerate(chosen_src)]
 
     table = pd.DataFrame(
         {
@@ -372,7 +388,7 @@ def build_index(params: Params | dict, root: Path = Path("."), settings: Setting
         rows = scorer.per_row(summaries[name], refs)
         rouge[name] = rows
         table[f"{name}_sum"] = rows.sum(axis=1)
-        lims = ens_limits if name == ENSEMBLE else [_limit(params, name)] * len(fnames)
+        lims = ens_limits if name == ENSEMBLE else limits.get(name.split("/")[0], [10**9] * len(fnames))
         flags[name] = diagnose(
             dialogues,
             refs,
