@@ -1,6 +1,7 @@
 """TTA / augmentation transforms: invertibility, tags kept, seeded, and the paraphrase guard."""
 
 import random
+import re
 
 import pytest
 
@@ -143,3 +144,25 @@ def test_training_augmentation_never_leaks_into_its_own_fold():
         assert len(rows) == 3 * (20 - len(held_out))  # each other row + its two copies
     rows, _ = split_fold(train, train, "full", aug)
     assert len(rows) == 60
+
+
+@pytest.mark.parametrize(
+    "dialogue, kept",
+    [
+        ("#Person1#: 교통 사고 났어요. #Person2#: 김 이사 님께 전화할게요.", ["사고", "이사"]),
+        ("#Person1#: 의사 선생님 다음 주에 봬요. #Person2#: 방 청소하고 집에 가요.", ["의사", "선생님", "다음", "방"]),
+        (
+            "#Person1#: Does the printer work? It cost 5 dollars. #Person2#: Not sure. I'll call you.",
+            ["work", "cost", "sure", "call"],
+        ),
+        ("#Person1#: Happy birthday! Let's go home and shop online tomorrow.", ["Happy", "home", "shop", "tomorrow"]),
+    ],
+)
+def test_the_shipped_synonyms_leave_words_with_a_second_sense_alone(dialogue, kept):
+    """Swapped whole words out of context, these changed the dialogue's meaning (사고 accident -> 구입하고 buying,
+    "not sure" -> "not certainly", "Happy birthday" -> "Glad birthday")."""
+    table = tta.load_synonyms()
+    words = lambda t: re.findall(r"[^\s#,.!?]+", t)  # noqa: E731
+    for seed in range(10):
+        out = words(tta.synonym(dialogue, random.Random(seed), table, fraction=1.0).dialogue)
+        assert all(out.count(w) == words(dialogue).count(w) for w in kept), out

@@ -47,11 +47,10 @@ class GeneratedOnly:
 
 def generated_only(kw: dict, width: int) -> list:
     """A causal model's ``repetition_penalty`` and ``no_repeat_ngram_size`` taken out of ``kw`` (set neutral in
-    place) and
-    returned as processors of the generated tokens only. transformers applies both to the whole sequence, and a
-    causal model's sequence starts with its prompt: with ``no_repeat_ngram_size: 3`` it could never copy a name,
-    a time or a three-token phrase from the dialogue, and every dialogue token was penalised. An encoder-decoder's
-    sequence is its summary alone, so it keeps transformers' own."""
+    place) and returned as processors of the generated tokens only. transformers applies both to the whole sequence,
+    and a causal model's sequence starts with its prompt: with ``no_repeat_ngram_size: 3`` it could never copy a
+    name, a time or a three-token phrase from the dialogue, and every dialogue token was penalised. An
+    encoder-decoder's sequence is its summary alone, so it keeps transformers' own."""
     from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
     out, penalty, n = [], kw.get("repetition_penalty"), kw.get("no_repeat_ngram_size")
