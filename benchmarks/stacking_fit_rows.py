@@ -59,21 +59,7 @@ def objective_scorer(name: str, Xs: list, ys: list, seed: int = 0):
     if name == "lambdarank":  # dialsum's own (ensemble.stacking_objective: lambdarank)
         return E.fit_ranker(Xs, ys, seed).predict
     if name == "lambdarank-squared-gains":  # the top of a pool weighs more: gain rel**2 instead of rel
-        from dialsum.ensemble.stacking import lightgbm
-
-        lgb = lightgbm()
-        rel = [E.pool_ranks(t) for t in ys]
-        top = max(int(r.max()) for r in rel)
-        kw = dict(num_leaves=15, min_child_samples=20, deterministic=True, force_row_wise=True, n_jobs=1, verbose=-1)
-        m = lgb.LGBMRanker(
-            n_estimators=300,
-            learning_rate=0.05,
-            random_state=seed,
-            label_gain=[float(g * g) for g in range(top + 1)],
-            lambdarank_truncation_level=4,
-            **kw,
-        )
-        return m.fit(X, np.concatenate(rel), group=[len(t) for t in ys]).predict
+        return E.fit_ranker(Xs, ys, seed, gain_power=2).predict
     if name == "regression+lambdarank":  # the mean of the two scores' ranks within the pool
         a, b = objective_scorer("regression", Xs, ys, seed), objective_scorer("lambdarank", Xs, ys, seed)
 
@@ -161,6 +147,20 @@ def evidence_columns(g, x: np.ndarray, evidence: list, tokenizer) -> np.ndarray:
     return np.column_stack([x, mean, cross.max(axis=1), rank])
 
 
+def pmi_columns(g, x: np.ndarray, pmi: pd.DataFrame) -> np.ndarray:
+    """How much the dialogue raises each candidate's likelihood (``--pmi``; ``pmi_scores.py``): the mean token
+    log-prob given the dialogue minus given an empty one, its minimum over the tokens, the unconditional
+    log-prob, the PMI's rank in the pool and its gap to the pool's best. Generic text ("they talk about the
+    weather") is likely without the dialogue; what only this dialogue makes likely is not."""
+    rows = pmi.loc[g.fname].set_index("candidate").loc[g.cands["candidate"].astype(int)]
+    n = rows["ntok"].to_numpy(float)
+    mean = (rows["lp_cond"].to_numpy() - rows["lp_empty"].to_numpy()) / n
+    rank = (-mean).argsort(kind="stable").argsort() / max(len(mean) - 1, 1)
+    return np.column_stack(
+        [x, mean, rows["pmi_min"].to_numpy(), rows["lp_empty"].to_numpy() / n, rank, mean - mean.max()]
+    )
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workspace", required=True)
@@ -181,6 +181,7 @@ def main():
     )
     ap.add_argument("--more-columns", action="store_true", help="refit with more_columns' columns added")
     ap.add_argument("--evidence", help="a cached pool (e.g. sample-16) to add evidence_columns from, and refit")
+    ap.add_argument("--pmi", action="store_true", help="refit with pmi_columns (pmi_scores.py's CSVs in --cache)")
     ap.add_argument("--json")
     a = ap.parse_args()
     ws, cache = Path(a.workspace), Path(a.cache)
@@ -293,6 +294,23 @@ def main():
             ev[s] = [evidence_columns(g, x, pool[g.fname], scorer.tokenizer) for g, x in zip(groups[s], X[s])]
         for name in fitted:
             run({"evidence": a.evidence}, ev, name)
+    if a.pmi:
+        cols = {}
+        for s, f in frames.items():
+            table = next(
+                (
+                    pd.read_csv(q)
+                    for q in sorted(cache.glob(f"pmi-{s}-*.csv"))
+                    if set(f["fname"]) <= set(pd.read_csv(q)["fname"])
+                ),
+                None,
+            )
+            if table is None:
+                raise SystemExit(f"{cache}: no pmi-{s}-N.csv with these {len(f)} dialogues: run pmi_scores.py")
+            table = table.set_index("fname")
+            cols[s] = [pmi_columns(g, x, table) for g, x in zip(groups[s], X[s])]
+        for name in fitted:
+            run({"pmi": True}, cols, name)
     if a.json:
         Path(a.json).write_text(json.dumps({"pool": a.pool, "rows": rows}, indent=1))
 
