@@ -306,21 +306,9 @@ def test_auto_compares_a_fold_model_with_a_combined_option_on_the_fold_models_ow
         return junk if model == wrong else ref[f]  # fold 1: easy
 
     def rows(fnames, folds):
-        return pd.DataFrame(
-            [
-                {
-                    "fname": f,
-                    "model": m,
-                    "source": f"{m}/{fold}",
-                    "view": "orig",
-                    "candidate": 0,
-                    "summary": text(m, f),
-                    "logprob": -1.0,
-                }
-                for f in fnames
-                for m in "abc"
-                for fold in folds
-            ]
+        return pd.concat(
+            [pool_frame(f, [(m, fold, 0, text(m, f), -1.0) for m in "abc" for fold in folds]) for f in fnames],
+            ignore_index=True,
         )
 
     oof = pd.concat([rows(["d0", "d1", "d2", "d3"], [0]), rows(["d4", "d5", "d6", "d7"], [1])])
