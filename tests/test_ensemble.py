@@ -304,3 +304,19 @@ def test_weighted_avg_weighs_fold_full_like_the_fold_models_not_at_one(tmp_path)
     assert E.fold_weights(given, "m", [0, 1, "full"], tmp_path) == pytest.approx([2.6, 3.0, 5.0])
     alone = stand_in_params(["m"], cv={"folds": ["full"]}, ensemble={"strategy": "weighted_avg"})
     assert E.fold_weights(alone, "m", ["full"], tmp_path) == [1.0]
+
+
+def test_a_pool_or_metrics_file_missing_a_row_or_key_is_a_data_error_not_a_params_one(tmp_path):
+    from dialsum.data import DataError
+    from dialsum.ensemble.stage import _averaging_info
+
+    pool = pd.DataFrame({"fname": ["x"], "model": ["m"], "source": ["m/0"], "view": ["orig"], "summary": ["hi"]})
+    with pytest.raises(DataError, match="no candidate summary for y") as e:
+        E.build_groups(pool, TOK, ["x", "y"])
+    assert "params.yaml" not in str(e.value)
+    path = tmp_path / "metrics/average/m.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"rouge2": 0.1, "rougeL": 0.2, "rouge_sum": 0.3, "bleu": 0.0}))
+    params = stand_in_params(["m"], ensemble={"strategy": "averaging"})
+    with pytest.raises(DataError, match=r"metrics/average/m.json: no rouge1; re-run"):
+        _averaging_info(params, tmp_path)

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..data import DataError
 from ..metrics import CachedTokenizer
 from ..params import Ensemble, Params, ParamsError, section
 from .candidates import candidate_targets
@@ -241,6 +242,8 @@ def choose(
             params.seed,
             dev_refs=dev_refs,
         )
+    except DataError:
+        raise  # the data's fault, not the params'
     except ValueError as e:
         raise ParamsError(f"params.yaml: {e}") from None
     return result, info, groups

@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..data import DataError
 from ..metrics import CachedTokenizer, similarity_matrix
 
 
@@ -50,7 +51,7 @@ def build_groups(
     for fname in order:
         g = groups.get(fname)
         if g is None:
-            raise ValueError(f"no candidate summary for {fname}")
+            raise DataError(f"no candidate summary for {fname}: re-run predict (dvc repro)")
         g = g.reset_index(drop=True)
         out.append(Group(fname, g, similarity_matrix(list(g["summary"]), tokenizer), (dialogues or {}).get(fname, "")))
     return out

@@ -23,7 +23,11 @@ log = logging.getLogger(__package__)
 KEYS = ("rouge1", "rouge2", "rougeL", "rouge_sum", "bleu")  # the scores metrics/ensemble.json reports
 
 
-def _scores(s: dict) -> dict:
+def _scores(s: dict, where: object = "scores") -> dict:
+    if missing := [k for k in KEYS if k not in s]:
+        from ..data import DataError
+
+        raise DataError(f"{where}: no {', '.join(missing)}; re-run the stage that wrote it (dvc repro)")
     return {k: s[k] for k in KEYS}
 
 
@@ -43,7 +47,7 @@ def run(params: Params | dict, root: Path = Path(".")) -> tuple[dict[str, pd.Dat
     expected = {s: list(d[s]["fname"]) for s in ("dev", "test")}
     cands, scored = load_candidates(params, ("oof", "dev", "test"), root, expected)
     # predict@ scored the original view on dev and on its OOF rows with these same metrics settings
-    sources = {src: _scores(m) for src, m in scored.items()}
+    sources = {src: _scores(m, paths.predict_metrics(*src.split("/"))) for src, m in scored.items()}
     oof_scores = oof_rouge(scored)
     for src in sources:
         log.info("dev %s: rouge_sum %.4f (oof %s)", src, sources[src]["rouge_sum"], oof_scores.get(src))
@@ -104,8 +108,13 @@ def _averaging_info(params: Params, root: Path) -> dict:
     """Token-level averaging happened in average@<model> (folds share a tokenizer); models differ in
     tokenizer, so across models the ensemble falls back to candidate selection."""
     across = "majority_vote" if params.ensemble.strategy == "averaging" else "rouge_weighted"
+    token_level = {}
+    for m in params.models:
+        path = root / paths.average_metrics(m)
+        token_level[m] = json.loads(path.read_text())
+        _scores(token_level[m], path)
     return {
-        "token_level": {m: json.loads((root / paths.average_metrics(m)).read_text()) for m in params.models},
+        "token_level": token_level,
         "across_models": across + (" (tokenizers differ)" if len(params.models) > 1 else ""),
     }
 
