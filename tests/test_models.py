@@ -366,6 +366,11 @@ def test_summarize_a_model_folder_with_the_settings_it_was_trained_with(tmp_path
     capsys.readouterr()
     assert summarize(elsewhere, tmp_path / "x.csv", "--entry", "nope") == 2
     assert "--entry nope" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+    for flag in ("--num-beams", "--batch-size", "--max-source-len"):  # 0 was silently the default
+        with pytest.raises(SystemExit) as stop:
+            summarize(elsewhere, tmp_path / "x.csv", flag, "0")
+        assert stop.value.code == 2 and f"{flag}: 0 is below 1" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
     params.unlink()
     assert summarize(elsewhere, tmp_path / "x.csv", "--entry", "mini") == 2
     assert "no params file" in capsys.readouterr().err

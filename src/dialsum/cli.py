@@ -9,6 +9,17 @@ import sys
 from pathlib import Path
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: 0 or less was silently the default before (``if a.num_beams:``)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is below 1")
+    return n
+
+
 def cmd_sample(a) -> int:
     from .sample import write_sample
 
@@ -403,10 +414,10 @@ def main(argv: list[str] | None = None) -> int:
         default="params.yaml",
         help="generation settings (and, with --ensemble, the models, folds, TTA and strategy)",
     )
-    p.add_argument("--num-beams", type=int, default=None)
+    p.add_argument("--num-beams", type=positive_int, default=None, help="beams (default: decode@'s choice)")
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="most dialogues per generate call (default: generation.batch_size; generation.batch_tokens "
         "bounds the tokens)",
@@ -419,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--max-source-len",
-        type=int,
+        type=positive_int,
         default=None,
         help="source tokens kept (default: the zoo entry's, else 512 within the model's positions)",
     )
