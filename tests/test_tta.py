@@ -118,6 +118,38 @@ def test_paraphrase_needs_a_model():
         tta.Augmenter(["paraphrase"], 1, seed=0, paraphrase_model="/nonexistent/paraphraser")
 
 
+def test_paraphrase_errors_name_the_section_that_asked_for_it():
+    import pandas as pd
+
+    train = pd.DataFrame({"fname": ["t"], "dialogue": [D], "summary": ["s"], "fold": [0]})
+    with pytest.raises(ParamsError, match=r"data.augmentation.paraphrase_model is not set"):
+        tta.augment_rows(train, {"strategies": ["paraphrase"], "factor": 1}, seed=0)
+
+
+def test_paraphrase_keeps_tags_and_blank_lines_and_reads_long_turns_whole(tmp_path, monkeypatch):
+    """A blank line was sent to the model as an empty input (invented text came back); turns were cut at 128
+    tokens."""
+    from conftest import micro_entry
+    from dialsum import models
+
+    entry = micro_entry("bart", max_source_len=1024)
+    texts = ["#Person1#: 안녕하세요, 내일 오후 3시에 예약할게요.", "#Person2#: 네, 알겠습니다."] * 20
+    models.build_init(entry, texts, tmp_path / "para", seed=0)
+    p = tta.Paraphraser(str(tmp_path / "para"))
+    seen = []
+    generate = p.model.generate
+    monkeypatch.setattr(p.model, "generate", lambda **kw: seen.append(kw["input_ids"]) or generate(**kw))
+    long_turn = " ".join(["예약할게요"] * 150)
+    dialogue = f"#Person1#: 안녕하세요\n\n#Person2#: {long_turn}\n#Person1#: 네"
+    v = p(dialogue, random.Random(0))
+    lines = v.dialogue.split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[0].startswith("#Person1#: ")
+    assert lines[2].startswith("#Person2#: ") and lines[3].startswith("#Person1#: ")
+    assert len(seen) == 1 and seen[0].shape[0] == 3  # the three turns, not the blank line
+    assert seen[0].shape[1] > 128  # the long turn read whole
+    assert p(dialogue, random.Random(0)).dialogue == v.dialogue  # seeded
+
+
 def test_training_augmentation_never_leaks_into_its_own_fold():
     import pandas as pd
 

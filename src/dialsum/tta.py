@@ -171,14 +171,17 @@ def synonym(dialogue: str, rng: random.Random, table: dict[str, list[str]], frac
 
 
 class Paraphraser:
-    """Utterance-level paraphrases with a seq2seq model (a hub id or local folder)."""
+    """Utterance-level paraphrases with a seq2seq model (a hub id or local folder). ``key``: the params section
+    its errors name (``tta`` for test-time views, ``data.augmentation`` for training copies)."""
 
-    def __init__(self, model: str | None, trust_remote_code: bool = False):
+    MAX_TOKENS = 512  # a turn longer than this is cut (it was 128: long turns lost their end)
+
+    def __init__(self, model: str | None, trust_remote_code: bool = False, key: str = "tta"):
         from .params import ParamsError
 
         if not model:
             raise ParamsError(
-                "params.yaml: tta.strategies has paraphrase but tta.paraphrase_model is not set "
+                f"params.yaml: {key}.strategies has paraphrase but {key}.paraphrase_model is not set "
                 "(a seq2seq paraphrase model: hub id or local path)"
             )
         try:
@@ -193,26 +196,39 @@ class Paraphraser:
             ).eval()
         except (OSError, ValueError) as e:
             raise ParamsError(
-                f"params.yaml: tta.paraphrase_model {model!r} cannot be loaded "
+                f"params.yaml: {key}.paraphrase_model {model!r} cannot be loaded "
                 f"({type(e).__name__}: {str(e).splitlines()[0][:160]})"
             ) from None
+        self.max_tokens = min(int(getattr(self.tok, "model_max_length", None) or 0) or self.MAX_TOKENS, self.MAX_TOKENS)
 
     def __call__(self, dialogue: str, rng: random.Random) -> View:
         import torch
 
-        lines = dialogue.split("\n")
         heads, bodies = [], []
-        for line in lines:
+        for line in dialogue.split("\n"):
             m = re.match(r"(#Person\d+#:\s*)(.*)", line)
             heads.append(m.group(1) if m else "")
             bodies.append(m.group(2) if m else line)
-        enc = self.tok(bodies, return_tensors="pt", padding=True, truncation=True, max_length=128)
-        enc = enc.to(self.model.device)
-        with torch.no_grad():
-            torch.manual_seed(rng.randrange(2**31))
-            out = self.model.generate(**enc, do_sample=True, top_p=0.9, max_new_tokens=128)
-        texts = self.tok.batch_decode(out, skip_special_tokens=True)
-        return View("paraphrase", "\n".join(h + t.strip() for h, t in zip(heads, texts)))
+        texts = list(bodies)
+        # a blank line has nothing to paraphrase: generated from an empty input it was invented text
+        todo = [i for i, b in enumerate(bodies) if b.strip()]
+        if todo:
+            enc = self.tok(
+                [bodies[i] for i in todo],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_tokens,
+            )
+            enc = enc.to(self.model.device)
+            with torch.no_grad():
+                torch.manual_seed(rng.randrange(2**31))
+                # room for a paraphrase somewhat longer than its turn, as in the summaries' length caps
+                longest = int(enc["input_ids"].shape[1])
+                out = self.model.generate(**enc, do_sample=True, top_p=0.9, max_new_tokens=longest + longest // 2 + 8)
+            for i, t in zip(todo, self.tok.batch_decode(out, skip_special_tokens=True)):
+                texts[i] = t.strip()
+        return View("paraphrase", "\n".join(h + t for h, t in zip(heads, texts)))
 
 
 class Augmenter:
@@ -227,10 +243,11 @@ class Augmenter:
         paraphrase_model: str | None = None,
         mask_fraction: float = 0.5,
         synonym_fraction: float = 0.3,
+        key: str = "tta",
     ):
         self.strategies, self.num_aug, self.seed = list(strategies), num_aug, seed
         self.table = load_synonyms(synonym_path) if "synonym" in strategies else {}
-        self.paraphraser = Paraphraser(paraphrase_model) if "paraphrase" in strategies else None
+        self.paraphraser = Paraphraser(paraphrase_model, key=key) if "paraphrase" in strategies else None
         self.mask_fraction, self.synonym_fraction = mask_fraction, synonym_fraction
 
     @classmethod
@@ -276,7 +293,7 @@ def augment_rows(train: pd.DataFrame, cfg: dict, seed: int) -> pd.DataFrame:
     a = section(Augmentation, cfg, "data.augmentation")
     if not a.strategies or not a.factor:
         return pd.DataFrame(columns=cols)
-    aug = Augmenter(a.strategies, a.factor, seed, a.synonym_path, a.paraphrase_model)
+    aug = Augmenter(a.strategies, a.factor, seed, a.synonym_path, a.paraphrase_model, key="data.augmentation")
     rows = []
     for fname, dialogue, summary, fold in zip(train["fname"], train["dialogue"], train["summary"], train["fold"]):
         for v in aug.views(f"train/{fname}", dialogue):
