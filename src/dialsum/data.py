@@ -89,73 +89,63 @@ def read_csv(path: str | Path, split: str, on_invalid: str = "error") -> pd.Data
     if len(df) == 0:
         raise DataError(f"{path}: header only, no data rows")
 
-    problems: list[tuple[int, str]] = []  # (row index, message)
-    blank = {c: df[c].str.strip() == "" for c in header if c == "dialogue" or re.fullmatch(r"summary\d*", c)}
-    if split == "test":
-        # Every test row needs a line in the submission: an empty dialogue is summarised as it is.
-        for i in df.index[blank["dialogue"]]:
-            log.warning("%s: row %d, column dialogue: empty; kept (the submission needs every test row)", path, i + 1)
-    else:
-        for i in df.index[blank["dialogue"]]:
-            problems.append((i, f"row {i + 1}, column dialogue: empty"))
-        if "summary" in blank:
-            for i in df.index[blank["summary"]]:
-                problems.append((i, f"row {i + 1}, column summary: empty"))
-        else:  # summary1..K: a blank extra reference is fine, a row without any is not
-            multi = [c for c in header if re.fullmatch(r"summary\d+", c)]
-            for i in df.index[pd.concat([blank[c] for c in multi], axis=1).all(axis=1)]:
-                problems.append((i, f"row {i + 1}, columns {', '.join(multi)}: all empty"))
+    problems = _blank_rows(df, path, split)
     dup = df["fname"].duplicated(keep="first")
     for i in df.index[dup]:
         problems.append((i, f"row {i + 1}, column fname: duplicate fname {df.at[i, 'fname']!r}"))
     for i in df.index[df["fname"].str.strip() == ""]:
         problems.append((i, f"row {i + 1}, column fname: empty"))
-    if problems:
-        problems.sort()
-        if split == "test":  # dropping a test row would leave the submission without it
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise DataError(f"{path}: {problems[0][1]}{more}; test rows are never dropped")
-        if on_invalid == "error":
-            more = f" (and {len(problems) - 1} more; data.on_invalid: drop skips them)" if len(problems) > 1 else ""
-            raise DataError(f"{path}: {problems[0][1]}{more}")
-        bad = sorted({i for i, _ in problems})
-        log.warning("%s: dropped %d invalid rows (data.on_invalid=drop), first: %s", path, len(bad), problems[0][1])
-        df = df.drop(index=bad).reset_index(drop=True)
-        if len(df) == 0:
-            raise DataError(f"{path}: no valid rows left after dropping {len(bad)} invalid rows")
-    return df
+    return _settle(df, problems, path, split, on_invalid, "invalid rows")
 
 
 def check_cleaned(df: pd.DataFrame, path, split: str, on_invalid: str) -> pd.DataFrame:
     """The blank checks of :func:`read_csv` again after :func:`clean_frame`: a cell that cleaning empties (a summary
-    of only ``<br>``) passed them as raw text, and failed as "no reference summary" after training. Train and dev:
-    an error naming file, row and column, or dropped rows with ``data.on_invalid: drop``; test: kept, with a
-    warning (the submission needs every row)."""
-    refs = [c for c in df.columns if c == "summary" or re.fullmatch(r"summary\d+", c)]
+    of only ``<br>``) passed them as raw text, and failed as "no reference summary" after training."""
+    return _settle(
+        df, _blank_rows(df, path, split, " after cleaning"), path, split, on_invalid, "rows empty after cleaning"
+    )
+
+
+def _blank_rows(df: pd.DataFrame, path, split: str, after: str = "") -> list[tuple[int, str]]:
+    """(row index, message) for each train or dev row without a dialogue or a reference (``summary``, or all
+    of ``summary1..K``: a blank extra reference is fine). An empty test dialogue is kept with a warning: every
+    test row needs a line in the submission, and it is summarised as it is. ``after``: said after "empty"."""
+    refs = [c for c in df.columns if re.fullmatch(r"summary\d*", c)]
     dialogue = df["dialogue"].str.strip() == ""
     if split == "test":
         for i in df.index[dialogue]:
-            log.warning("%s: row %d, column dialogue: empty after cleaning; kept", path, i + 1)
-        return df
-    problems = [(i, f"row {i + 1}, column dialogue: empty after cleaning") for i in df.index[dialogue]]
+            log.warning(
+                "%s: row %d, column dialogue: empty%s; kept (the submission needs every test row)", path, i + 1, after
+            )
+        return []
+    problems = [(i, f"row {i + 1}, column dialogue: empty{after}") for i in df.index[dialogue]]
     if refs:
         empty = pd.concat([df[c].str.strip() == "" for c in refs], axis=1)
-        # summary must be there; of summary1..K one is enough
-        bad = empty["summary"] if "summary" in refs else empty.all(axis=1)
-        problems += [(i, f"row {i + 1}, column {', '.join(refs)}: empty after cleaning") for i in df.index[bad]]
+        if "summary" in refs:
+            problems += [(i, f"row {i + 1}, column summary: empty{after}") for i in df.index[empty["summary"]]]
+        else:
+            cols = ", ".join(refs)
+            problems += [(i, f"row {i + 1}, columns {cols}: all empty{after}") for i in df.index[empty.all(axis=1)]]
+    return problems
+
+
+def _settle(df: pd.DataFrame, problems: list, path, split: str, on_invalid: str, what: str) -> pd.DataFrame:
+    """``problems`` as ``data.on_invalid`` says: an error naming the first (file, row, column), or those rows
+    dropped with a warning; a test row is never dropped (the submission needs every one)."""
     if not problems:
         return df
     problems.sort()
+    if split == "test":
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DataError(f"{path}: {problems[0][1]}{more}; test rows are never dropped")
     if on_invalid == "error":
         more = f" (and {len(problems) - 1} more; data.on_invalid: drop skips them)" if len(problems) > 1 else ""
         raise DataError(f"{path}: {problems[0][1]}{more}")
-    rows = sorted({i for i, _ in problems})
-    log.warning(
-        "%s: dropped %d rows empty after cleaning (data.on_invalid=drop), first: %s", path, len(rows), problems[0][1]
-    )
-    df = df.drop(index=rows).reset_index(drop=True)
+    bad = sorted({i for i, _ in problems})
+    log.warning("%s: dropped %d %s (data.on_invalid=drop), first: %s", path, len(bad), what, problems[0][1])
+    df = df.drop(index=bad).reset_index(drop=True)
     if len(df) == 0:
-        raise DataError(f"{path}: no rows left after dropping {len(rows)} that cleaning emptied")
+        raise DataError(f"{path}: no rows left after dropping {len(bad)} {what}")
     return df
 
 
