@@ -276,3 +276,16 @@ def test_length_limit_is_the_one_the_decode_stages_choice_set(tmp_path):
     flags = {r["fname"]: r["flags"] for r in page.rows}
     assert page.counts[("length_limit", "a/0")] == 2  # d2's 12 tokens reach the choice's 13, d3's 64 too
     assert "length_limit" in flags["d2"] and "length_limit" in flags["d3"]
+
+
+def test_the_init_tokenizer_is_loaded_once_per_folder_and_a_missing_one_is_a_warning(tmp_path, caplog):
+    from conftest import micro_entry
+    from dialsum import models, paths
+
+    assert report._init_tokenizer(tmp_path, "m", "length_limit not checked") is None
+    assert "m: no tokenizer in" in caplog.text and "length_limit not checked" in caplog.text
+    models.build_init(
+        micro_entry("bart"), ["#Person1#: 안녕하세요. #Person2#: 네."] * 8, tmp_path / paths.init_dir("m"), 0
+    )
+    first = report._init_tokenizer(tmp_path, "m", "")
+    assert first is report._init_tokenizer(tmp_path, "m", "") and first("안녕하세요")["input_ids"]

@@ -31,6 +31,7 @@ dialogue, the rouge_sum change; the mean change comes with a paired-bootstrap 95
 from __future__ import annotations
 
 import base64
+import functools
 import io as _io
 import json
 import logging
@@ -202,14 +203,27 @@ def _token_counts(
 ) -> list[int] | None:
     if "tokens" in pred:
         return [int(pred.at[f, "tokens"]) for f in fnames]
-    folder = root / paths.init_dir(source.split("/")[0])
-    if not (folder / "tokenizer_config.json").exists():
-        log.warning("%s: no tokenizer in %s; length_limit not checked", source, folder)
+    tok = _init_tokenizer(root, source.split("/")[0], "length_limit not checked")
+    if tok is None:
         return None
+    return [len(ids) for ids in tok(summaries, add_special_tokens=False)["input_ids"]]
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer_at(folder: Path, stamp: int):  # stamp: a re-run init@ is a new tokenizer
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder)
-    return [len(ids) for ids in tok(summaries, add_special_tokens=False)["input_ids"]]
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _init_tokenizer(root: Path, model: str, otherwise: str):
+    """``model``'s tokenizer from init@model (loaded once per folder), or None with a warning saying what the
+    report does ``otherwise``."""
+    folder = root / paths.init_dir(model)
+    if not (folder / "tokenizer_config.json").exists():
+        log.warning("%s: no tokenizer in %s; %s", model, folder, otherwise)
+        return None
+    return _tokenizer_at(folder.resolve(), (folder / "tokenizer_config.json").stat().st_mtime_ns)
 
 
 def _limits(params: Params, root: Path, model: str, dialogues: list[str]) -> list[int]:
@@ -222,13 +236,10 @@ def _limits(params: Params, root: Path, model: str, dialogues: list[str]) -> lis
     top = new_tokens(settings.generation_section(params.generation), params.zoo[model].max_target_len)
     if settings.length_control == "none" or lengths is None:
         return [top] * len(dialogues)
-    folder = root / paths.init_dir(model)
-    if not (folder / "tokenizer_config.json").exists():
-        log.warning("%s: no tokenizer in %s; length_limit checked against %d tokens", model, folder, top)
+    tok = _init_tokenizer(root, model, f"length_limit checked against {top} tokens")
+    if tok is None:
         return [top] * len(dialogues)
-    from transformers import AutoTokenizer
-
-    return [lengths.limits[b][1] for b in lengths.bins(AutoTokenizer.from_pretrained(folder), dialogues)]
+    return [lengths.limits[b][1] for b in lengths.bins(tok, dialogues)]
 
 
 def _flatten(obj, prefix: str = "") -> dict[str, str]:
