@@ -187,6 +187,21 @@ def test_memory_check_stops_with_settings_that_fit():
     device.check_memory(_meta(entry), entry, old, CPU)  # no GPU: nothing to check
 
 
+def test_an_auto_batch_is_checked_at_its_floor_not_at_64():
+    """batch_size: auto starts at 64 and halves on an out-of-memory error; the check refused it on a card where the
+    halving would have found a batch that fits."""
+    params = load(ROOT / "params.yaml")
+    entry = params.zoo["solar-10_7b"]
+    card = _card_24gb(entry)
+    fixed = for_model(params, "solar-10_7b").training.model_copy(update={"batch_size": 64, "eval_batch_size": 1})
+    with pytest.raises(ParamsError, match="per step and"):
+        device.check_memory(_meta(entry), entry, fixed, card)
+    device.check_memory(_meta(entry), entry, fixed.model_copy(update={"batch_size": "auto"}), card)
+    tiny = Device(n_gpu=1, name="T4", capability=(7, 5), total_bytes=GiB, free_bytes=GiB // 2)
+    with pytest.raises(ParamsError, match=r"per step at batch size 1 \(batch_size: auto halves down to it\)"):
+        device.check_memory(_meta(entry), entry, fixed.model_copy(update={"batch_size": "auto"}), tiny)
+
+
 def test_memory_check_counts_weights_the_trainer_has_yet_to_move():
     """An unquantized model loads on the CPU and the Trainer moves it to the GPU after the check: SOLAR in 16 bits
     (20 GiB) with LoRA passed on an empty 24 GB card, as if its weights took no room."""
@@ -349,3 +364,15 @@ def test_train_frees_the_qlora_model_before_the_merge_loads_the_base(monkeypatch
     training.train(typed(p), run, df, df.head(4), track=False)
     assert seen["alive at base load"] is False
     assert (tmp_path / "out" / "model.safetensors").exists() and not (tmp_path / "out" / "adapter_config.json").exists()
+
+
+def test_an_encoder_decoders_activations_count_both_stacks():
+    """BART's num_hidden_layers is its encoder's depth: the decoder's layers were left out of the estimate."""
+    from transformers import BartConfig
+
+    entry = ZooEntry(family="seq2seq", pretrained="x", max_source_len=512, max_target_len=128)
+    tcfg = Training(batch_size=8)
+    six, twelve = (BartConfig(encoder_layers=6, decoder_layers=d, d_model=768, vocab_size=30000) for d in (6, 12))
+    assert device.activation_need(twelve, entry, tcfg)["train"] > device.activation_need(six, entry, tcfg)["train"]
+    encoder_only = 8 * 512 * 6 * device._block_bytes(768, 16, 512) + 8 * 128 * 30000 * 8
+    assert device.activation_need(six, entry, tcfg)["train"] > encoder_only

@@ -189,10 +189,21 @@ def activation_need(config, entry: ZooEntry, tcfg: Training) -> dict:
     target = seq if entry.family == "causal" else entry.max_target_len  # positions that produce logits
     bs = 64 if tcfg.batch_size == "auto" else int(tcfg.batch_size)
     logits = lambda rows: rows * target * vocab * 4 * 2  # noqa: E731
-    if entry.gradient_checkpointing:  # each block's input kept, one block's internals at a time
-        blocks = bs * seq * (layers * hidden * 2 + _block_bytes(hidden, heads, seq))
+    # (tokens, layers, bytes per token and layer) of each stack: an encoder-decoder's decoder runs at the target
+    # length and attends to the source too (BART's num_hidden_layers is its encoder's depth alone)
+    enc, dec = getattr(config, "encoder_layers", 0), getattr(config, "decoder_layers", 0)
+    if entry.family == "seq2seq" and enc and dec:
+        src, tgt = entry.max_source_len, entry.max_target_len
+        stacks = [
+            (src, enc, _block_bytes(hidden, heads, src)),
+            (tgt, dec, _block_bytes(hidden, heads, tgt) + 5 * heads * src),
+        ]
     else:
-        blocks = bs * seq * layers * _block_bytes(hidden, heads, seq)
+        stacks = [(seq, layers, _block_bytes(hidden, heads, seq))]
+    if entry.gradient_checkpointing:  # each block's input kept, one block's internals at a time
+        blocks = bs * (sum(n * k * hidden * 2 for n, k, _ in stacks) + max(n * b for n, _, b in stacks))
+    else:
+        blocks = bs * sum(n * k * b for n, k, b in stacks)
     return {
         "train": blocks + logits(bs),
         "eval": logits(tcfg.eval_batch_size) + tcfg.eval_batch_size * seq * hidden * 4,
@@ -206,7 +217,10 @@ def check_memory(model, entry: ZooEntry, tcfg: Training, dev: Device) -> None:
     model, which the Trainer moves to the GPU after this check; a k-bit model is placed there as it loads)."""
     if not dev.cuda:
         return
-    need = activation_need(model.config, entry, tcfg)
+    # batch_size: auto starts at 64 and halves on an out-of-memory error: only its floor, batch 1, must fit
+    # (evaluation keeps eval_batch_size whatever the training batch became)
+    auto = tcfg.batch_size == "auto"
+    need = activation_need(model.config, entry, tcfg.model_copy(update={"batch_size": 1}) if auto else tcfg)
     optimizer = ADAM_BYTES * sum(p.numel() for p in model.parameters() if p.requires_grad)
     # an unquantized model loads on the CPU and the Trainer moves it later: its weights are not yet in free_bytes
     pending = sum(
@@ -217,7 +231,9 @@ def check_memory(model, entry: ZooEntry, tcfg: Training, dev: Device) -> None:
         return
     fits = suggest(model.config, entry, tcfg, room)
     raise ParamsError(
-        f"params.yaml: training would need ~{need['train'] / GiB:.1f} GiB per step and ~{need['eval'] / GiB:.1f} GiB "
+        f"params.yaml: training would need ~{need['train'] / GiB:.1f} GiB per step"
+        + (" at batch size 1 (batch_size: auto halves down to it)" if auto else "")
+        + f" and ~{need['eval'] / GiB:.1f} GiB "
         f"per evaluation batch beyond the weights, and {dev.describe()} has {dev.free_bytes / GiB:.1f} GiB free"
         + (f" before {pending / GiB:.1f} GiB of weights move there" if pending >= GiB / 10 else "")
         + ": "
