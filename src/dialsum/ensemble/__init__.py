@@ -41,6 +41,7 @@ from .candidates import (
     read_candidates,
 )
 from .fitting import FITTED, choose, combine, crossfit, fit_set, options
+from .embed import Embeddings, embed_columns, embeddings
 from .rerank import Reranker, fit_reranker, rerank_scores
 from ..metrics import consensus_scores, similarity_matrix  # MBR's utility, shared with MBR decoding
 from .pools import (
@@ -60,6 +61,9 @@ from .strategies import REGISTRY, STRATEGIES, Fit, Strategy, fit_strategy, is_fi
 __all__ = [
     "Reranker",
     "fit_reranker",
+    "Embeddings",
+    "embed_columns",
+    "embeddings",
     "rerank_scores",
     "FITTED",
     "KEYS",

@@ -125,6 +125,11 @@ def combine(
     cfg = section(Ensemble, cfg, "ensemble")
     tok, folds = scorer.tokenizer, cfg.crossfit_folds
     targets = candidate_targets(fit_groups, fit_refs, scorer) if fit_groups else []
+    if "embed" in cfg.stacking_features and strategy in ("stacking", "auto"):
+        from .embed import embeddings, prime
+
+        # every text of every split in one pass: stacking then scores group by group from the cache
+        prime(embeddings(cfg.embed_backbone), [*fit_groups, *(g for gs in pools.values() for g in gs)])
     info: dict = {}
     runs: dict = {}  # option -> crossfit(...) on fit_groups, reused for the cross-fitted choices below
     fits: dict = {}  # option -> fit_strategy(...) on all of fit_groups, when auto scored the options on dev

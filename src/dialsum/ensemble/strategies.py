@@ -15,6 +15,7 @@ import numpy as np
 from ..metrics import CachedTokenizer
 from ..params import ENSEMBLE_STRATEGIES, Ensemble, section
 from .blending import fit_blend
+from .embed import embed_columns, embeddings, prime
 from .pools import Group, vote_weights, weighted_consensus
 from .rerank import fit_reranker, rerank_feature, rerank_scores
 from .stacking import candidate_features, fit_stacker, lightgbm, with_scores
@@ -65,18 +66,31 @@ def _weighted(fit: Fit) -> tuple:
 
 def _stacking(fit: Fit) -> tuple:
     models, model_oof, tok, objective = fit.models, fit.model_oof, fit.tok, fit.cfg.stacking_objective
+    features = fit.cfg.stacking_features
     info = {"stacking_objective": objective} if objective != "regression" else {}  # the default's info as before
     if objective == "lambdarank":
         lightgbm()  # missing: said before any cross-encoder trains
-    if "rerank" not in fit.cfg.stacking_features:
+    if not features:
         reg = fit_stacker(fit.groups, fit.targets, models, model_oof, tok, fit.seed, objective=objective)
         return (lambda g: reg.predict(candidate_features(g, models, model_oof, tok))), info
-    held_out, rerank = rerank_feature(fit.groups, fit.targets, fit.cfg, fit.seed)
-    extra = [with_scores(s) for s in held_out]
-    reg = fit_stacker(fit.groups, fit.targets, models, model_oof, tok, fit.seed, extra, objective)
-    info.update({"stacking_features": ["rerank"], "rerank_backbone": fit.cfg.rerank_backbone})
+    extra, scorers = [[] for _ in fit.groups], []  # more columns per fitting group; how to make them for others
+    if "rerank" in features:
+        held_out, rerank = rerank_feature(fit.groups, fit.targets, fit.cfg, fit.seed)
+        extra = [e + [with_scores(s)] for e, s in zip(extra, held_out)]
+        scorers.append(lambda g: with_scores(rerank(g)))
+        info["rerank_backbone"] = fit.cfg.rerank_backbone
+    if "embed" in features:
+        emb = embeddings(fit.cfg.embed_backbone)
+        prime(emb, fit.groups)
+        extra = [e + [embed_columns(g, emb)] for e, g in zip(extra, fit.groups)]
+        scorers.append(lambda g: embed_columns(g, emb))
+        info["embed_backbone"] = fit.cfg.embed_backbone
+    reg = fit_stacker(
+        fit.groups, fit.targets, models, model_oof, tok, fit.seed, [np.hstack(e) for e in extra], objective
+    )
+    info = {"stacking_features": list(features), **info}
     return (
-        lambda g: reg.predict(np.hstack([candidate_features(g, models, model_oof, tok), with_scores(rerank(g))]))
+        lambda g: reg.predict(np.hstack([candidate_features(g, models, model_oof, tok), *(f(g) for f in scorers)]))
     ), info
 
 
