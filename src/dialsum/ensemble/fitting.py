@@ -125,7 +125,7 @@ def combine(
     cfg = section(Ensemble, cfg, "ensemble")
     tok, folds = scorer.tokenizer, cfg.crossfit_folds
     targets = candidate_targets(fit_groups, fit_refs, scorer) if fit_groups else []
-    if "embed" in cfg.stacking_features and strategy in ("stacking", "auto"):
+    if "embed" in cfg.stacking_features and strategy in ("stacking", "auto") and len(fit_groups) >= 2:
         from .embed import embeddings, prime
 
         # every text of every split in one pass: stacking then scores group by group from the cache
@@ -247,8 +247,8 @@ def choose(
             params.seed,
             dev_refs=dev_refs,
         )
-    except DataError:
-        raise  # the data's fault, not the params'
+    except (DataError, ParamsError):
+        raise  # the data's fault, or a message that already names its params key
     except ValueError as e:
         raise ParamsError(f"params.yaml: {e}") from None
     return result, info, groups

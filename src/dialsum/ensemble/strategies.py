@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..metrics import CachedTokenizer
-from ..params import ENSEMBLE_STRATEGIES, Ensemble, section
+from ..params import ENSEMBLE_STRATEGIES, STACKING_FEATURES, Ensemble, section
 from .blending import fit_blend
 from .embed import embed_columns, embeddings, prime
 from .pools import Group, vote_weights, weighted_consensus
@@ -88,7 +88,7 @@ def _stacking(fit: Fit) -> tuple:
     reg = fit_stacker(
         fit.groups, fit.targets, models, model_oof, tok, fit.seed, [np.hstack(e) for e in extra], objective
     )
-    info = {"stacking_features": list(features), **info}
+    info = {"stacking_features": [f for f in STACKING_FEATURES if f in features], **info}
     return (
         lambda g: reg.predict(np.hstack([candidate_features(g, models, model_oof, tok), *(f(g) for f in scorers)]))
     ), info
