@@ -376,3 +376,16 @@ def test_an_encoder_decoders_activations_count_both_stacks():
     assert device.activation_need(twelve, entry, tcfg)["train"] > device.activation_need(six, entry, tcfg)["train"]
     encoder_only = 8 * 512 * 6 * device._block_bytes(768, 16, 512) + 8 * 128 * 30000 * 8
     assert device.activation_need(six, entry, tcfg)["train"] > encoder_only
+    from transformers import BertConfig, EncoderDecoderConfig, T5Config
+
+    def bert2bert(d):  # minilm2minilm, klue-bert2bert: BART's two keys are absent
+        dec = BertConfig(num_hidden_layers=d, is_decoder=True, add_cross_attention=True)
+        return EncoderDecoderConfig.from_encoder_decoder_configs(BertConfig(num_hidden_layers=6), dec)
+
+    for shallow, deep in (
+        (bert2bert(1), bert2bert(6)),
+        (T5Config(num_decoder_layers=1), T5Config(num_decoder_layers=6)),
+    ):
+        assert (
+            device.activation_need(deep, entry, tcfg)["train"] > device.activation_need(shallow, entry, tcfg)["train"]
+        )

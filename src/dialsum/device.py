@@ -175,6 +175,19 @@ def _block_bytes(hidden: int, heads: int, seq: int) -> int:
     return 34 * hidden + 5 * heads * seq
 
 
+def _stack_depths(config) -> tuple[int, int]:
+    """(encoder layers, decoder layers) of an encoder-decoder config, (0, 0) for anything else: BART's
+    encoder_layers / decoder_layers, T5's num_layers / num_decoder_layers, a warm-started EncoderDecoderConfig's
+    two sub-configs (minilm2minilm, klue-bert2bert)."""
+    if getattr(config, "is_encoder_decoder", False) and hasattr(config, "encoder") and hasattr(config, "decoder"):
+        return config.encoder.num_hidden_layers, config.decoder.num_hidden_layers
+    if getattr(config, "encoder_layers", 0) and getattr(config, "decoder_layers", 0):
+        return config.encoder_layers, config.decoder_layers
+    if getattr(config, "num_decoder_layers", 0) and getattr(config, "num_layers", 0):
+        return config.num_layers, config.num_decoder_layers
+    return 0, 0
+
+
 def activation_need(config, entry: ZooEntry, tcfg: Training) -> dict:
     """Estimated peak bytes of one training step and of one evaluation loss pass beyond the weights, for the
     model ``config`` under ``entry``'s lengths and ``tcfg``'s batch sizes. The output layer's logits dominate
@@ -191,7 +204,7 @@ def activation_need(config, entry: ZooEntry, tcfg: Training) -> dict:
     logits = lambda rows: rows * target * vocab * 4 * 2  # noqa: E731
     # (tokens, layers, bytes per token and layer) of each stack: an encoder-decoder's decoder runs at the target
     # length and attends to the source too (BART's num_hidden_layers is its encoder's depth alone)
-    enc, dec = getattr(config, "encoder_layers", 0), getattr(config, "decoder_layers", 0)
+    enc, dec = _stack_depths(config)
     if entry.family == "seq2seq" and enc and dec:
         src, tgt = entry.max_source_len, entry.max_target_len
         stacks = [
