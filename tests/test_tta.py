@@ -132,21 +132,24 @@ def test_paraphrase_keeps_tags_and_blank_lines_and_reads_long_turns_whole(tmp_pa
     from conftest import micro_entry
     from dialsum import models
 
-    entry = micro_entry("bart", max_source_len=1024)
+    entry = micro_entry("bart", max_source_len=200)
     texts = ["#Person1#: 안녕하세요, 내일 오후 3시에 예약할게요.", "#Person2#: 네, 알겠습니다."] * 20
     models.build_init(entry, texts, tmp_path / "para", seed=0)
     p = tta.Paraphraser(str(tmp_path / "para"))
     seen = []
     generate = p.model.generate
-    monkeypatch.setattr(p.model, "generate", lambda **kw: seen.append(kw["input_ids"]) or generate(**kw))
+    monkeypatch.setattr(p.model, "generate", lambda **kw: seen.append(kw) or generate(**kw))
     long_turn = " ".join(["예약할게요"] * 150)
     dialogue = f"#Person1#: 안녕하세요\n\n#Person2#: {long_turn}\n#Person1#: 네"
     v = p(dialogue, random.Random(0))
     lines = v.dialogue.split("\n")
     assert len(lines) == 4 and lines[1] == "" and lines[0].startswith("#Person1#: ")
     assert lines[2].startswith("#Person2#: ") and lines[3].startswith("#Person1#: ")
-    assert len(seen) == 1 and seen[0].shape[0] == 3  # the three turns, not the blank line
-    assert seen[0].shape[1] > 128  # the long turn read whole
+    ids = seen[0]["input_ids"]
+    assert len(seen) == 1 and ids.shape[0] == 3  # the three turns, not the blank line
+    assert ids.shape[1] > 128  # the long turn read whole
+    positions = p.model.config.max_position_embeddings  # learned positions: never generate past them
+    assert ids.shape[1] * 1.5 > positions - 2 and seen[0]["max_new_tokens"] == positions - 2
     assert p(dialogue, random.Random(0)).dialogue == v.dialogue  # seeded
 
 

@@ -225,7 +225,12 @@ class Paraphraser:
                 torch.manual_seed(rng.randrange(2**31))
                 # room for a paraphrase somewhat longer than its turn, as in the summaries' length caps
                 longest = int(enc["input_ids"].shape[1])
-                out = self.model.generate(**enc, do_sample=True, top_p=0.9, max_new_tokens=longest + longest // 2 + 8)
+                room = longest + longest // 2 + 8
+                # within the decoder's positions: a turn near 512 tokens would otherwise index past learned ones
+                positions = getattr(self.model.config.get_text_config(decoder=True), "max_position_embeddings", None)
+                out = self.model.generate(
+                    **enc, do_sample=True, top_p=0.9, max_new_tokens=min(room, positions - 2) if positions else room
+                )
             for i, t in zip(todo, self.tok.batch_decode(out, skip_special_tokens=True)):
                 texts[i] = t.strip()
         return View("paraphrase", "\n".join(h + t for h, t in zip(heads, texts)))
