@@ -70,6 +70,14 @@ def tiny_bart_params(**training):
     return params, entry
 
 
+def spy_references(monkeypatch, scorer) -> list:
+    """Every reference ``scorer.per_row`` is given from now on, in order: what a fitted strategy has read."""
+    seen: list = []
+    real = scorer.per_row
+    monkeypatch.setattr(scorer, "per_row", lambda preds, rs: seen.extend(r for x in rs for r in x) or real(preds, rs))
+    return seen
+
+
 def pytest_collection_modifyitems(items):
     """The end-to-end module first: one worker takes it (the longest file, one shared project) while the other
     works through the rest, so the suite takes about as long as that file."""

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 
+from conftest import spy_references
 from dialsum import ensemble as E
 from dialsum.ensemble import embed
 from dialsum.metrics import CachedTokenizer, Scorer
@@ -78,9 +79,7 @@ def test_stacking_with_the_embed_feature_tells_apart_what_words_cannot(monkeypat
     oof, oof_refs = meaning_world(48, 0, "oof")
     test, test_refs = meaning_world(16, 1, "test")
     scorer = Scorer("whitespace")
-    seen: list = []
-    real = scorer.per_row
-    monkeypatch.setattr(scorer, "per_row", lambda preds, rs: seen.extend(r for x in rs for r in x) or real(preds, rs))
+    seen = spy_references(monkeypatch, scorer)
     right = np.array([f"{('a', 'b')[(i + 1) % 2]}/0" for i in range(16)])
     args = (["a", "b"], {"test": test}, oof, oof_refs, "oof", {}, scorer, 0)
     plain, _ = E.combine("stacking", {}, *args)

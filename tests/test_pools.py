@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import micro_entry
+from conftest import micro_entry, spy_references
 from dialsum import ensemble as E
 from dialsum import generation, models
 from dialsum.metrics import CachedTokenizer, Scorer
@@ -233,9 +233,7 @@ def test_fitted_strategies_never_see_dev_or_test_references_when_oof_exists(monk
     scorer = Scorer("whitespace")
     order = {s: list(dict.fromkeys(f["fname"])) for s, f in frames.items()}
     groups = {s: E.build_groups(frames[s], TOK, order[s], dialogues) for s in frames}
-    seen: list = []
-    real = scorer.per_row
-    monkeypatch.setattr(scorer, "per_row", lambda preds, rs: seen.extend(r for x in rs for r in x) or real(preds, rs))
+    seen = spy_references(monkeypatch, scorer)
     oof_refs = {f: refs[f] for f in order["oof"]}
     for strategy in ("auto", "stacking", "blending"):
         out, info = E.combine(
@@ -290,6 +288,25 @@ def test_fold_full_only_learns_on_dev_cross_fitted_and_says_so():
     assert info["auto"]["chosen_on"].startswith("dev (no out-of-fold rows")
 
 
+def auto_over_folds(oof, dev, models, refs, source_scores, scorer):
+    """``auto`` chosen on the out-of-fold pools ``oof`` (2 cross-fitting parts), applied to and scored on ``dev``."""
+    oof_groups = E.build_groups(oof, TOK, list(dict.fromkeys(oof["fname"])))
+    dev_groups = E.build_groups(dev, TOK, list(dict.fromkeys(dev["fname"])))
+    return E.combine(
+        "auto",
+        {"crossfit_folds": 2},
+        models,
+        {"dev": dev_groups},
+        oof_groups,
+        refs,
+        "oof",
+        source_scores,
+        scorer,
+        0,
+        dev_refs=refs,
+    )
+
+
 def test_auto_compares_a_fold_model_with_a_combined_option_on_the_fold_models_own_rows():
     """Out of fold, fold 1's rows are easy and fold 0's hard. Every fold model loses to the vote of three models on
     its own rows, yet `a/1`'s score on the easy rows alone (2.25) is above the vote's on all rows: ranked that
@@ -315,21 +332,7 @@ def test_auto_compares_a_fold_model_with_a_combined_option_on_the_fold_models_ow
     dev = rows(["d4", "d5", "d6", "d7"], [0, 1])
     refs = {f: [t] for f, t in ref.items()}
     scorer = Scorer("whitespace")
-    oof_groups = E.build_groups(oof, TOK, list(dict.fromkeys(oof["fname"])))
-    dev_groups = E.build_groups(dev, TOK, list(dict.fromkeys(dev["fname"])))
-    out, info = E.combine(
-        "auto",
-        {"crossfit_folds": 2},
-        ["a", "b", "c"],
-        {"dev": dev_groups},
-        oof_groups,
-        refs,
-        "oof",
-        {},
-        scorer,
-        0,
-        dev_refs=refs,
-    )
+    out, info = auto_over_folds(oof, dev, ["a", "b", "c"], refs, {}, scorer)
     auto = info["auto"]
     table, paired = auto["rouge_sum_by_option"], auto["paired_rouge_sum_by_option"]
     assert table["single:a/1"] == pytest.approx(2.25) and table["single:a/1"] > table["majority_vote"]  # the trap
@@ -369,21 +372,7 @@ def test_auto_chooses_among_fold_models_by_their_own_out_of_fold_rows():
     dev = rows(["d0", "d2", "d4", "d6"], ["m/0", "m/1"])  # dev reuses texts: only the pool shape matters
     refs = {f: [t] for f, t in ref.items()}
     scorer = Scorer("whitespace")
-    oof_groups = E.build_groups(oof, TOK, list(dict.fromkeys(oof["fname"])))
-    dev_groups = E.build_groups(dev, TOK, list(dict.fromkeys(dev["fname"])))
-    out, info = E.combine(
-        "auto",
-        {"crossfit_folds": 2},
-        ["m"],
-        {"dev": dev_groups},
-        oof_groups,
-        refs,
-        "oof",
-        {"m/0": 3.0, "m/1": 0.3},
-        scorer,
-        0,
-        dev_refs=refs,
-    )
+    out, info = auto_over_folds(oof, dev, ["m"], refs, {"m/0": 3.0, "m/1": 0.3}, scorer)
     table, chosen = info["auto"]["rouge_sum_by_option"], info["auto"]["chosen"]
     assert chosen == "single:m/0" and table["single:m/0"] == pytest.approx(3.0)
     assert table["single:m/1"] < table["majority_vote"] < table["single:m/0"]

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 
+from conftest import spy_references
 from dialsum import ensemble as E
 from dialsum.metrics import CachedTokenizer, Scorer
 from dialsum.params import Ensemble
@@ -71,9 +72,7 @@ def test_rerank_never_sees_dev_or_test_references_when_oof_exists(monkeypatch):
     dev, dev_refs = world(6, 1, "dev")
     test, test_refs = world(6, 2, "test")
     scorer = Scorer("whitespace")
-    seen: list = []
-    real = scorer.per_row
-    monkeypatch.setattr(scorer, "per_row", lambda preds, rs: seen.extend(r for x in rs for r in x) or real(preds, rs))
+    seen = spy_references(monkeypatch, scorer)
     out, info = E.combine(
         "rerank",
         {**CFG, "rerank_epochs": 1},
@@ -183,9 +182,7 @@ def test_stacking_reads_the_cross_encoders_score_out_of_sample(monkeypatch):
     scored: list = []
     real_scores = R.rerank_scores
     monkeypatch.setattr(R, "rerank_scores", lambda r, g: scored.append((id(r), g.fname)) or real_scores(r, g))
-    seen: list = []
-    real = scorer.per_row
-    monkeypatch.setattr(scorer, "per_row", lambda preds, rs: seen.extend(r for x in rs for r in x) or real(preds, rs))
+    seen = spy_references(monkeypatch, scorer)
     right = np.array([f"{('a', 'b')[i % 2]}/0" for i in range(8)])
 
     plain, _ = E.combine("stacking", CFG, ["a", "b"], {"test": test}, oof, oof_refs, "oof", {}, scorer, 0)
