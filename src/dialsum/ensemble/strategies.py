@@ -15,7 +15,7 @@ import numpy as np
 from ..metrics import CachedTokenizer
 from ..params import ENSEMBLE_STRATEGIES, STACKING_FEATURES, Ensemble, section
 from .blending import fit_blend
-from .embed import embed_columns, embeddings, prime
+from .embed import embed_columns, embeddings
 from .pools import Group, vote_weights, weighted_consensus
 from .rerank import fit_reranker, rerank_feature, rerank_scores
 from .stacking import candidate_features, fit_stacker, lightgbm, with_scores
@@ -80,8 +80,7 @@ def _stacking(fit: Fit) -> tuple:
         scorers.append(lambda g: with_scores(rerank(g)))
         info["rerank_backbone"] = fit.cfg.rerank_backbone
     if "embed" in features:
-        emb = embeddings(fit.cfg.embed_backbone)
-        prime(emb, fit.groups)
+        emb = embeddings(fit.cfg.embed_backbone)  # combine encoded every split's texts already
         extra = [e + [embed_columns(g, emb)] for e, g in zip(extra, fit.groups)]
         scorers.append(lambda g: embed_columns(g, emb))
         info["embed_backbone"] = fit.cfg.embed_backbone
