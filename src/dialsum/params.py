@@ -482,7 +482,11 @@ class Params(Section):
                 raise ValueError(f"models[{i}]: = {name!r} is not in zoo (known: {', '.join(self.zoo)})")
             if name in self.models[:i]:  # its predictions would be read, and voted, twice
                 raise ValueError(f"models[{i}]: = {name!r} is listed twice")
+        if not self.cv.folds:
+            raise ValueError("cv.folds: must list at least one fold")
         for i, f in enumerate(self.cv.folds):
+            if f != "full" and f >= self.cv.n_splits:
+                raise ValueError(f"cv.folds[{i}]: = {f} is out of range for cv.n_splits = {self.cv.n_splits}")
             if f in self.cv.folds[:i]:
                 raise ValueError(f"cv.folds[{i}]: = {f!r} is listed twice")
         weights = self.ensemble.weights or {}
@@ -497,11 +501,6 @@ class Params(Section):
                 raise ValueError(f"ensemble.weights.{key}: = {w} must be a finite number >= 0")
         if weights and not any(weights.values()):
             raise ValueError("ensemble.weights: are all 0, so nothing would be chosen or averaged")
-        if not self.cv.folds:
-            raise ValueError("cv.folds: must list at least one fold")
-        for i, f in enumerate(self.cv.folds):
-            if f != "full" and f >= self.cv.n_splits:
-                raise ValueError(f"cv.folds[{i}]: = {f} is out of range for cv.n_splits = {self.cv.n_splits}")
         return self
 
 
