@@ -200,6 +200,8 @@ class Paraphraser:
                 f"({type(e).__name__}: {str(e).splitlines()[0][:160]})"
             ) from None
         self.max_tokens = min(int(getattr(self.tok, "model_max_length", None) or 0) or self.MAX_TOKENS, self.MAX_TOKENS)
+        # within the decoder's positions: a turn near 512 tokens would otherwise index past learned ones
+        self.positions = getattr(self.model.config.get_text_config(decoder=True), "max_position_embeddings", None)
 
     def __call__(self, dialogue: str, rng: random.Random) -> View:
         import torch
@@ -226,10 +228,11 @@ class Paraphraser:
                 # room for a paraphrase somewhat longer than its turn, as in the summaries' length caps
                 longest = int(enc["input_ids"].shape[1])
                 room = longest + longest // 2 + 8
-                # within the decoder's positions: a turn near 512 tokens would otherwise index past learned ones
-                positions = getattr(self.model.config.get_text_config(decoder=True), "max_position_embeddings", None)
                 out = self.model.generate(
-                    **enc, do_sample=True, top_p=0.9, max_new_tokens=min(room, positions - 2) if positions else room
+                    **enc,
+                    do_sample=True,
+                    top_p=0.9,
+                    max_new_tokens=min(room, self.positions - 2) if self.positions else room,
                 )
             for i, t in zip(todo, self.tok.batch_decode(out, skip_special_tokens=True)):
                 texts[i] = t.strip()
