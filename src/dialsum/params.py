@@ -321,6 +321,11 @@ class Ensemble(Section):
     # rerank: what it regresses: raw (each candidate's ROUGE) | centered (minus its dialogue's mean: only the
     # order within a pool decides, so it need not learn how hard a dialogue is)
     rerank_target: Literal["raw", "centered"] = "raw"
+    # rerank: cross (a cross-encoder reads each (dialogue, candidate) pair and regresses its ROUGE) | bi (one
+    # encoder embeds the dialogue and each candidate apart, fine-tuned so the better candidate lies nearer its
+    # dialogue: SimCLS's ranking loss; a fraction of the cost; docs/ensemble-auto.md "The bi-encoder")
+    rerank_encoder: Literal["cross", "bi"] = "cross"
+    rerank_margin: Num = Field(0.01, ge=0, le=1)  # rerank_encoder bi: the loss's margin per rank apart
     # extra features of stacking's trees: [rerank] adds the cross-encoder's score (and its gap to the
     # pool's best), out-of-sample on the rows it fits on: two cross-encoders, each fitted on half the dialogues
     # [embed] adds a sentence encoder's cosines (candidate to dialogue, to the pool's other candidates): nothing

@@ -21,6 +21,15 @@ def seeded_parts(n: int, k: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n) % max(1, min(k, n))
 
 
+def training_rows(t: np.ndarray, n: int) -> np.ndarray:
+    """Which of a pool's candidates (targets ``t``) to train on when ``n`` per dialogue are asked for (0 = all):
+    the best, the worst and evenly spaced ranks between, so that every pool still shows its full spread."""
+    if not n or n >= len(t):
+        return np.arange(len(t))
+    order = np.argsort(-np.asarray(t, dtype=float), kind="stable")
+    return np.sort(order[np.unique(np.round(np.linspace(0, len(t) - 1, n)).astype(int))])
+
+
 def weighted_consensus(sim: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Score of each candidate = weighted mean similarity to all candidates, itself included (so a lone
     heavy voter can still pick its own candidate; with equal weights the ranking is plain MBR)."""

@@ -1,6 +1,7 @@
 """``rerank``: a cross-encoder over (dialogue, candidate) pairs (``ensemble.rerank_backbone``, by default the
 packaged MiniLM) with a one-output regression head, trained on the out-of-fold candidates to predict each
-one's ROUGE against its references; a dialogue's candidates are then ranked by the prediction. Seeded,
+one's ROUGE against its references; a dialogue's candidates are then ranked by the prediction
+(``rerank_encoder: bi``: a bi-encoder instead, :mod:`.biencoder`). Seeded,
 length-sorted token-budget batches, CPU-deterministic. :func:`rerank_feature` offers its score to ``stacking``."""
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..params import Ensemble
-from .pools import Group, seeded_parts
+from .biencoder import BiEncoder
+from .pools import Group, seeded_parts, training_rows
 
 
 def _batches(lengths: list[int], budget: int) -> list[list[int]]:
@@ -101,18 +103,12 @@ def _pairs(g: Group) -> list[tuple[str, str]]:
     return [(g.dialogue, s) for s in g.cands["summary"]]
 
 
-def training_rows(t: np.ndarray, n: int) -> np.ndarray:
-    """Which of a pool's candidates (targets ``t``) to train on when ``n`` per dialogue are asked for (0 = all):
-    the best, the worst and evenly spaced ranks between, so that every pool still shows its full spread."""
-    if not n or n >= len(t):
-        return np.arange(len(t))
-    order = np.argsort(-np.asarray(t, dtype=float), kind="stable")
-    return np.sort(order[np.unique(np.round(np.linspace(0, len(t) - 1, n)).astype(int))])
-
-
-def fit_reranker(groups: list[Group], targets: list[np.ndarray], cfg: Ensemble, seed: int) -> Reranker:
+def fit_reranker(groups: list[Group], targets: list[np.ndarray], cfg: Ensemble, seed: int) -> Reranker | BiEncoder:
     """A cross-encoder trained on ``groups``' candidates and their ``targets`` only (``rerank_pairs`` of each
-    pool; ``rerank_target: centered`` regresses each target minus its pool's mean)."""
+    pool; ``rerank_target: centered`` regresses each target minus its pool's mean), or with ``rerank_encoder:
+    bi`` a bi-encoder trained to order each pool (:mod:`.biencoder`)."""
+    if cfg.rerank_encoder == "bi":
+        return BiEncoder(cfg, seed).fit(groups, targets)
     pairs, y = [], []
     for g, t in zip(groups, targets):
         t = np.asarray(t, dtype=float)
@@ -123,8 +119,8 @@ def fit_reranker(groups: list[Group], targets: list[np.ndarray], cfg: Ensemble, 
     return Reranker(cfg, seed).fit(pairs, np.concatenate(y))
 
 
-def rerank_scores(reranker: Reranker, g: Group) -> np.ndarray:
-    return reranker.predict(_pairs(g))
+def rerank_scores(reranker: Reranker | BiEncoder, g: Group) -> np.ndarray:
+    return reranker.score(g) if isinstance(reranker, BiEncoder) else reranker.predict(_pairs(g))
 
 
 def rerank_feature(

@@ -1,0 +1,124 @@
+"""``rerank_encoder: bi``: a sentence encoder fine-tuned so that, within each pool, a better candidate's
+embedding lies nearer its dialogue's (SimCLS, Liu & Liu 2021). A candidate's score is the cosine of its mean-pooled
+embedding to the dialogue's; the loss asks, for every pair of a pool's candidates ranked i < j by their targets,
+``s_j - s_i + rerank_margin * (j - i) <= 0``. Only the order within a pool is learnt, so ``rerank_target`` does
+not apply. The dialogue is encoded once per pool and each candidate alone, so it costs a fraction of the
+cross-encoder, which reads the dialogue again with every candidate (BENCHMARKS.md "Session 31")."""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..params import Ensemble
+from .pools import Group, training_rows
+
+
+def pool_batches(costs: list[int], budget: int, order: list[int]) -> list[list[int]]:
+    """Consecutive runs of ``order`` (pool indices) whose summed ``costs`` (a pool's tokens) stay within budget;
+    a pool over budget is a batch of its own."""
+    out, cur, used = [], [], 0
+    for i in order:
+        if cur and used + costs[i] > budget:
+            out.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += costs[i]
+    return out + ([cur] if cur else [])
+
+
+def margin_loss(d, c, t: np.ndarray, margin: float):
+    """SimCLS's ranking loss of one pool: dialogue embedding ``d``, candidate embeddings ``c``, targets ``t``;
+    pairs with equal targets are left out."""
+    import torch
+
+    order = np.argsort(-np.asarray(t, dtype=float), kind="stable")
+    s, ts = (c @ d)[torch.as_tensor(order)], np.asarray(t, dtype=float)[order]
+    i, j = np.triu_indices(len(ts), 1)
+    keep = ts[i] - ts[j] > 1e-9
+    if not keep.any():
+        return s.sum() * 0.0
+    i, j = torch.as_tensor(i[keep]), torch.as_tensor(j[keep])
+    return torch.clamp(s[j] - s[i] + margin * (j - i).to(s.dtype), min=0).sum()
+
+
+class BiEncoder:
+    """Seeded, length-sorted token-budget batches, CPU-deterministic (the same fit and scores run to run)."""
+
+    def __init__(self, cfg: Ensemble, seed: int):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from ..models import resolve_checkpoint
+
+        path = resolve_checkpoint(cfg.rerank_backbone)
+        torch.manual_seed(seed)
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path)
+        self.model.eval()
+        self.cfg, self.seed = cfg, seed
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return self.tok(list(texts), truncation=True, max_length=self.cfg.rerank_max_len)["input_ids"]
+
+    def _embed(self, ids: list[list[int]]):
+        """Unit-length mean-pooled embeddings of token id lists, one padded batch."""
+        import torch
+
+        n = max(len(x) for x in ids)
+        pad = self.tok.pad_token_id or 0
+        x = torch.tensor([i + [pad] * (n - len(i)) for i in ids])
+        mask = torch.tensor([[1] * len(i) + [0] * (n - len(i)) for i in ids])
+        h = self.model(input_ids=x, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
+
+    def fit(self, groups: list[Group], targets: list[np.ndarray]) -> "BiEncoder":
+        import torch
+        from transformers import get_linear_schedule_with_warmup
+
+        pools = []  # (dialogue ids, candidate ids, their targets) per pool that has an order to learn
+        for g, t in zip(groups, targets):
+            t = np.asarray(t, dtype=float)
+            keep = training_rows(t, self.cfg.rerank_pairs)
+            if len(keep) > 1 and np.ptp(t[keep]) > 1e-9:
+                pools.append((self._ids([g.dialogue])[0], self._ids(g.cands["summary"].iloc[keep]), t[keep]))
+        if not pools:
+            return self
+        # a pool's padded size: its dialogue plus its candidates padded to the longest
+        costs = [len(d) + len(c) * max(len(x) for x in c) for d, c, _ in pools]
+        by_length = sorted(range(len(pools)), key=lambda i: (len(pools[i][0]), i))
+        batches = pool_batches(costs, self.cfg.rerank_tokens, by_length)
+        steps = self.cfg.rerank_epochs * len(batches)
+        opt = torch.optim.AdamW(self.model.parameters(), lr=float(self.cfg.rerank_lr))
+        sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=max(1, steps // 10), num_training_steps=steps)
+        rng = np.random.default_rng(self.seed)
+        self.model.train()
+        bar = tqdm(total=steps, desc=f"rerank (bi-encoder): fit on {len(pools)} pools", leave=False)
+        for _ in range(self.cfg.rerank_epochs):
+            for b in rng.permutation(len(batches)):
+                bar.update()
+                idx = batches[b]
+                d = self._embed([pools[i][0] for i in idx])
+                c = self._embed([x for i in idx for x in pools[i][1]])
+                loss, start = 0.0, 0
+                for n, i in enumerate(idx):
+                    k = len(pools[i][1])
+                    loss = loss + margin_loss(d[n], c[start : start + k], pools[i][2], float(self.cfg.rerank_margin))
+                    start += k
+                opt.zero_grad()
+                (loss / len(idx)).backward()
+                opt.step()
+                sched.step()
+        bar.close()
+        self.model.eval()
+        return self
+
+    def score(self, g: Group) -> np.ndarray:
+        """Each candidate's cosine to its dialogue (one batch per pool: the same numbers wherever it is scored)."""
+        import torch
+
+        with torch.no_grad():
+            d = self._embed(self._ids([g.dialogue]))[0]
+            c = self._embed(self._ids(g.cands["summary"]))
+        return (c @ d).double().numpy()

@@ -1,0 +1,76 @@
+"""``rerank_encoder: bi``: a bi-encoder fine-tuned with SimCLS's ranking loss to put each pool's better candidates
+nearer their dialogue."""
+
+import numpy as np
+import torch
+
+from conftest import spy_references
+from dialsum import ensemble as E
+from dialsum.ensemble.biencoder import BiEncoder, margin_loss, pool_batches
+from dialsum.metrics import Scorer
+from dialsum.params import Ensemble
+from test_rerank import swapped_world
+
+BI = {"rerank_encoder": "bi", "rerank_epochs": 6, "rerank_lr": 1e-4, "rerank_tokens": 1024}
+RIGHT = np.array([f"{('a', 'b')[i % 2]}/0" for i in range(10)])
+
+
+def test_bi_encoder_learns_which_speaker_states_the_summary():
+    """swapped_world: both candidates are sentences of the dialogue, so an encoder's untrained cosine to the
+    dialogue cannot tell them apart; fitted on 40 pools it picks the right one on new dialogues, and a refit
+    with the same seed gives the same scores."""
+    groups, refs = swapped_world(40, 0, "fit")
+    targets = E.candidate_targets(groups, refs, Scorer("whitespace"))
+    held, _ = swapped_world(10, 1, "held")
+    cfg = Ensemble(**BI)
+    untrained = E.select(held, BiEncoder(cfg, 0).score)["source"].to_numpy()
+    bi = E.fit_reranker(groups, targets, cfg, 0)
+    assert isinstance(bi, BiEncoder)
+    chosen = E.select(held, lambda g: E.rerank_scores(bi, g))["source"].to_numpy()
+    assert (chosen == RIGHT).mean() >= 0.9 > (untrained == RIGHT).mean()
+    again = E.fit_reranker(groups, targets, cfg, 0)
+    assert np.array_equal(E.rerank_scores(again, held[0]), E.rerank_scores(bi, held[0]))
+
+
+def test_margin_loss_is_zero_only_when_the_order_holds_by_the_margin():
+    d = torch.tensor([1.0, 0.0])
+    c = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.1, 0.9]])  # cosines to d: .9, .5, .1
+    assert float(margin_loss(d, c, np.array([0.8, 0.5, 0.2]), 0.01)) == 0.0
+    # the best target has the worst score: it falls short of the other two by .8 + .01 and .4 + .02
+    assert np.isclose(float(margin_loss(d, c, np.array([0.8, 0.5, 0.9]), 0.01)), 0.8 + 0.01 + 0.4 + 0.02)
+    assert float(margin_loss(d, c, np.array([0.5, 0.5, 0.5]), 0.01)) == 0.0  # ties teach nothing
+    # a margin the scores do not keep: .5 per rank apart is asked, the scores are .4 apart per rank
+    assert np.isclose(float(margin_loss(d, c, np.array([0.8, 0.5, 0.2]), 0.5)), 0.2 + 0.1 + 0.1)
+
+
+def test_pool_batches_keep_to_the_token_budget():
+    costs = [300, 500, 200, 900, 1500, 100]
+    batches = pool_batches(costs, 1000, list(range(6)))
+    assert [i for b in batches for i in b] == list(range(6))
+    assert all(sum(costs[i] for i in b) <= 1000 or len(b) == 1 for b in batches)
+    assert batches == [[0, 1, 2], [3], [4], [5]]
+
+
+def test_bi_rerank_and_its_stacking_feature_never_read_dev_or_test_references(monkeypatch):
+    oof, oof_refs = swapped_world(24, 0, "oof")
+    dev, dev_refs = swapped_world(4, 1, "dev")
+    test, test_refs = swapped_world(4, 2, "test")
+    scorer = Scorer("whitespace")
+    seen = spy_references(monkeypatch, scorer)
+    held_out = {r for refs in (dev_refs, test_refs) for x in refs.values() for r in x}
+    for strategy, extra in (("rerank", {}), ("stacking", {"stacking_features": ["rerank"]})):
+        out, info = E.combine(
+            strategy,
+            {**BI, "rerank_epochs": 1, **extra},
+            ["a", "b"],
+            {"dev": dev, "test": test},
+            oof,
+            oof_refs,
+            "oof",
+            {},
+            scorer,
+            0,
+        )
+        assert len(out["dev"]) == 4 and len(out["test"]) == 4
+        assert info["fitted_on"] == {"oof_dialogues": 24, "oof_candidates": 48}
+    assert seen and set(seen) <= {r for x in oof_refs.values() for r in x} and not (set(seen) & held_out)
