@@ -244,10 +244,10 @@ def product(a, groups, targets, X, refs, base, gain, picked, report, rows):
     t0 = time.perf_counter()
     bi = E.fit_reranker(groups["enc"], targets["enc"], cfg, a.seed)
     fit_s = time.perf_counter() - t0
-    scores, secs = {}, {}
-    for s in ("stack", "dev", "test"):
+    cols, secs = {}, {}
+    for s in ("stack", "dev", "test"):  # what stacking_features: [rerank] adds with the bi-encoder
         t0 = time.perf_counter()
-        scores[s] = [E.rerank_scores(bi, g) for g in groups[s]]
+        cols[s] = [E.rerank_columns(bi, g) for g in groups[s]]
         secs[s] = round(time.perf_counter() - t0, 1)
     report(
         {
@@ -257,18 +257,20 @@ def product(a, groups, targets, X, refs, base, gain, picked, report, rows):
             "score_seconds": secs,
         }
     )
-    Xs = {s: [np.hstack([x, with_scores(v)]) for x, v in zip(X[s], scores[s])] for s in ("stack", "dev", "test")}
+    scores = {s: [c[:, 0] for c in cols[s]] for s in cols}  # the cosine to the dialogue: rerank's own score
+    two = {s: [np.hstack([x, with_scores(v)]) for x, v in zip(X[s], scores[s])] for s in cols}
+    six = {s: [np.hstack([x, c]) for x, c in zip(X[s], cols[s])] for s in cols}
     for s in ("dev", "test"):
         report(
-            {"selection": "rerank (bi) alone", "split": s, "gain": gain(picked(lambda x: x[:, -2], Xs, s) - base[s])}
+            {"selection": "rerank (bi) alone", "split": s, "gain": gain(picked(lambda x: x[:, -2], two, s) - base[s])}
         )
     per = {}
     for name in ("regression", "lambdarank"):
-        for tag, cols in (("base", X), ("+ rerank score", Xs)):
-            score = objective_scorer(name, cols["stack"], targets["stack"], a.seed)
+        for tag, Xs in (("base", X), ("+ score and gap", two), ("+ six columns ([rerank] as shipped)", six)):
+            score = objective_scorer(name, Xs["stack"], targets["stack"], a.seed)
             row = {"stacking": name, "columns": tag, "fitted_on": f"train [{a.fit_rows}, {2 * a.fit_rows})"}
             for s in ("dev", "test"):
-                m = picked(score, cols, s)
+                m = picked(score, Xs, s)
                 per[(name, tag, s)] = m
                 row[s] = gain(m - base[s])
                 if tag != "base":

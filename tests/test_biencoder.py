@@ -30,6 +30,9 @@ def test_bi_encoder_learns_which_speaker_states_the_summary():
     assert (chosen == RIGHT).mean() >= 0.9 > (untrained == RIGHT).mean()
     again = E.fit_reranker(groups, targets, cfg, 0)
     assert np.array_equal(E.rerank_scores(again, held[0]), E.rerank_scores(bi, held[0]))
+    # as stacking's [rerank] columns: [embed]'s six from the tuned embeddings, the first its score
+    cols = E.rerank_columns(bi, held[0])
+    assert cols.shape == (2, 6) and np.allclose(cols[:, 0], E.rerank_scores(bi, held[0]))
 
 
 def test_margin_loss_is_zero_only_when_the_order_holds_by_the_margin():

@@ -42,7 +42,7 @@ from .candidates import (
 )
 from .fitting import FITTED, choose, combine, crossfit, fit_set, options
 from .embed import Embeddings, embed_columns, embeddings
-from .rerank import Reranker, fit_reranker, rerank_scores
+from .rerank import Reranker, fit_reranker, rerank_columns, rerank_scores
 from ..metrics import consensus_scores, similarity_matrix  # MBR's utility, shared with MBR decoding
 from .pools import (
     Group,
@@ -64,6 +64,7 @@ __all__ = [
     "Embeddings",
     "embed_columns",
     "embeddings",
+    "rerank_columns",
     "rerank_scores",
     "FITTED",
     "KEYS",

@@ -114,11 +114,14 @@ class BiEncoder:
         self.model.eval()
         return self
 
-    def score(self, g: Group) -> np.ndarray:
-        """Each candidate's cosine to its dialogue (one batch per pool: the same numbers wherever it is scored)."""
+    def __call__(self, texts) -> np.ndarray:
+        """The tuned embeddings of ``texts``, one batch (a pool's candidates are always batched together, so
+        their numbers are the same wherever they are scored); what ``embed_columns`` reads."""
         import torch
 
         with torch.no_grad():
-            d = self._embed(self._ids([g.dialogue]))[0]
-            c = self._embed(self._ids(g.cands["summary"]))
-        return (c @ d).double().numpy()
+            return self._embed(self._ids(list(texts))).double().numpy()
+
+    def score(self, g: Group) -> np.ndarray:
+        """Each candidate's cosine to its dialogue."""
+        return self(g.cands["summary"]) @ self([g.dialogue])[0]

@@ -2,7 +2,8 @@
 packaged MiniLM) with a one-output regression head, trained on the out-of-fold candidates to predict each
 one's ROUGE against its references; a dialogue's candidates are then ranked by the prediction
 (``rerank_encoder: bi``: a bi-encoder instead, :mod:`.biencoder`). Seeded,
-length-sorted token-budget batches, CPU-deterministic. :func:`rerank_feature` offers its score to ``stacking``."""
+length-sorted token-budget batches, CPU-deterministic. :func:`rerank_feature` offers its score (the bi-encoder: its cosines) to
+``stacking``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from tqdm.auto import tqdm
 
 from ..params import Ensemble
 from .biencoder import BiEncoder
+from .embed import embed_columns
 from .pools import Group, seeded_parts, training_rows
+from .stacking import with_scores
 
 
 def _batches(lengths: list[int], budget: int) -> list[list[int]]:
@@ -123,19 +126,35 @@ def rerank_scores(reranker: Reranker | BiEncoder, g: Group) -> np.ndarray:
     return reranker.score(g) if isinstance(reranker, BiEncoder) else reranker.predict(_pairs(g))
 
 
+def rerank_columns(reranker: Reranker | BiEncoder, g: Group) -> np.ndarray:
+    """What one reranker adds to stacking's columns: the cross-encoder's score and its gap to the pool's best;
+    the bi-encoder's tuned embeddings as ``[embed]``'s six columns (cosine to the dialogue and to the pool's
+    other candidates, each with its rank and gap)."""
+    if isinstance(reranker, BiEncoder):
+        return embed_columns(g, reranker)
+    return with_scores(rerank_scores(reranker, g))
+
+
 def rerank_feature(
     groups: list[Group], targets: list[np.ndarray], cfg: Ensemble, seed: int, parts: int = 2
 ) -> tuple[list[np.ndarray], Callable[[Group], np.ndarray]]:
-    """The cross-encoder's score as a feature of a regressor fitted on ``groups``: out-of-sample there (each of
-    ``parts`` seeded parts of the dialogues scored by a cross-encoder fitted on the others: an in-sample score
-    would look better than it will on new pools, and the regressor would trust it too much), and for new
-    pools the mean of those cross-encoders. Returns (a score array per group, score(new group))."""
+    """The reranker's :func:`rerank_columns` as features of a regressor fitted on ``groups``: out-of-sample there
+    (each of ``parts`` seeded parts of the dialogues scored by a reranker fitted on the others: an in-sample score
+    would look better than it will on new pools, and the regressor would trust it too much), and for new pools
+    from the mean of those rerankers (of their scores for the cross-encoder, of their columns for the
+    bi-encoder). Returns (the columns of each group, columns(new group))."""
     split = seeded_parts(len(groups), parts, seed)
-    rerankers, scores = [], [np.zeros(0)] * len(groups)
+    rerankers, columns = [], [np.zeros((0, 2))] * len(groups)
     for f in sorted(set(split.tolist())):
         fit_on = [i for i in range(len(groups)) if split[i] != f] or list(range(len(groups)))
         r = fit_reranker([groups[i] for i in fit_on], [targets[i] for i in fit_on], cfg, seed)
         rerankers.append(r)
         for i in np.flatnonzero(split == f):
-            scores[i] = rerank_scores(r, groups[i])
-    return scores, lambda g: np.mean([rerank_scores(r, g) for r in rerankers], axis=0)
+            columns[i] = rerank_columns(r, groups[i])
+
+    def new(g: Group) -> np.ndarray:
+        if cfg.rerank_encoder == "bi":
+            return np.mean([rerank_columns(r, g) for r in rerankers], axis=0)
+        return with_scores(np.mean([rerank_scores(r, g) for r in rerankers], axis=0))
+
+    return columns, new

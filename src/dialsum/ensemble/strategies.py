@@ -18,7 +18,7 @@ from .blending import fit_blend
 from .embed import embed_columns, embeddings
 from .pools import Group, vote_weights, weighted_consensus
 from .rerank import fit_reranker, rerank_feature, rerank_scores
-from .stacking import candidate_features, fit_stacker, lightgbm, with_scores
+from .stacking import candidate_features, fit_stacker, lightgbm
 
 log = logging.getLogger(__package__)
 STRATEGIES = ENSEMBLE_STRATEGIES
@@ -76,8 +76,8 @@ def _stacking(fit: Fit) -> tuple:
     extra, scorers = [[] for _ in fit.groups], []  # more columns per fitting group; how to make them for others
     if "rerank" in features:
         held_out, rerank = rerank_feature(fit.groups, fit.targets, fit.cfg, fit.seed)
-        extra = [e + [with_scores(s)] for e, s in zip(extra, held_out)]
-        scorers.append(lambda g: with_scores(rerank(g)))
+        extra = [e + [c] for e, c in zip(extra, held_out)]
+        scorers.append(rerank)
         info["rerank_backbone"] = fit.cfg.rerank_backbone
     if "embed" in features:
         emb = embeddings(fit.cfg.embed_backbone)  # combine encoded every split's texts already
