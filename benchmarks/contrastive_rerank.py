@@ -7,8 +7,10 @@ which the encoder never saw, against the plain beam-4 output on dev and test.
 
     # the prototype (sentence-transformers, candidates cut at 64 tokens, the reference term; 6 embed columns)
     python benchmarks/contrastive_rerank.py --workspace WS --cache /tmp/pools --fit-rows 1000 --epochs 1 --reference
-    # dialsum's own code, ensemble.rerank_encoder: bi (stacking gets its score and gap, as [rerank] does)
-    python benchmarks/contrastive_rerank.py --workspace WS --cache /tmp/pools --fit-rows 1000 --epochs 1 --product
+    # dialsum's own code, ensemble.rerank_encoder: bi, alone and stacking with its score and gap or with the
+    # six columns [rerank] gives; --reference: rerank_reference true (the default since session 32)
+    python benchmarks/contrastive_rerank.py --workspace WS --cache /tmp/pools --fit-rows 1000 --epochs 1 --product \
+        --reference
 
 Pools are ``candidate_pools.py``'s cached CSVs (``beam-16-train-2000.csv`` holds both train halves).
 """
@@ -143,7 +145,7 @@ def main():
         "--product",
         action="store_true",
         help="dialsum's own code (ensemble.rerank_encoder: bi, rerank_lr = --lr, rerank_epochs = --epochs, "
-        "rerank_margin = --margin): the reranker alone, and stacking with its score and gap as columns, what "
+        "rerank_margin = --margin, rerank_reference = --reference): the reranker alone, and stacking with its score and gap as columns, what "
         "stacking_features: [rerank] adds",
     )
     ap.add_argument("--json")
@@ -218,11 +220,19 @@ def main():
         ]
         for s in cols["tuned embed"]
     }
+    stack_each(cols, targets, base, gain, picked, report, a)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "rows": rows}, indent=1))
+
+
+def stack_each(cols: dict, targets, base, gain, picked, report, a) -> None:
+    """Each stacking objective fitted on the "stack" pools with each column set of ``cols`` ({tag: {split:
+    rows}}, "base" first), its dev and test gains, and the paired difference to "base" with the same objective."""
     per = {}
     for name in ("regression", "lambdarank"):
         for tag, Xs in cols.items():
             score = objective_scorer(name, Xs["stack"], targets["stack"], a.seed)
-            row = {"stacking": name, "columns": tag, "fitted_on": f"train [{n}, {2 * n})"}
+            row = {"stacking": name, "columns": tag, "fitted_on": f"train [{a.fit_rows}, {2 * a.fit_rows})"}
             for s in ("dev", "test"):
                 m = picked(score, Xs, s)
                 per[(name, tag, s)] = m
@@ -230,8 +240,6 @@ def main():
                 if tag != "base":
                     row[f"{s}_vs_base"] = gain(m - per[(name, "base", s)])
             report(row)
-    if a.json:
-        Path(a.json).write_text(json.dumps({"args": vars(a), "rows": rows}, indent=1))
 
 
 def product(a, groups, targets, X, refs, base, gain, picked, report, rows):
@@ -239,8 +247,15 @@ def product(a, groups, targets, X, refs, base, gain, picked, report, rows):
     from dialsum.params import Ensemble
 
     cfg = Ensemble(
-        rerank_encoder="bi", rerank_backbone=a.backbone, rerank_lr=a.lr, rerank_epochs=a.epochs, rerank_margin=a.margin
+        rerank_encoder="bi",
+        rerank_backbone=a.backbone,
+        rerank_lr=a.lr,
+        rerank_epochs=a.epochs,
+        rerank_margin=a.margin,
+        rerank_reference=a.reference,
     )
+    for g, r in zip(groups["enc"], refs["enc"]):  # what combine gives the groups it fits on
+        g.references = tuple([r] if isinstance(r, str) else r)
     t0 = time.perf_counter()
     bi = E.fit_reranker(groups["enc"], targets["enc"], cfg, a.seed)
     fit_s = time.perf_counter() - t0
@@ -264,18 +279,8 @@ def product(a, groups, targets, X, refs, base, gain, picked, report, rows):
         report(
             {"selection": "rerank (bi) alone", "split": s, "gain": gain(picked(lambda x: x[:, -2], two, s) - base[s])}
         )
-    per = {}
-    for name in ("regression", "lambdarank"):
-        for tag, Xs in (("base", X), ("+ score and gap", two), ("+ six columns ([rerank] as shipped)", six)):
-            score = objective_scorer(name, Xs["stack"], targets["stack"], a.seed)
-            row = {"stacking": name, "columns": tag, "fitted_on": f"train [{a.fit_rows}, {2 * a.fit_rows})"}
-            for s in ("dev", "test"):
-                m = picked(score, Xs, s)
-                per[(name, tag, s)] = m
-                row[s] = gain(m - base[s])
-                if tag != "base":
-                    row[f"{s}_vs_base"] = gain(m - per[(name, "base", s)])
-            report(row)
+    cols = {"base": X, "+ score and gap": two, "+ six columns ([rerank] as shipped)": six}
+    stack_each(cols, targets, base, gain, picked, report, a)
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "rows": rows}, indent=1))
 

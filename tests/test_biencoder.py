@@ -46,6 +46,30 @@ def test_margin_loss_is_zero_only_when_the_order_holds_by_the_margin():
     assert np.isclose(float(margin_loss(d, c, np.array([0.8, 0.5, 0.2]), 0.5)), 0.2 + 0.1 + 0.1)
 
 
+def test_margin_loss_puts_each_reference_above_every_candidate():
+    d = torch.tensor([1.0, 0.0])
+    c = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.1, 0.9]])  # cosines to d: .9, .5, .1, in target order
+    t = np.array([0.8, 0.5, 0.2])
+    r = torch.tensor([[0.6, 0.8], [1.0, 0.0]])  # cosines .6 and 1: the first falls .3 short of the best candidate
+    assert np.isclose(float(margin_loss(d, c, t, 0.01, r)), 0.3)
+    assert np.isclose(float(margin_loss(d, c, np.full(3, 0.5), 0.01, r[:1])), 0.3)  # ties: the reference alone
+    assert float(margin_loss(d, c, t, 0.01, r[1:])) == 0.0
+
+
+def test_the_reference_term_alone_teaches_it_what_the_summary_is():
+    """With targets that tell the candidates of no pool apart, the ranking term has nothing to learn: only the
+    fitting dialogues' references (``rerank_reference``) make it pick the right speaker on new dialogues."""
+    groups, refs = swapped_world(40, 0, "fit")
+    for g in groups:
+        g.references = tuple(refs[g.fname])
+    ties = [np.full(len(g.cands), 0.5) for g in groups]
+    held, _ = swapped_world(10, 1, "held")
+    cfg = Ensemble(**BI)
+    with_refs = E.select(held, E.fit_reranker(groups, ties, cfg, 0).score)["source"].to_numpy()
+    without = E.select(held, E.fit_reranker(groups, ties, cfg.model_copy(update={"rerank_reference": False}), 0).score)
+    assert (with_refs == RIGHT).mean() >= 0.9 > (without["source"].to_numpy() == RIGHT).mean()
+
+
 def test_pool_batches_keep_to_the_token_budget():
     costs = [300, 500, 200, 900, 1500, 100]
     batches = pool_batches(costs, 1000, list(range(6)))
@@ -55,11 +79,18 @@ def test_pool_batches_keep_to_the_token_budget():
 
 
 def test_bi_rerank_and_its_stacking_feature_never_read_dev_or_test_references(monkeypatch):
+    """Neither the targets (spied at the scorer) nor the reference term (spied at the loss: it reads
+    ``Group.references``, which only the fitting groups get) see a dev or test reference."""
+    from dialsum.ensemble import biencoder as B
+
     oof, oof_refs = swapped_world(24, 0, "oof")
     dev, dev_refs = swapped_world(4, 1, "dev")
     test, test_refs = swapped_world(4, 2, "test")
     scorer = Scorer("whitespace")
     seen = spy_references(monkeypatch, scorer)
+    with_refs: list = []
+    real_loss = B.margin_loss
+    monkeypatch.setattr(B, "margin_loss", lambda *a: with_refs.append(len(a[4])) or real_loss(*a))
     held_out = {r for refs in (dev_refs, test_refs) for x in refs.values() for r in x}
     for strategy, extra in (("rerank", {}), ("stacking", {"stacking_features": ["rerank"]})):
         out, info = E.combine(
@@ -77,3 +108,5 @@ def test_bi_rerank_and_its_stacking_feature_never_read_dev_or_test_references(mo
         assert len(out["dev"]) == 4 and len(out["test"]) == 4
         assert info["fitted_on"] == {"oof_dialogues": 24, "oof_candidates": 48}
     assert seen and set(seen) <= {r for x in oof_refs.values() for r in x} and not (set(seen) & held_out)
+    assert with_refs and min(with_refs) == 1  # every fitting pool put its reference above its candidates
+    assert all(g.references == () for g in dev + test) and all(g.references == tuple(oof_refs[g.fname]) for g in oof)

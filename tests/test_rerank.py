@@ -180,8 +180,8 @@ def test_stacking_reads_the_cross_encoders_score_out_of_sample(monkeypatch):
         R, "fit_reranker", lambda g, t, c, s: fitted_on.append({x.fname for x in g}) or real_fit(g, t, c, s)
     )
     scored: list = []
-    real_scores = R.rerank_scores
-    monkeypatch.setattr(R, "rerank_scores", lambda r, g: scored.append((id(r), g.fname)) or real_scores(r, g))
+    real_columns = R.rerank_columns
+    monkeypatch.setattr(R, "rerank_columns", lambda r, g: scored.append((id(r), g.fname)) or real_columns(r, g))
     seen = spy_references(monkeypatch, scorer)
     right = np.array([f"{('a', 'b')[i % 2]}/0" for i in range(8)])
 

@@ -326,6 +326,9 @@ class Ensemble(Section):
     # dialogue: SimCLS's ranking loss; a fraction of the cost; docs/ensemble-auto.md "The bi-encoder")
     rerank_encoder: Literal["cross", "bi"] = "cross"
     rerank_margin: Num = Field(0.01, ge=0, le=1)  # rerank_encoder bi: the loss's margin per rank apart
+    # rerank_encoder bi: SimCLS's second term, each reference above every candidate of its pool (the fitting
+    # dialogues' references, which the targets come from anyway)
+    rerank_reference: bool = True
     # extra features of stacking's trees: [rerank] adds the cross-encoder's score (and its gap to the
     # pool's best), out-of-sample on the rows it fits on: two cross-encoders, each fitted on half the dialogues
     # [embed] adds a sentence encoder's cosines (candidate to dialogue, to the pool's other candidates): nothing

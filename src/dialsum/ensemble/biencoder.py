@@ -1,7 +1,8 @@
 """``rerank_encoder: bi``: a sentence encoder fine-tuned so that, within each pool, a better candidate's
 embedding lies nearer its dialogue's (SimCLS, Liu & Liu 2021). A candidate's score is the cosine of its mean-pooled
 embedding to the dialogue's; the loss asks, for every pair of a pool's candidates ranked i < j by their targets,
-``s_j - s_i + rerank_margin * (j - i) <= 0``. Only the order within a pool is learnt, so ``rerank_target`` does
+``s_j - s_i + rerank_margin * (j - i) <= 0``, and with ``rerank_reference`` each of the dialogue's references
+above every candidate (SimCLS's second term). Only the order within a pool is learnt, so ``rerank_target`` does
 not apply. The dialogue is encoded once per pool and each candidate alone, so it costs a fraction of the
 cross-encoder, which reads the dialogue again with every candidate (BENCHMARKS.md "Session 31")."""
 
@@ -11,7 +12,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..params import Ensemble
+from .embed import embed_columns
 from .pools import Group, training_rows
+
+
+def padded(rows: list[list[int]], pad: int):
+    """Token id lists as one batch: the ids padded to the longest, and the attention mask."""
+    import torch
+
+    n = max(map(len, rows))
+    return (
+        torch.tensor([r + [pad] * (n - len(r)) for r in rows]),
+        torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows]),
+    )
 
 
 def pool_batches(costs: list[int], budget: int, order: list[int]) -> list[list[int]]:
@@ -27,19 +40,23 @@ def pool_batches(costs: list[int], budget: int, order: list[int]) -> list[list[i
     return out + ([cur] if cur else [])
 
 
-def margin_loss(d, c, t: np.ndarray, margin: float):
+def margin_loss(d, c, t: np.ndarray, margin: float, r=None):
     """SimCLS's ranking loss of one pool: dialogue embedding ``d``, candidate embeddings ``c``, targets ``t``;
-    pairs with equal targets are left out."""
+    pairs with equal targets are left out. ``r`` (reference embeddings, one per row): each must score at
+    least as high as every candidate."""
     import torch
 
     order = np.argsort(-np.asarray(t, dtype=float), kind="stable")
     s, ts = (c @ d)[torch.as_tensor(order)], np.asarray(t, dtype=float)[order]
     i, j = np.triu_indices(len(ts), 1)
     keep = ts[i] - ts[j] > 1e-9
-    if not keep.any():
-        return s.sum() * 0.0
-    i, j = torch.as_tensor(i[keep]), torch.as_tensor(j[keep])
-    return torch.clamp(s[j] - s[i] + margin * (j - i).to(s.dtype), min=0).sum()
+    loss = s.sum() * 0.0
+    if keep.any():
+        i, j = torch.as_tensor(i[keep]), torch.as_tensor(j[keep])
+        loss = loss + torch.clamp(s[j] - s[i] + margin * (j - i).to(s.dtype), min=0).sum()
+    if r is not None and len(r):
+        loss = loss + torch.clamp(s[None, :] - (r @ d)[:, None], min=0).sum()
+    return loss
 
 
 class BiEncoder:
@@ -65,10 +82,7 @@ class BiEncoder:
         """Unit-length mean-pooled embeddings of token id lists, one padded batch."""
         import torch
 
-        n = max(len(x) for x in ids)
-        pad = self.tok.pad_token_id or 0
-        x = torch.tensor([i + [pad] * (n - len(i)) for i in ids])
-        mask = torch.tensor([[1] * len(i) + [0] * (n - len(i)) for i in ids])
+        x, mask = padded(ids, self.tok.pad_token_id or 0)
         h = self.model(input_ids=x, attention_mask=mask).last_hidden_state
         m = mask.unsqueeze(-1).to(h.dtype)
         return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
@@ -77,16 +91,19 @@ class BiEncoder:
         import torch
         from transformers import get_linear_schedule_with_warmup
 
-        pools = []  # (dialogue ids, candidate ids, their targets) per pool that has an order to learn
+        # (dialogue ids, candidate ids, their targets, reference ids) per pool with something to learn: an order,
+        # or references to put above its candidates
+        pools = []
         for g, t in zip(groups, targets):
             t = np.asarray(t, dtype=float)
             keep = training_rows(t, self.cfg.rerank_pairs)
-            if len(keep) > 1 and np.ptp(t[keep]) > 1e-9:
-                pools.append((self._ids([g.dialogue])[0], self._ids(g.cands["summary"].iloc[keep]), t[keep]))
+            refs = self._ids(g.references) if self.cfg.rerank_reference and g.references else []
+            if (len(keep) > 1 and np.ptp(t[keep]) > 1e-9) or refs:
+                pools.append((self._ids([g.dialogue])[0], self._ids(g.cands["summary"].iloc[keep]), t[keep], refs))
         if not pools:
             return self
-        # a pool's padded size: its dialogue plus its candidates padded to the longest
-        costs = [len(d) + len(c) * max(len(x) for x in c) for d, c, _ in pools]
+        # a pool's padded size: its dialogue plus its candidates and references padded to the longest
+        costs = [len(d) + (len(c) + len(r)) * max(len(x) for x in c + r) for d, c, _, r in pools]
         by_length = sorted(range(len(pools)), key=lambda i: (len(pools[i][0]), i))
         batches = pool_batches(costs, self.cfg.rerank_tokens, by_length)
         steps = self.cfg.rerank_epochs * len(batches)
@@ -100,12 +117,13 @@ class BiEncoder:
                 bar.update()
                 idx = batches[b]
                 d = self._embed([pools[i][0] for i in idx])
-                c = self._embed([x for i in idx for x in pools[i][1]])
+                c = self._embed([x for i in idx for x in pools[i][1] + pools[i][3]])
                 loss, start = 0.0, 0
                 for n, i in enumerate(idx):
-                    k = len(pools[i][1])
-                    loss = loss + margin_loss(d[n], c[start : start + k], pools[i][2], float(self.cfg.rerank_margin))
-                    start += k
+                    k, m = len(pools[i][1]), len(pools[i][3])
+                    cands, refs = c[start : start + k], c[start + k : start + k + m]
+                    loss = loss + margin_loss(d[n], cands, pools[i][2], float(self.cfg.rerank_margin), refs)
+                    start += k + m
                 opt.zero_grad()
                 (loss / len(idx)).backward()
                 opt.step()
@@ -125,3 +143,12 @@ class BiEncoder:
     def score(self, g: Group) -> np.ndarray:
         """Each candidate's cosine to its dialogue."""
         return self(g.cands["summary"]) @ self([g.dialogue])[0]
+
+    def columns(self, g: Group) -> np.ndarray:
+        """Stacking's columns: ``[embed]``'s six (cosine to the dialogue and to the pool's other candidates, each
+        with its rank and gap) from the tuned embeddings."""
+        return embed_columns(g, self)
+
+    @staticmethod
+    def mean_columns(encoders: list["BiEncoder"], g: Group) -> np.ndarray:
+        return np.mean([e.columns(g) for e in encoders], axis=0)

@@ -101,6 +101,14 @@ def options(models: Sequence[str], groups: list[Group], weighted: bool, also: Se
     return opts + [n for n in also if n not in opts and len(groups) >= 2]  # fitted: cross-fitted on the groups
 
 
+def learning_targets(groups: list[Group], refs: dict, scorer) -> list[np.ndarray]:
+    """The candidates' targets of groups a strategy learns from; each group also keeps its references (the
+    bi-encoder's reference term reads them). Groups it chooses for without learning never get them."""
+    for g in groups:
+        g.references = tuple(refs[g.fname])
+    return candidate_targets(groups, refs, scorer)
+
+
 def combine(
     strategy: str,
     cfg: dict,
@@ -124,7 +132,7 @@ def combine(
     (a candidate per model x fold), out-of-fold pools are not. Returns ({split: selection}, info)."""
     cfg = section(Ensemble, cfg, "ensemble")
     tok, folds = scorer.tokenizer, cfg.crossfit_folds
-    targets = candidate_targets(fit_groups, fit_refs, scorer) if fit_groups else []
+    targets = learning_targets(fit_groups, fit_refs, scorer) if fit_groups else []
     if "embed" in cfg.stacking_features and strategy in ("stacking", "auto") and len(fit_groups) >= 2:
         from .embed import embeddings, prime
 
@@ -189,7 +197,7 @@ def combine(
             if groups is fit_groups and strategy in runs:  # auto cross-fitted exactly this already
                 dev_scores = runs[strategy][0]
             else:
-                dev_targets = targets if groups is fit_groups else candidate_targets(groups, fit_refs, scorer)
+                dev_targets = targets if groups is fit_groups else learning_targets(groups, fit_refs, scorer)
                 dev_scores, _ = crossfit(strategy, cfg, models, groups, dev_targets, source_scores, tok, seed, folds)
             out[split] = select(groups, lambda g: dev_scores[id(g)])
             info["crossfitted_on"] = f"{split} ({folds} folds: each {split} dialogue chosen by a fit on the others)"

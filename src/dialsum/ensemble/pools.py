@@ -41,12 +41,14 @@ def weighted_consensus(sim: np.ndarray, w: np.ndarray) -> np.ndarray:
 @dataclass
 class Group:
     """The candidates of one dialogue (every source x view x pool candidate), their pairwise similarities
-    and the dialogue itself (for reference-free features; may be empty)."""
+    and the dialogue itself (for reference-free features; may be empty). ``references``: only on the groups a
+    fitted strategy learns from (set by ``combine`` with their targets), never on those it chooses for."""
 
     fname: str
     cands: pd.DataFrame
     sim: np.ndarray
     dialogue: str = ""
+    references: tuple[str, ...] = ()
 
 
 def build_groups(

@@ -13,8 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..params import Ensemble
-from .biencoder import BiEncoder
-from .embed import embed_columns
+from .biencoder import BiEncoder, padded
 from .pools import Group, seeded_parts, training_rows
 from .stacking import with_scores
 
@@ -56,15 +55,10 @@ class Reranker:
         return enc["input_ids"], enc.get("token_type_ids")
 
     def _tensors(self, ids, types, idx):
-        import torch
-
-        n = max(len(ids[i]) for i in idx)
-        pad = self.tok.pad_token_id or 0
-        x = torch.tensor([ids[i] + [pad] * (n - len(ids[i])) for i in idx])
-        mask = torch.tensor([[1] * len(ids[i]) + [0] * (n - len(ids[i])) for i in idx])
+        x, mask = padded([ids[i] for i in idx], self.tok.pad_token_id or 0)
         out = {"input_ids": x, "attention_mask": mask}
         if types is not None:
-            out["token_type_ids"] = torch.tensor([types[i] + [0] * (n - len(types[i])) for i in idx])
+            out["token_type_ids"] = padded([types[i] for i in idx], 0)[0]
         return out
 
     def fit(self, pairs: list[tuple[str, str]], y: np.ndarray) -> "Reranker":
@@ -89,6 +83,17 @@ class Reranker:
         bar.close()
         self.model.eval()
         return self
+
+    def score(self, g: Group) -> np.ndarray:
+        return self.predict(_pairs(g))
+
+    def columns(self, g: Group) -> np.ndarray:
+        return with_scores(self.score(g))
+
+    @staticmethod
+    def mean_columns(rerankers: list["Reranker"], g: Group) -> np.ndarray:
+        """A new pool's columns from several cross-encoders: of their mean score (the gap is taken after)."""
+        return with_scores(np.mean([r.score(g) for r in rerankers], axis=0))
 
     def predict(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         import torch
@@ -123,16 +128,13 @@ def fit_reranker(groups: list[Group], targets: list[np.ndarray], cfg: Ensemble, 
 
 
 def rerank_scores(reranker: Reranker | BiEncoder, g: Group) -> np.ndarray:
-    return reranker.score(g) if isinstance(reranker, BiEncoder) else reranker.predict(_pairs(g))
+    return reranker.score(g)
 
 
 def rerank_columns(reranker: Reranker | BiEncoder, g: Group) -> np.ndarray:
     """What one reranker adds to stacking's columns: the cross-encoder's score and its gap to the pool's best;
-    the bi-encoder's tuned embeddings as ``[embed]``'s six columns (cosine to the dialogue and to the pool's
-    other candidates, each with its rank and gap)."""
-    if isinstance(reranker, BiEncoder):
-        return embed_columns(g, reranker)
-    return with_scores(rerank_scores(reranker, g))
+    the bi-encoder's tuned embeddings as ``[embed]``'s six columns (:meth:`BiEncoder.columns`)."""
+    return reranker.columns(g)
 
 
 def rerank_feature(
@@ -151,10 +153,4 @@ def rerank_feature(
         rerankers.append(r)
         for i in np.flatnonzero(split == f):
             columns[i] = rerank_columns(r, groups[i])
-
-    def new(g: Group) -> np.ndarray:
-        if cfg.rerank_encoder == "bi":
-            return np.mean([rerank_columns(r, g) for r in rerankers], axis=0)
-        return with_scores(np.mean([rerank_scores(r, g) for r in rerankers], axis=0))
-
-    return columns, new
+    return columns, lambda g: type(rerankers[0]).mean_columns(rerankers, g)
