@@ -51,17 +51,19 @@ def test_margin_loss_puts_each_reference_above_every_candidate():
     c = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.1, 0.9]])  # cosines to d: .9, .5, .1, in target order
     t = np.array([0.8, 0.5, 0.2])
     r = torch.tensor([[0.6, 0.8], [1.0, 0.0]])  # cosines .6 and 1: the first falls .3 short of the best candidate
-    assert np.isclose(float(margin_loss(d, c, t, 0.01, r)), 0.3)
+    assert np.isclose(float(margin_loss(d, c, t, 0.01, r)), 0.3 / 2)  # averaged over the two references
     assert np.isclose(float(margin_loss(d, c, np.full(3, 0.5), 0.01, r[:1])), 0.3)  # ties: the reference alone
     assert float(margin_loss(d, c, t, 0.01, r[1:])) == 0.0
 
 
 def test_the_reference_term_alone_teaches_it_what_the_summary_is():
     """With targets that tell the candidates of no pool apart, the ranking term has nothing to learn: only the
-    fitting dialogues' references (``rerank_reference``) make it pick the right speaker on new dialogues."""
+    fitting dialogues' references (``rerank_reference``) make it pick the right speaker on new dialogues. Each
+    reference is the right summary reworded (its words reversed), so it is no candidate's text."""
     groups, refs = swapped_world(40, 0, "fit")
     for g in groups:
-        g.references = tuple(refs[g.fname])
+        g.references = tuple(" ".join(reversed(r.split())) for r in refs[g.fname])
+        assert not set(g.references) & set(g.cands["summary"])
     ties = [np.full(len(g.cands), 0.5) for g in groups]
     held, _ = swapped_world(10, 1, "held")
     cfg = Ensemble(**BI)
@@ -91,6 +93,11 @@ def test_bi_rerank_and_its_stacking_feature_never_read_dev_or_test_references(mo
     with_refs: list = []
     real_loss = B.margin_loss
     monkeypatch.setattr(B, "margin_loss", lambda *a: with_refs.append(len(a[4])) or real_loss(*a))
+    fits: list = []  # {fname: references} of the groups of every bi-encoder fit
+    real_fit = B.BiEncoder.fit
+    monkeypatch.setattr(
+        B.BiEncoder, "fit", lambda self, g, t: fits.append({x.fname: x.references for x in g}) or real_fit(self, g, t)
+    )
     held_out = {r for refs in (dev_refs, test_refs) for x in refs.values() for r in x}
     for strategy, extra in (("rerank", {}), ("stacking", {"stacking_features": ["rerank"]})):
         out, info = E.combine(
@@ -109,4 +116,26 @@ def test_bi_rerank_and_its_stacking_feature_never_read_dev_or_test_references(mo
         assert info["fitted_on"] == {"oof_dialogues": 24, "oof_candidates": 48}
     assert seen and set(seen) <= {r for x in oof_refs.values() for r in x} and not (set(seen) & held_out)
     assert with_refs and min(with_refs) == 1  # every fitting pool put its reference above its candidates
-    assert all(g.references == () for g in dev + test) and all(g.references == tuple(oof_refs[g.fname]) for g in oof)
+    assert fits and all(refs == tuple(oof_refs[f]) for fit in fits for f, refs in fit.items())
+    assert all(g.references == () for g in dev + test)
+    # fold `full`: dev is what it learns from, cross-fitted; test still never carries a reference
+    fits.clear()
+    dev, dev_refs = swapped_world(6, 3, "fdev")
+    for strategy, extra in (("rerank", {}), ("stacking", {"stacking_features": ["rerank"]})):
+        out, info = E.combine(
+            strategy,
+            {**BI, "rerank_epochs": 1, "crossfit_folds": 3, **extra},
+            ["a", "b"],
+            {"dev": dev, "test": test},
+            dev,
+            dev_refs,
+            "dev",
+            {},
+            scorer,
+            0,
+        )
+        assert "crossfitted_on" in info and len(out["test"]) == 4
+    assert fits and all(set(fit) <= set(dev_refs) for fit in fits)
+    assert all(refs == tuple(dev_refs[f]) for fit in fits for f, refs in fit.items())
+    assert any(len(fit) < len(dev) for fit in fits)  # the cross-fitted ones: each without its held-out dialogues
+    assert all(g.references == () for g in test) and not (set(seen) & {r for x in test_refs.values() for r in x})

@@ -182,6 +182,9 @@ def test_stacking_reads_the_cross_encoders_score_out_of_sample(monkeypatch):
     scored: list = []
     real_columns = R.rerank_columns
     monkeypatch.setattr(R, "rerank_columns", lambda r, g: scored.append((id(r), g.fname)) or real_columns(r, g))
+    pooled: list = []  # every cross-encoder's scores of a pool
+    real_score = R.Reranker.score
+    monkeypatch.setattr(R.Reranker, "score", lambda self, g: pooled.append((id(self), g.fname)) or real_score(self, g))
     seen = spy_references(monkeypatch, scorer)
     right = np.array([f"{('a', 'b')[i % 2]}/0" for i in range(8)])
 
@@ -201,8 +204,15 @@ def test_stacking_reads_the_cross_encoders_score_out_of_sample(monkeypatch):
     )
     assert info["stacking_features"] == ["rerank"] and info["fitted_on"] == {"oof_dialogues": 40, "oof_candidates": 80}
     assert len(fitted_on) == 2 and not (fitted_on[0] & fitted_on[1]) and len(fitted_on[0] | fitted_on[1]) == 40
+    assert len(scored) == 40  # the fitting rows' columns, each row once; new pools take the mean below
+    tested, both = {g.fname for g in test}, {rid for rid, _ in scored}  # the two cross-encoders
+    by_pool: dict = {}
+    for rid, fname in pooled:
+        if fname in tested:
+            by_pool.setdefault(fname, set()).add(rid)
+    assert len(both) == 2 and set(by_pool) == tested and all(ids == both for ids in by_pool.values())
     first_fit_ids = {}
-    for rid, fname in scored[:40]:  # the fitting rows' scores: each from the cross-encoder that never saw it
+    for rid, fname in scored:  # the fitting rows' scores: each from the cross-encoder that never saw it
         first_fit_ids.setdefault(rid, set()).add(fname)
     assert len(first_fit_ids) == 2 and all(not (names & fit) for names, fit in zip(first_fit_ids.values(), fitted_on))
     assert (

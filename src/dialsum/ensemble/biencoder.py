@@ -43,7 +43,8 @@ def pool_batches(costs: list[int], budget: int, order: list[int]) -> list[list[i
 def margin_loss(d, c, t: np.ndarray, margin: float, r=None):
     """SimCLS's ranking loss of one pool: dialogue embedding ``d``, candidate embeddings ``c``, targets ``t``;
     pairs with equal targets are left out. ``r`` (reference embeddings, one per row): each must score at
-    least as high as every candidate."""
+    least as high as every candidate; averaged over the references, so that a dialogue with three counts as
+    much as one with one."""
     import torch
 
     order = np.argsort(-np.asarray(t, dtype=float), kind="stable")
@@ -55,7 +56,7 @@ def margin_loss(d, c, t: np.ndarray, margin: float, r=None):
         i, j = torch.as_tensor(i[keep]), torch.as_tensor(j[keep])
         loss = loss + torch.clamp(s[j] - s[i] + margin * (j - i).to(s.dtype), min=0).sum()
     if r is not None and len(r):
-        loss = loss + torch.clamp(s[None, :] - (r @ d)[:, None], min=0).sum()
+        loss = loss + torch.clamp(s[None, :] - (r @ d)[:, None], min=0).sum() / len(r)
     return loss
 
 
@@ -92,7 +93,7 @@ class BiEncoder:
         from transformers import get_linear_schedule_with_warmup
 
         # (dialogue ids, candidate ids, their targets, reference ids) per pool with something to learn: an order,
-        # or references to put above its candidates
+        # or references to put above its candidates (those rerank_pairs keeps, as the order term)
         pools = []
         for g, t in zip(groups, targets):
             t = np.asarray(t, dtype=float)

@@ -103,7 +103,8 @@ def options(models: Sequence[str], groups: list[Group], weighted: bool, also: Se
 
 def learning_targets(groups: list[Group], refs: dict, scorer) -> list[np.ndarray]:
     """The candidates' targets of groups a strategy learns from; each group also keeps its references (the
-    bi-encoder's reference term reads them). Groups it chooses for without learning never get them."""
+    bi-encoder's reference term reads them), in place: a group learnt from carries the references its targets
+    were made from. Groups only chosen for never get them."""
     for g in groups:
         g.references = tuple(refs[g.fname])
     return candidate_targets(groups, refs, scorer)

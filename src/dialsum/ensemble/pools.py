@@ -42,7 +42,8 @@ def weighted_consensus(sim: np.ndarray, w: np.ndarray) -> np.ndarray:
 class Group:
     """The candidates of one dialogue (every source x view x pool candidate), their pairwise similarities
     and the dialogue itself (for reference-free features; may be empty). ``references``: only on the groups a
-    fitted strategy learns from (set by ``combine`` with their targets), never on those it chooses for."""
+    fitted strategy learns from (set by ``combine`` where it makes their targets): never on the pools it only
+    chooses for, but on dev's with fold ``full``, where dev is what it learns from (cross-fitted)."""
 
     fname: str
     cands: pd.DataFrame

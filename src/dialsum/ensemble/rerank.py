@@ -146,7 +146,7 @@ def rerank_feature(
     from the mean of those rerankers (of their scores for the cross-encoder, of their columns for the
     bi-encoder). Returns (the columns of each group, columns(new group))."""
     split = seeded_parts(len(groups), parts, seed)
-    rerankers, columns = [], [np.zeros((0, 2))] * len(groups)
+    rerankers, columns = [], [None] * len(groups)
     for f in sorted(set(split.tolist())):
         fit_on = [i for i in range(len(groups)) if split[i] != f] or list(range(len(groups)))
         r = fit_reranker([groups[i] for i in fit_on], [targets[i] for i in fit_on], cfg, seed)
