@@ -703,7 +703,7 @@ def test_no_secret_reaches_any_output(project):
     assert any((dst / "logs").iterdir()) and (dst / "dvc.lock").exists()
 
 
-def test_replicas_run_through_the_pipeline_and_load_in_plain_transformers(project, monkeypatch):
+def test_replicas_run_through_the_pipeline_and_load_in_plain_transformers(project, monkeypatch, kobart_tokenizer):
     """Issue 19: KoBART / SOLAR-Instruct / Polyglot-ko replicas (real tokenizer conventions, random weights) as
     `pretrained:` entries: init -> train -> predict in the matrix, and the saved folders (full weights, a
     LoRA adapter) load and generate with transformers / peft alone."""
@@ -712,7 +712,6 @@ def test_replicas_run_through_the_pipeline_and_load_in_plain_transformers(projec
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     dst, _ = project
-    kobart_tok = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kobart-tokenizer"
     for kind in ("kobart", "solar", "polyglot"):
         run(
             [
@@ -728,7 +727,7 @@ def test_replicas_run_through_the_pipeline_and_load_in_plain_transformers(projec
                 "--d-model",
                 "64",
                 "--tokenizer",
-                str(kobart_tok),
+                str(kobart_tokenizer),
             ],
             dst,
         )

@@ -14,7 +14,6 @@ import pytest
 from conftest import DIALOGSUM, ROOT
 from dialsum import models, replica, sequences
 
-KOBART_TOKENIZER = ROOT.parent / "shared" / "fixtures" / "kobart-tokenizer"
 SAMPLE = pd.read_csv(ROOT / "data" / "sample" / "train.csv", dtype=str, keep_default_na=False)
 TEXTS = list(SAMPLE["dialogue"]) + list(SAMPLE["summary"])
 GLUED = [
@@ -25,21 +24,21 @@ GLUED = [
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory):
+def replicas(tmp_path_factory, kobart_tokenizer):
     """Narrow replicas of the three families (the published tokenizer conventions, random weights)."""
     root = tmp_path_factory.mktemp("replicas")
     return {
-        kind: replica.build(kind, root / kind, TEXTS, layers=2, d_model=128, tokenizer_path=KOBART_TOKENIZER)
+        kind: replica.build(kind, root / kind, TEXTS, layers=2, d_model=128, tokenizer_path=kobart_tokenizer)
         for kind in replica.KINDS
     }
 
 
-def test_replica_dropout_replaces_every_published_rate(tmp_path):
+def test_replica_dropout_replaces_every_published_rate(tmp_path, kobart_tokenizer):
     from transformers import AutoConfig
 
     for kind in replica.KINDS:
         published = replica.published_config(kind, layers=1, d_model=64)
-        out = replica.build(kind, tmp_path / kind, TEXTS, 1, 64, KOBART_TOKENIZER, dropout=0.0)
+        out = replica.build(kind, tmp_path / kind, TEXTS, 1, 64, kobart_tokenizer, dropout=0.0)
         cfg = AutoConfig.from_pretrained(out)
         rates = [k for k in replica.DROPOUT_KEYS if hasattr(published, k)]
         assert rates and all(getattr(cfg, k) == 0.0 for k in rates), (kind, rates)
