@@ -211,7 +211,9 @@ def test_memory_check_counts_weights_the_trainer_has_yet_to_move():
     card = Device(n_gpu=1, name="RTX 4090", capability=(8, 9), total_bytes=24 * GiB, free_bytes=23 * GiB)
     meta = _meta(entry)
     device.check_memory(meta, entry, tcfg, card)  # on the meta device: placed nowhere yet, nothing pending
-    on_cpu = meta.to_empty(device="cpu").half()  # storage not written: only the sizes matter
+    # half on the meta device, then storage never written: a CPU copy in fp16 wrote 21.5 GB (OOM-killed a
+    # worker on the 24 GiB CI box when anything else ran beside it)
+    on_cpu = meta.half().to_empty(device="cpu")
     with pytest.raises(ParamsError, match=r"23\.0 GiB free before 20\.0 GiB of weights move there: .*quantization"):
         device.check_memory(on_cpu, entry, tcfg, card)
     roomy = Device(n_gpu=1, name="H100", capability=(9, 0), total_bytes=80 * GiB, free_bytes=79 * GiB)
