@@ -260,10 +260,13 @@ def product(a, groups, targets, X, refs, base, gain, picked, report, rows):
     bi = E.fit_reranker(groups["enc"], targets["enc"], cfg, a.seed)
     fit_s = time.perf_counter() - t0
     cols, secs = {}, {}
-    for s in ("stack", "dev", "test"):  # what stacking_features: [rerank] adds with the bi-encoder
+    for s in ("dev", "test", "stack"):  # what stacking_features: [rerank] adds with the bi-encoder
         t0 = time.perf_counter()
         cols[s] = [E.rerank_columns(bi, g) for g in groups[s]]
         secs[s] = round(time.perf_counter() - t0, 1)
+        if s != "stack":  # reported as soon as scored: the stacking pools take longest
+            m = picked(lambda c: c[:, 0], cols, s)  # the cosine to the dialogue: rerank's own score
+            report({"selection": "rerank (bi) alone", "split": s, "gain": gain(m - base[s])})
     report(
         {
             "code": "dialsum rerank_encoder: bi",
@@ -275,10 +278,6 @@ def product(a, groups, targets, X, refs, base, gain, picked, report, rows):
     scores = {s: [c[:, 0] for c in cols[s]] for s in cols}  # the cosine to the dialogue: rerank's own score
     two = {s: [np.hstack([x, with_scores(v)]) for x, v in zip(X[s], scores[s])] for s in cols}
     six = {s: [np.hstack([x, c]) for x, c in zip(X[s], cols[s])] for s in cols}
-    for s in ("dev", "test"):
-        report(
-            {"selection": "rerank (bi) alone", "split": s, "gain": gain(picked(lambda x: x[:, -2], two, s) - base[s])}
-        )
     cols = {"base": X, "+ score and gap": two, "+ six columns ([rerank] as shipped)": six}
     stack_each(cols, targets, base, gain, picked, report, a)
     if a.json:
